@@ -1,0 +1,3 @@
+from lvs_hooks.cli import main
+
+main()
