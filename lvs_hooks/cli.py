@@ -1,0 +1,102 @@
+"""The `lvs-hooks` command line: thin click commands over the pure cores.
+
+Every option shared by several commands is defined once here. Commands that report take --json.
+"""
+
+import json
+import logging
+import sys
+from typing import Any, Callable, Optional
+
+import click
+
+from lvs_hooks import __version__
+from lvs_hooks.errors import LvsHooksError
+
+DEFAULT_CONFIG = "/etc/lvs-hooks/lvs-hooks.yaml"
+
+log = logging.getLogger(__name__)
+
+
+class AppContext:
+    """What every command gets: the parsed config (loaded lazily) and the global flags."""
+
+    def __init__(self, config_path: str, config_explicit: bool, debug: bool):
+        self.config_path = config_path
+        self.config_explicit = config_explicit
+        self.debug = debug
+        self._config = None
+
+    @property
+    def config(self):
+        if self._config is None:
+            from lvs_hooks.config import load_config
+
+            self._config = load_config(self.config_path, required=self.config_explicit)
+        return self._config
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+def json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(f)
+
+
+def emit(report: Any, as_json: bool, render: Callable[[Any], str]) -> None:
+    """Print a report as JSON or through its human renderer."""
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        click.echo(render(report))
+
+
+class _Group(click.Group):
+    """Turns operator-actionable errors into one line (traceback only with --debug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LvsHooksError as e:
+            app = ctx.find_object(AppContext)
+            if app is not None and app.debug:
+                import traceback
+
+                traceback.print_exc()
+            log.error("%s", e.format_message())
+            raise
+
+
+@click.group(cls=_Group)
+@click.option(
+    "--config",
+    "config_path",
+    default=None,
+    metavar="FILE",
+    help=f"Configuration file (default {DEFAULT_CONFIG}; built-in defaults if it is absent).",
+)
+@click.option("--debug", is_flag=True, help="Log debug lines and show tracebacks.")
+@click.version_option(__version__, prog_name="lvs-hooks")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Optional[str], debug: bool) -> None:
+    """keepalived hooks that keep IPVS persistence templates across director failover."""
+    from lvs_hooks.logsetup import setup_logging
+
+    setup_logging(debug)
+    ctx.obj = AppContext(config_path or DEFAULT_CONFIG, config_path is not None, debug)
+
+
+def command(*args, **kwargs):
+    """Register a subcommand on the main group (modules call this at import)."""
+    return cli.command(*args, **kwargs)
+
+
+def main(argv: Optional[list] = None) -> None:
+    # Import the command modules so they register themselves.
+    from lvs_hooks import commands  # noqa: F401
+
+    cli.main(args=argv, prog_name="lvs-hooks")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(sys.argv[1:])

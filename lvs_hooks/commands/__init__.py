@@ -1,0 +1,1 @@
+"""Subcommands; each module registers its commands on import."""

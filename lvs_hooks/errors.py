@@ -1,0 +1,47 @@
+"""One error type per failure an operator can act on.
+
+Each is a click.ClickException: the CLI prints one line on stderr and exits with `exit_code`;
+`--debug` adds the traceback. Bugs are not wrapped and still crash loudly.
+"""
+
+import click
+
+
+class LvsHooksError(click.ClickException):
+    """Base of every error an operator can act on."""
+
+    exit_code = 1
+
+
+class ConfigError(LvsHooksError):
+    """The configuration file is missing, unreadable or has a bad key or value."""
+
+    exit_code = 2
+
+
+class SnapshotError(LvsHooksError):
+    """No usable snapshot: missing, truncated, corrupt or of an unknown format."""
+
+    exit_code = 3
+
+
+class KernelError(LvsHooksError):
+    """IPVS is not available or refused a request (netlink, /proc, sysctl)."""
+
+    exit_code = 4
+
+
+class SyncDaemonError(KernelError):
+    """A sync daemon could not be found, started or stopped as needed."""
+
+
+class ReseedIncomplete(LvsHooksError):
+    """Templates were planned but could not be verified in the kernel table."""
+
+    exit_code = 5
+
+
+class UsageError(LvsHooksError):
+    """A command was called with arguments it cannot act on (e.g. a wrong keepalived argument)."""
+
+    exit_code = 2
