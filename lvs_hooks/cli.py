@@ -92,11 +92,11 @@ def command(*args, **kwargs):
 
 
 def main(argv: Optional[list] = None) -> None:
-    # Import the command modules so they register themselves.
-    from lvs_hooks import commands  # noqa: F401
-
     cli.main(args=argv, prog_name="lvs-hooks")
 
+
+# The command modules register themselves on `cli` when imported.
+from lvs_hooks import commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])

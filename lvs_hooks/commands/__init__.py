@@ -1,1 +1,3 @@
-"""Subcommands; each module registers its commands on import."""
+"""Subcommands; each module registers its commands on the main group when imported."""
+
+from lvs_hooks.commands import templates  # noqa: F401

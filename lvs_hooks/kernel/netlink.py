@@ -1,0 +1,350 @@
+"""IPVS over generic netlink (pyroute2): services, real servers, sync daemons, timeouts.
+
+pyroute2 declares the services and destinations but types the daemon and timeout attributes as
+raw `hex`. We declare those messages here on pyroute2's own generic-netlink classes, with the
+kernel's names (include/uapi/linux/ip_vs.h), and keep them apart from the small API below.
+
+Attribute encodings follow net/netfilter/ipvs/ip_vs_ctl.c: the daemon's port, maxlen are u16 in
+host order, the IPv4 group is an in_addr (network order), the TTL is u8; timeouts are u32 seconds.
+"""
+
+import errno
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.generic import GenericNetlinkSocket
+from pyroute2.netlink.generic import ipvs as p2ipvs
+
+from lvs_hooks.errors import KernelError, SyncDaemonError
+from lvs_hooks.kernel.model import FWD_NAMES, PROTO_NAMES, Destination, Service
+
+log = logging.getLogger(__name__)
+
+GENL_NAME = "IPVS"
+GENL_VERSION = 1
+
+IPVS_CMD_GET_SERVICE = p2ipvs.IPVS_CMD_GET_SERVICE
+IPVS_CMD_GET_DEST = p2ipvs.IPVS_CMD_GET_DEST
+IPVS_CMD_NEW_DAEMON = p2ipvs.IPVS_CMD_NEW_DAEMON
+IPVS_CMD_DEL_DAEMON = p2ipvs.IPVS_CMD_DEL_DAEMON
+IPVS_CMD_GET_DAEMON = p2ipvs.IPVS_CMD_GET_DAEMON
+IPVS_CMD_SET_CONFIG = p2ipvs.IPVS_CMD_SET_CONFIG
+IPVS_CMD_GET_CONFIG = p2ipvs.IPVS_CMD_GET_CONFIG
+
+# enum ip_conn_flags / sync daemon states (include/uapi/linux/ip_vs.h)
+IP_VS_STATE_NONE = 0
+IP_VS_STATE_MASTER = 1
+IP_VS_STATE_BACKUP = 2
+DAEMON_STATES = {"master": IP_VS_STATE_MASTER, "backup": IP_VS_STATE_BACKUP}
+DAEMON_STATE_NAMES = {v: k for k, v in DAEMON_STATES.items()}
+
+IP_VS_SVC_F_PERSISTENT = 0x0001
+
+
+class ipvs_cmd_msg(genlmsg):
+    """IPVS generic netlink message with the daemon and timeout attributes typed."""
+
+    prefix = "IPVS_CMD_ATTR_"
+    nla_map = (
+        ("IPVS_CMD_ATTR_UNSPEC", "none"),
+        ("IPVS_CMD_ATTR_SERVICE", "service"),
+        ("IPVS_CMD_ATTR_DEST", "dest"),
+        ("IPVS_CMD_ATTR_DAEMON", "daemon"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", "uint32"),
+        ("IPVS_CMD_ATTR_TIMEOUT_UDP", "uint32"),
+    )
+
+    service = p2ipvs.ipvsmsg.service
+    dest = p2ipvs.ipvsmsg.dest
+
+    class daemon(nla):
+        prefix = "IPVS_DAEMON_ATTR_"
+        nla_map = (
+            ("IPVS_DAEMON_ATTR_UNSPEC", "none"),
+            ("IPVS_DAEMON_ATTR_STATE", "uint32"),
+            ("IPVS_DAEMON_ATTR_MCAST_IFN", "asciiz"),
+            ("IPVS_DAEMON_ATTR_SYNC_ID", "uint32"),
+            ("IPVS_DAEMON_ATTR_SYNC_MAXLEN", "uint16"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP", "ip4addr"),
+            ("IPVS_DAEMON_ATTR_MCAST_GROUP6", "ip6addr"),
+            ("IPVS_DAEMON_ATTR_MCAST_PORT", "uint16"),
+            ("IPVS_DAEMON_ATTR_MCAST_TTL", "uint8"),
+        )
+
+
+@dataclass(frozen=True)
+class SyncDaemon:
+    """A running kernel sync daemon (one master and one backup at most per netns)."""
+
+    state: str  # "master" or "backup"
+    ifname: str
+    syncid: int
+    maxlen: int = 0
+    group: str = ""
+    port: int = 0
+    ttl: int = 0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Per-protocol connection timeouts in seconds (ipvsadm --set tcp tcpfin udp)."""
+
+    tcp: int
+    tcpfin: int
+    udp: int
+
+
+# ---- message builders (pure: tested without a kernel) ---------------------------------------
+
+
+def build_new_daemon(
+    state: str,
+    ifname: str,
+    syncid: int,
+    maxlen: int = 0,
+    group: Optional[str] = None,
+    port: int = 0,
+    ttl: int = 0,
+) -> ipvs_cmd_msg:
+    attrs = [
+        ("IPVS_DAEMON_ATTR_STATE", DAEMON_STATES[state]),
+        ("IPVS_DAEMON_ATTR_MCAST_IFN", ifname),
+        ("IPVS_DAEMON_ATTR_SYNC_ID", syncid),
+    ]
+    # The optional attributes exist since Linux 4.3; omit them at their defaults so an older
+    # kernel still accepts the request.
+    if maxlen:
+        attrs.append(("IPVS_DAEMON_ATTR_SYNC_MAXLEN", maxlen))
+    if group:
+        if ":" in group:
+            attrs.append(("IPVS_DAEMON_ATTR_MCAST_GROUP6", group))
+        else:
+            attrs.append(("IPVS_DAEMON_ATTR_MCAST_GROUP", group))
+    if port:
+        attrs.append(("IPVS_DAEMON_ATTR_MCAST_PORT", port))
+    if ttl:
+        attrs.append(("IPVS_DAEMON_ATTR_MCAST_TTL", ttl))
+    return _msg(IPVS_CMD_NEW_DAEMON, [("IPVS_CMD_ATTR_DAEMON", {"attrs": attrs})])
+
+
+def build_del_daemon(state: str) -> ipvs_cmd_msg:
+    attrs = [("IPVS_DAEMON_ATTR_STATE", DAEMON_STATES[state])]
+    return _msg(IPVS_CMD_DEL_DAEMON, [("IPVS_CMD_ATTR_DAEMON", {"attrs": attrs})])
+
+
+def build_set_timeouts(tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> ipvs_cmd_msg:
+    """0 leaves a value unchanged (the kernel's own rule)."""
+    return _msg(
+        IPVS_CMD_SET_CONFIG,
+        [
+            ("IPVS_CMD_ATTR_TIMEOUT_TCP", tcp),
+            ("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN", tcpfin),
+            ("IPVS_CMD_ATTR_TIMEOUT_UDP", udp),
+        ],
+    )
+
+
+def _msg(cmd: int, attrs: list) -> ipvs_cmd_msg:
+    msg = ipvs_cmd_msg()
+    msg["cmd"] = cmd
+    msg["version"] = GENL_VERSION
+    msg["attrs"] = attrs
+    return msg
+
+
+# ---- decoders (pure) --------------------------------------------------------------------------
+
+
+def decode_daemon(msg) -> SyncDaemon:
+    d = msg.get_attr("IPVS_CMD_ATTR_DAEMON")
+    group = d.get_attr("IPVS_DAEMON_ATTR_MCAST_GROUP6") or d.get_attr(
+        "IPVS_DAEMON_ATTR_MCAST_GROUP"
+    )
+    state = d.get_attr("IPVS_DAEMON_ATTR_STATE")
+    return SyncDaemon(
+        state=DAEMON_STATE_NAMES.get(state, str(state)),
+        ifname=d.get_attr("IPVS_DAEMON_ATTR_MCAST_IFN") or "",
+        syncid=d.get_attr("IPVS_DAEMON_ATTR_SYNC_ID") or 0,
+        maxlen=d.get_attr("IPVS_DAEMON_ATTR_SYNC_MAXLEN") or 0,
+        group=group or "",
+        port=d.get_attr("IPVS_DAEMON_ATTR_MCAST_PORT") or 0,
+        ttl=d.get_attr("IPVS_DAEMON_ATTR_MCAST_TTL") or 0,
+    )
+
+
+def decode_service(msg, destinations: Tuple[Destination, ...] = ()) -> Service:
+    s = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
+    af = 6 if s.get_attr("IPVS_SVC_ATTR_AF") == socket.AF_INET6 else 4
+    fwmark = s.get_attr("IPVS_SVC_ATTR_FWMARK") or 0
+    flags = (s.get_attr("IPVS_SVC_ATTR_FLAGS") or {}).get("flags", 0)
+    netmask = s.get_attr("IPVS_SVC_ATTR_NETMASK") or ""
+    if af == 6 and netmask:
+        # For IPv6 services the kernel puts the prefix length in this u32 attribute.
+        netmask = str(int.from_bytes(socket.inet_aton(netmask), "big"))
+    addr = s.get_attr("IPVS_SVC_ATTR_ADDR")
+    return Service(
+        af=af,
+        protocol=None if fwmark else PROTO_NAMES.get(s.get_attr("IPVS_SVC_ATTR_PROTOCOL"), "?"),
+        addr=None if fwmark else str(addr),
+        port=0 if fwmark else (s.get_attr("IPVS_SVC_ATTR_PORT") or 0),
+        fwmark=fwmark,
+        scheduler=s.get_attr("IPVS_SVC_ATTR_SCHED_NAME") or "",
+        persistent=bool(flags & IP_VS_SVC_F_PERSISTENT),
+        timeout=s.get_attr("IPVS_SVC_ATTR_TIMEOUT") or 0,
+        netmask=netmask,
+        pe_name=s.get_attr("IPVS_SVC_ATTR_PE_NAME") or "",
+        destinations=destinations,
+    )
+
+
+def decode_dest(msg) -> Destination:
+    d = msg.get_attr("IPVS_CMD_ATTR_DEST")
+    fwd = (d.get_attr("IPVS_DEST_ATTR_FWD_METHOD") or 0) & 0x7
+    return Destination(
+        addr=str(d.get_attr("IPVS_DEST_ATTR_ADDR")),
+        port=d.get_attr("IPVS_DEST_ATTR_PORT") or 0,
+        fwd_method=FWD_NAMES.get(fwd, "masq"),
+        weight=d.get_attr("IPVS_DEST_ATTR_WEIGHT") or 0,
+    )
+
+
+def decode_timeouts(msg) -> Timeouts:
+    return Timeouts(
+        tcp=msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_TCP") or 0,
+        tcpfin=msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_TCP_FIN") or 0,
+        udp=msg.get_attr("IPVS_CMD_ATTR_TIMEOUT_UDP") or 0,
+    )
+
+
+# ---- the I/O seam -----------------------------------------------------------------------------
+
+
+class IPVS:
+    """A generic netlink socket bound to the IPVS family of the current network namespace."""
+
+    def __init__(self) -> None:
+        self._sock = GenericNetlinkSocket()
+        try:
+            self._sock.bind(GENL_NAME, ipvs_cmd_msg)
+        except NetlinkError as e:
+            self._sock.close()
+            if e.code in (errno.ENOENT, errno.ENOTSUP):
+                raise KernelError("IPVS is not available: the ip_vs module is not loaded") from e
+            raise KernelError(f"IPVS netlink: {e.args[1] if len(e.args) > 1 else e}") from e
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> "IPVS":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _request(self, msg, what: str, dump: bool = False) -> list:
+        flags = NLM_F_REQUEST | (NLM_F_DUMP if dump else NLM_F_ACK)
+        try:
+            return list(self._sock.nlm_request(msg, msg_type=self._sock.prid, msg_flags=flags))
+        except NetlinkError as e:
+            raise KernelError(f"IPVS {what}: {_strerror(e.code)}") from e
+
+    # services and real servers
+
+    def services(self) -> List[Service]:
+        """Every virtual service with its real servers."""
+        result = []
+        for smsg in self._request(_msg(IPVS_CMD_GET_SERVICE, []), "list services", dump=True):
+            svc_attrs = smsg.get_attr("IPVS_CMD_ATTR_SERVICE")
+            key = _service_key_attrs(svc_attrs)
+            dmsgs = self._request(
+                _msg(IPVS_CMD_GET_DEST, [("IPVS_CMD_ATTR_SERVICE", {"attrs": key})]),
+                "list real servers",
+                dump=True,
+            )
+            result.append(decode_service(smsg, tuple(decode_dest(d) for d in dmsgs)))
+        return result
+
+    # sync daemons
+
+    def daemons(self) -> List[SyncDaemon]:
+        msgs = self._request(_msg(IPVS_CMD_GET_DAEMON, []), "list sync daemons", dump=True)
+        return [decode_daemon(m) for m in msgs if m.get_attr("IPVS_CMD_ATTR_DAEMON")]
+
+    def start_daemon(self, state: str, ifname: str, syncid: int, **optional) -> None:
+        msg = build_new_daemon(state, ifname, syncid, **optional)
+        try:
+            self._sock.nlm_request(
+                msg, msg_type=self._sock.prid, msg_flags=NLM_F_REQUEST | NLM_F_ACK
+            )
+        except NetlinkError as e:
+            if e.code == errno.EEXIST:
+                raise SyncDaemonError(f"a {state} sync daemon is already running") from e
+            if e.code == errno.ENODEV:
+                raise SyncDaemonError(
+                    f"cannot start {state} sync daemon: no interface {ifname!r}"
+                ) from e
+            raise SyncDaemonError(
+                f"cannot start {state} sync daemon on {ifname}: {_strerror(e.code)}"
+            ) from e
+        log.info("started %s sync daemon on %s syncid %d", state, ifname, syncid)
+
+    def stop_daemon(self, state: str) -> None:
+        try:
+            self._sock.nlm_request(
+                build_del_daemon(state),
+                msg_type=self._sock.prid,
+                msg_flags=NLM_F_REQUEST | NLM_F_ACK,
+            )
+        except NetlinkError as e:
+            if e.code == errno.ESRCH:
+                raise SyncDaemonError(f"no {state} sync daemon is running") from e
+            raise SyncDaemonError(
+                f"cannot stop {state} sync daemon: {_strerror(e.code)}"
+            ) from e
+        log.info("stopped %s sync daemon", state)
+
+    # timeouts
+
+    def timeouts(self) -> Timeouts:
+        msgs = self._request(_msg(IPVS_CMD_GET_CONFIG, []), "get timeouts")
+        for m in msgs:
+            if m.get_attr("IPVS_CMD_ATTR_TIMEOUT_TCP") is not None:
+                return decode_timeouts(m)
+        raise KernelError("IPVS get timeouts: the kernel sent no timeouts")
+
+    def set_timeouts(self, tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> None:
+        self._request(build_set_timeouts(tcp, tcpfin, udp), "set timeouts")
+
+
+def _service_key_attrs(svc) -> list:
+    """The attributes that name a service, as the kernel wants them in a GET_DEST request."""
+    keys = (
+        "IPVS_SVC_ATTR_AF",
+        "IPVS_SVC_ATTR_PROTOCOL",
+        "IPVS_SVC_ATTR_ADDR",
+        "IPVS_SVC_ATTR_PORT",
+        "IPVS_SVC_ATTR_FWMARK",
+    )
+    fwmark = svc.get_attr("IPVS_SVC_ATTR_FWMARK")
+    out = []
+    for k in keys:
+        v = svc.get_attr(k)
+        if v is None:
+            continue
+        if fwmark and k in ("IPVS_SVC_ATTR_PROTOCOL", "IPVS_SVC_ATTR_ADDR", "IPVS_SVC_ATTR_PORT"):
+            continue
+        out.append((k, v))
+    return out
+
+
+def _strerror(code: int) -> str:
+    try:
+        return os.strerror(abs(code))
+    except ValueError:
+        return f"error {code}"

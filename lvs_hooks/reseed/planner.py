@@ -1,0 +1,136 @@
+"""The reseed planner: snapshot x live services x live table -> templates to send.
+
+Pure: no I/O, no clock. Every template of the snapshot ends up either planned or skipped with
+a reason an operator can read.
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from lvs_hooks.kernel.model import ConnEntry, Service
+
+# Why a template is not sent (stable strings: they appear in reports and JSON).
+SKIP_EXPIRED = "expired"
+SKIP_NO_SERVICE = "virtual service missing"
+SKIP_NOT_PERSISTENT = "virtual service not persistent"
+SKIP_NO_DEST = "real server missing"
+SKIP_PRESENT = "already present"
+SKIP_PRESENT_OTHER = "present with another real server"
+
+
+@dataclass(frozen=True)
+class PlannedTemplate:
+    """A template to put into the kernel, with everything the sync message needs."""
+
+    protocol: str  # as /proc shows it: "TCP", "UDP", "SCTP", or "IP" for fwmark services
+    caddr: str
+    vaddr: str  # for fwmark services: the mark as an address, as the kernel keys it
+    vport: int
+    daddr: str
+    dport: int
+    fwmark: int
+    fwd_method: str
+    timeout: int
+    pe_name: str = ""
+    pe_data: str = ""
+
+    def table_key(self) -> Tuple:
+        """How the entry shows in /proc/net/ip_vs_conn (to verify it arrived)."""
+        return (self.protocol, self.caddr, self.vaddr, self.vport, self.daddr, self.dport)
+
+
+@dataclass
+class Plan:
+    planned: List[PlannedTemplate] = field(default_factory=list)
+    skipped: Counter = field(default_factory=Counter)
+    examples: Dict[str, List[str]] = field(default_factory=dict)  # a few per skip reason
+
+    def skip(self, reason: str, entry: ConnEntry, max_examples: int = 3) -> None:
+        self.skipped[reason] += 1
+        ex = self.examples.setdefault(reason, [])
+        if len(ex) < max_examples:
+            ex.append(describe_template(entry))
+
+    def summary(self) -> dict:
+        return {
+            "planned": len(self.planned),
+            "skipped": dict(self.skipped),
+            "skipped_examples": self.examples,
+        }
+
+
+def describe_template(t: ConnEntry) -> str:
+    if t.protocol == "IP":
+        return f"{t.caddr} -> FWM {t.fwmark} -> {t.daddr}:{t.dport}"
+    return f"{t.protocol} {t.caddr} -> {t.vaddr}:{t.vport} -> {t.daddr}:{t.dport}"
+
+
+def entry_key(t: ConnEntry) -> Tuple:
+    """Identity of a template in the kernel: client and virtual service (not the real server)."""
+    return (t.protocol, t.caddr, t.vaddr, t.vport)
+
+
+def plan_reseed(
+    templates: Iterable[ConnEntry],
+    elapsed: float,
+    services: Sequence[Service],
+    live_templates: Iterable[ConnEntry],
+    min_timeout: int,
+) -> Plan:
+    """Decide which templates to send and with which timeout.
+
+    elapsed: seconds between the capture of `templates` and now. A template keeps what
+    remained of its life at capture minus that time, but at least min_timeout; one whose
+    time ran out is dropped, as the kernel would have dropped it.
+    """
+    by_key = {s.key(): s for s in services}
+    live = {entry_key(t): t for t in live_templates if t.is_template}
+    plan = Plan()
+    seen = set()
+    for t in templates:
+        if not t.is_template:
+            continue
+        key = entry_key(t)
+        if key in seen:
+            continue
+        seen.add(key)
+        remaining = t.expires - elapsed
+        if remaining <= 0:
+            plan.skip(SKIP_EXPIRED, t)
+            continue
+        svc = by_key.get(t.service_key())
+        if svc is None:
+            plan.skip(SKIP_NO_SERVICE, t)
+            continue
+        if not svc.persistent:
+            plan.skip(SKIP_NOT_PERSISTENT, t)
+            continue
+        dest = svc.destination_for(t.daddr, t.dport)
+        if dest is None:
+            plan.skip(SKIP_NO_DEST, t)
+            continue
+        # For fwmark services the kernel binds a template only when its dport is the real
+        # server's configured port (its own sync sends 0): use the live definition.
+        dport = dest.port
+        present = live.get(key)
+        if present is not None:
+            same = present.daddr == dest.addr and present.dport == dport
+            plan.skip(SKIP_PRESENT if same else SKIP_PRESENT_OTHER, t)
+            continue
+        plan.planned.append(
+            PlannedTemplate(
+                protocol=t.protocol,
+                caddr=t.caddr,
+                vaddr=t.vaddr,
+                vport=t.vport,
+                daddr=dest.addr,
+                dport=dport,
+                fwmark=t.fwmark,
+                fwd_method=dest.fwd_method,
+                timeout=max(int(remaining), min_timeout),
+                pe_name=t.pe_name,
+                pe_data=t.pe_data,
+            )
+        )
+    return plan

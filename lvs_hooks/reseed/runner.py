@@ -1,0 +1,194 @@
+"""Putting planned templates into the local kernel and proving they arrived.
+
+The only way into the connection table is the sync protocol: a backup sync daemon must be
+receiving. If none runs (keepalived with `lvs_sync_daemon IF INSTANCE` stops it the moment it
+becomes master), one is started for the reseed and stopped afterwards; a running master daemon
+is never touched. Datagrams go out with multicast loop on and TTL 0, so only this host's kernel
+gets them, paced on the backup socket's queue. Then the table is read again; what is missing is
+sent again, a bounded number of times.
+"""
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
+
+from lvs_hooks.errors import ConfigError, SyncDaemonError
+from lvs_hooks.kernel import syncproto
+from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.kernel.netlink import IPVS, SyncDaemon
+from lvs_hooks.kernel.syncsock import SyncQueueProbe, SyncSender, send_paced, wait_drained
+from lvs_hooks.reseed.planner import PlannedTemplate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "224.0.0.81"
+DEFAULT_PORT = 8848
+DEFAULT_MAXLEN = 1472  # what the kernel master sends at most: 40 IPv4 entries
+
+
+@dataclass
+class ReseedResult:
+    planned: int = 0
+    sent: int = 0  # template entries sent, resends included
+    verified: int = 0
+    missing: int = 0
+    rounds: int = 0
+    datagrams: int = 0
+    bytes: int = 0
+    pacing_waits: int = 0
+    receiver_drops: int = 0  # datagrams the backup socket dropped during the reseed
+    daemon: str = ""
+    daemon_started: bool = False
+    ms: float = 0.0
+    missing_examples: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.missing == 0
+
+
+def to_sync_conn(p: PlannedTemplate) -> "syncproto.SyncConn":
+    return syncproto.template_conn(
+        protocol=p.protocol,
+        caddr=p.caddr,
+        vaddr=p.vaddr,
+        vport=p.vport,
+        daddr=p.daddr,
+        dport=p.dport,
+        fwmark=p.fwmark,
+        fwd_method=p.fwd_method,
+        timeout=p.timeout,
+        pe_name=p.pe_name,
+        pe_data=p.pe_data,
+    )
+
+
+@contextlib.contextmanager
+def receiving_backup_daemon(
+    ipvs: IPVS, interface: Optional[str], syncid: int, group: str, port: int
+) -> Iterator[Tuple[SyncDaemon, bool]]:
+    """Yield (the backup daemon to inject into, whether we started it); stop it if we did."""
+    daemons = ipvs.daemons()
+    backup = next((d for d in daemons if d.state == "backup"), None)
+    if backup is not None:
+        yield backup, False
+        return
+    ifname = interface
+    if not ifname:
+        master = next((d for d in daemons if d.state == "master"), None)
+        if master is None:
+            raise ConfigError(
+                "sync.interface is not set and no sync daemon runs to take it from"
+            )
+        ifname = master.ifname
+    optional = {}
+    if group != DEFAULT_GROUP:
+        optional["group"] = group
+    if port != DEFAULT_PORT:
+        optional["port"] = port
+    ipvs.start_daemon("backup", ifname, syncid, **optional)
+    try:
+        started = next((d for d in ipvs.daemons() if d.state == "backup"), None)
+        if started is None:
+            raise SyncDaemonError("the backup sync daemon did not come up")
+        yield started, True
+    finally:
+        ipvs.stop_daemon("backup")
+
+
+def run_reseed(
+    planned: Sequence[PlannedTemplate],
+    ipvs: IPVS,
+    *,
+    proc_root: str,
+    interface: Optional[str],
+    syncid: int,
+    group: str,
+    port: int,
+    maxlen: int,
+    queue_limit: int,
+    verify_timeout: float,
+    resend_rounds: int,
+    clock: Callable[[], float] = time.monotonic,
+) -> ReseedResult:
+    """Send `planned` into the local kernel and verify it; see the module docstring."""
+    t0 = clock()
+    res = ReseedResult(planned=len(planned))
+    if not planned:
+        return res
+    with receiving_backup_daemon(ipvs, interface, syncid, group, port) as (daemon, started):
+        res.daemon = f"backup on {daemon.ifname} syncid {daemon.syncid}"
+        res.daemon_started = started
+        d_group = daemon.group or group
+        d_port = daemon.port or port
+        # The receiver drops a datagram longer than its own maxlen: honour both limits.
+        limits = [x for x in (maxlen, daemon.maxlen) if x]
+        d_maxlen = min(limits) if limits else DEFAULT_MAXLEN
+        # A backup daemon with syncid 0 takes any syncid; otherwise ours must match its own.
+        msg_syncid = daemon.syncid if daemon.syncid else syncid
+        probe = SyncQueueProbe(proc_root, d_port, ipv6=":" in d_group)
+        drops0 = probe.drops()
+        pending = list(planned)
+        with SyncSender(daemon.ifname, d_group, d_port, ttl=0, loop=True) as sender:
+            for round_no in range(resend_rounds + 1):
+                res.rounds = round_no + 1
+                dgrams = syncproto.encode_datagrams(
+                    [to_sync_conn(p) for p in pending], syncid=msg_syncid, maxlen=d_maxlen
+                )
+                st = send_paced(sender, dgrams, probe, queue_limit)
+                res.sent += len(pending)
+                res.datagrams += st.datagrams
+                res.bytes += st.bytes
+                res.pacing_waits += st.waits
+                pending = _wait_for_arrival(pending, probe, proc_root, verify_timeout, clock)
+                if not pending:
+                    break
+                log.warning(
+                    "reseed round %d: %d of %d templates not in the table yet; resending",
+                    round_no + 1,
+                    len(pending),
+                    len(planned),
+                )
+        res.receiver_drops = max(0, probe.drops() - drops0)
+    res.missing = len(pending)
+    res.verified = len(planned) - len(pending)
+    res.missing_examples = [_describe(p) for p in pending[:5]]
+    res.ms = (clock() - t0) * 1000
+    return res
+
+
+def _wait_for_arrival(
+    pending: List[PlannedTemplate],
+    probe: SyncQueueProbe,
+    proc_root: str,
+    timeout: float,
+    clock: Callable[[], float],
+) -> List[PlannedTemplate]:
+    """Templates of `pending` not (yet) in the table, waiting up to `timeout` for them.
+
+    Reading the table is expensive (the kernel walks all of it), so read only once the backup
+    daemon has drained its queue, then again with growing pauses while entries are missing.
+    """
+    deadline = clock() + timeout
+    wait_drained(probe, timeout)
+    delay = 0.05
+    while True:
+        present = _present_keys(proc_root)
+        pending = [p for p in pending if p.table_key() not in present]
+        if not pending or clock() + delay > deadline:
+            return pending
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
+
+
+def _present_keys(proc_root: str) -> Set[Tuple]:
+    table = read_conn_table(proc_root, templates_only=True)
+    return {
+        (t.protocol, t.caddr, t.vaddr, t.vport, t.daddr, t.dport) for t in table.templates
+    }
+
+
+def _describe(p: PlannedTemplate) -> str:
+    return f"{p.protocol} {p.caddr} -> {p.vaddr}:{p.vport} -> {p.daddr}:{p.dport}"

@@ -1,0 +1,148 @@
+"""`lvs-hooks status`: what this director holds now, in one report.
+
+`summarize` is pure (tested with plain values); `build_status` gathers the values from the kernel
+and the snapshot store.
+"""
+
+import os
+import time
+from collections import Counter, defaultdict
+from typing import Iterable, List, Optional, Sequence
+
+from lvs_hooks.errors import KernelError
+from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.kernel.netlink import IPVS, SyncDaemon, Timeouts
+
+
+def summarize(
+    services: Sequence[Service],
+    entries: Iterable[ConnEntry],
+    daemons: Sequence[SyncDaemon],
+    timeouts: Optional[Timeouts],
+    newest_snapshot: Optional[dict],
+    malformed: int = 0,
+) -> dict:
+    """The status report as plain data (JSON-ready)."""
+    per_dest: dict = defaultdict(Counter)  # service key -> Counter((daddr, dport, origin))
+    conns: Counter = Counter()
+    templates = 0
+    origins: Counter = Counter()
+    for e in entries:
+        if not e.is_template:
+            conns[e.service_key()] += 1
+            continue
+        templates += 1
+        origin = e.origin or "?"
+        origins[origin] += 1
+        per_dest[e.service_key()][(e.daddr, e.dport, origin)] += 1
+    svc_reports = []
+    known = set()
+    for s in services:
+        known.add(s.key())
+        counts = per_dest.get(s.key(), Counter())
+        dests = []
+        for d in s.destinations:
+            by_origin = {
+                o: n for (a, p, o), n in counts.items() if a == d.addr and (p == d.port or s.fwmark)
+            }
+            dests.append(
+                {
+                    "addr": d.addr,
+                    "port": d.port,
+                    "fwd": d.fwd_method,
+                    "weight": d.weight,
+                    "templates": sum(by_origin.values()),
+                    "by_origin": by_origin,
+                }
+            )
+        svc_reports.append(
+            {
+                "service": s.describe(),
+                "persistent": s.persistent,
+                "persistence_timeout": s.timeout if s.persistent else None,
+                "templates": sum(counts.values()),
+                "connections": conns.get(s.key(), 0),
+                "destinations": dests,
+            }
+        )
+    orphans = sum(sum(c.values()) for k, c in per_dest.items() if k not in known)
+    return {
+        "templates": templates,
+        "templates_by_origin": dict(origins),
+        "templates_without_service": orphans,
+        "connections": sum(conns.values()),
+        "malformed_lines": malformed,
+        "services": svc_reports,
+        "sync_daemons": [d.__dict__ for d in daemons],
+        "timeouts": timeouts.__dict__ if timeouts else None,
+        "newest_snapshot": newest_snapshot,
+    }
+
+
+def build_status(cfg, store) -> dict:
+    proc_root = cfg.paths.proc_root
+    with IPVS() as ipvs:
+        services = ipvs.services()
+        daemons = ipvs.daemons()
+        timeouts = ipvs.timeouts()
+    # ip_vs_conn_sync says LOCAL or SYNC for each entry; older kernels lack it.
+    sync_path = os.path.join(proc_root, "net", "ip_vs_conn_sync")
+    table = read_conn_table(proc_root, sync=os.path.exists(sync_path))
+    newest = _newest_snapshot(store)
+    return summarize(services, table.entries, daemons, timeouts, newest, table.malformed)
+
+
+def _newest_snapshot(store) -> Optional[dict]:
+    try:
+        gens = store.generations()
+    except (OSError, KernelError):
+        return None
+    good = [g for g in gens if g.ok]
+    if not good:
+        return None
+    g = good[0]
+    return {
+        "path": str(g.path),
+        "age_s": round(time.time() - g.captured_at, 1),
+        "templates": g.templates,
+    }
+
+
+def render_status(r: dict) -> str:
+    lines: List[str] = []
+    origin = ", ".join(f"{k} {v}" for k, v in sorted(r["templates_by_origin"].items()))
+    lines.append(
+        f"templates: {r['templates']}" + (f" ({origin})" if origin else "")
+        + f"   connections: {r['connections']}"
+    )
+    if r["templates_without_service"]:
+        lines.append(f"templates of no current service: {r['templates_without_service']}")
+    for s in r["services"]:
+        pers = f"persistent {s['persistence_timeout']} s" if s["persistent"] else "not persistent"
+        lines.append(f"{s['service']}  {pers}  templates {s['templates']}")
+        for d in s["destinations"]:
+            by = ", ".join(f"{k} {v}" for k, v in sorted(d["by_origin"].items()))
+            lines.append(
+                f"  -> {d['addr']}:{d['port']} {d['fwd']} w{d['weight']}  "
+                f"templates {d['templates']}" + (f" ({by})" if by else "")
+            )
+    if r["sync_daemons"]:
+        for d in r["sync_daemons"]:
+            lines.append(f"sync daemon: {d['state']} on {d['ifname']} syncid {d['syncid']}")
+    else:
+        lines.append("sync daemon: none")
+    t = r["timeouts"]
+    if t:
+        lines.append(f"timeouts (tcp tcpfin udp): {t['tcp']} {t['tcpfin']} {t['udp']}")
+    snap = r["newest_snapshot"]
+    if snap:
+        lines.append(
+            f"newest snapshot: {snap['path']} ({snap['templates']} templates, "
+            f"{snap['age_s']:.0f} s old)"
+        )
+    else:
+        lines.append("newest snapshot: none")
+    if r["malformed_lines"]:
+        lines.append(f"warning: {r['malformed_lines']} malformed lines in the connection table")
+    return "\n".join(lines)
