@@ -1,0 +1,477 @@
+# shellcheck shell=bash
+# tests/lab/lib.sh: helpers for lab scenarios (sourced; bash; runs as root inside the lab VM).
+#
+#   . "$LAB_DIR/lib.sh"
+#
+# The runner (tests/lab/run) sets LAB_DIR (this directory), LAB_OUT (results directory, read by
+# pytest on the host after the run), LAB_PYTHON (interpreter), LAB_PROJECT (checkout), LAB_NAME.
+# Everything a scenario makes (netns, links, processes, /tmp) is removed after it by the guest.
+#
+# Costs under TCG (the reason for the shape of these helpers): `ip` ~0.2 s, python3 1-1.5 s,
+# keepalived ~1 s per start. So: `ip -b` batches; one long-lived python per role (rs_server.py,
+# client.py driven through FIFOs); /proc/PID/net/* of a process inside a netns read with bash
+# builtins instead of `ip netns exec ... cat`; sleeps are `read -t` on a FIFO, not /bin/sleep.
+#
+# Never wait with a fixed sleep: `lab_wait SECS DESC CMD...` polls CMD until it succeeds and
+# prints how long it took, or fails the check at the deadline.
+#
+# TOPOLOGY (lab_topology [NDIRECTORS]; default 2, 3 works):
+#   br-ext  10.0.0.0/24   client eth0 .10 + client addresses .20 ... (LAB_CLIENTS of them),
+#                         dirN eth0 .N, VIP 10.0.0.100 (LAB_VIP) on the master
+#   br-int  10.1.0.0/24   dirN eth1 .N, rs1 .11, rs2 .12 (LAB_RS), gateway VIP .254 (LAB_GW_VIP)
+#                         on the master (NAT: real servers route back through the director)
+#   br-sync 172.16.0.0/24 dirN sync0 .N: the IPVS sync link (a bridge, so 2 or 3 directors alike)
+#   Real servers answer UDP and TCP on LAB_VPORT (5000) with their name (rs_server.py).
+#   Netns names: client, rs1, rs2, dir1 .. dirN. Scratch: $LAB_TMP/<name>/ (/tmp/lab).
+#
+# FUNCTIONS (details above each one):
+#   lab_log MSG / lab_step TITLE / lab_die MSG / lab_nap SECS / lab_wait SECS DESC CMD...
+#   nsx NS CMD...                       run a command in a netns
+#   lab_topology [N]                    netns, bridges, addresses, real servers (+ anchors)
+#   lab_director_create DIR             one director netns plugged into the bridges
+#   lab_rs_start                        the real servers
+#   lab_keepalived_start DIR PRIO [STATE]  render keepalived.conf from the template, start it
+#   lab_keepalived_conf DIR PRIO STATE  (the template; prints the config)
+#   lab_hooks_config DIR                (lvs-hooks config of one director; prints the path)
+#   lab_has_vip DIR / lab_master_is DIR wait predicates
+#   lab_fail_hard DIR                   node death: SIGKILL all its processes, links down
+#   lab_reboot DIR                      fresh netns (empty IPVS table), re-plugged, no keepalived
+#   lab_move_vips FROM TO               move the VIPs by hand (without keepalived)
+#   lab_conn DIR                        /proc/net/ip_vs_conn of DIR (raw)
+#   lab_templates DIR                   templates of DIR, decoded: "UDP 10.0.0.20 10.0.0.100:5000
+#                                       10.1.0.11:5000 ASSURED 19"
+#   lab_tpl_count DIR                   number of templates (FPrt 0000)
+#   lab_client_start / lab_client CMD   the traffic client (client.py): open/probe/keepalive/report
+#   lab_inject DIR ENTRY... [-- OPTS]   sync_inject.py in DIR (lab-only sync message injector)
+#   lab_bulk_templates N [BASE]         N templates on the master from spoofed sources
+#   lab_result_json FILE KEY=JSON...    write a result file into $LAB_OUT
+
+set -u
+
+LAB_DIR=${LAB_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)}
+LAB_OUT=${LAB_OUT:-/tmp/lab-out}
+LAB_PYTHON=${LAB_PYTHON:-python3}
+LAB_TMP=${LAB_TMP:-/tmp/lab}
+mkdir -p "$LAB_OUT" "$LAB_TMP"
+
+# Topology and service parameters: override before lab_topology / lab_keepalived_start.
+LAB_VIP=${LAB_VIP:-10.0.0.100}
+LAB_VPORT=${LAB_VPORT:-5000}
+LAB_GW_VIP=${LAB_GW_VIP:-10.1.0.254}
+LAB_CLIENTS=${LAB_CLIENTS:-20}          # client addresses 10.0.0.20 .. (at most 70)
+LAB_CLIENT_FIRST=${LAB_CLIENT_FIRST:-20}
+LAB_RS=${LAB_RS:-"rs1 rs2"}             # rsN = 10.1.0.(10+N)
+LAB_PERSIST=${LAB_PERSIST:-20}          # persistence_timeout (s): short, so the lab stays fast
+LAB_SCHED=${LAB_SCHED:-wrr}
+LAB_SYNC_IF=${LAB_SYNC_IF:-sync0}
+LAB_SYNCID=${LAB_SYNCID:-51}
+LAB_VRID=${LAB_VRID:-51}
+LAB_PROTOS=${LAB_PROTOS:-"UDP TCP"}     # one virtual_server per protocol on VIP:VPORT
+LVS_HOOKS=${LVS_HOOKS:-0}               # 1: wire lvs-hooks into keepalived (see lab_keepalived_conf)
+LVS_HOOKS_MODE=${LVS_HOOKS_MODE:-fifo}  # fifo (vrrp_notify_fifo_script) | notify (older keepalived)
+LAB_DIRECTORS=0                         # set by lab_topology
+
+declare -A LAB_ANCHOR=()   # netns -> pid of a process living in it (for /proc/PID/net/*)
+
+# ------------------------------------------------------------------------------ time, logs, waits
+
+_lab_t0=$EPOCHREALTIME
+# seconds since the scenario started (2 decimals), no process start
+lab_elapsed() {
+    local now=$EPOCHREALTIME since=${1:-$_lab_t0} d
+    d=$(( ${now/./} - ${since/./} ))
+    printf -v REPLY '%d.%02d' $((d / 1000000)) $((d % 1000000 / 10000))
+    echo "$REPLY"
+}
+lab_log() { local t; t=$(lab_elapsed); echo "[$t] $*"; }
+lab_step() { local t; t=$(lab_elapsed); echo; echo "===== [$t] $*"; }
+lab_die() { lab_log "FAIL: $*"; exit 1; }
+
+# a sleep without a process: read with a timeout on a FIFO nobody writes to
+mkfifo "$LAB_TMP/.nap" 2>/dev/null
+exec {_LAB_NAPFD}<>"$LAB_TMP/.nap"
+lab_nap() { read -r -t "$1" -u "$_LAB_NAPFD"; return 0; }
+
+# lab_wait SECS DESC CMD... : poll CMD (every 0.2 s) until it succeeds; prints how long it took.
+# Returns 1 at the deadline (the caller decides: `lab_wait ... || lab_die ...`).
+lab_wait() {
+    local secs=$1 desc=$2 t0=$EPOCHREALTIME
+    shift 2
+    local deadline=$(( ${t0/./} + ${secs%.*} * 1000000 ))
+    while :; do
+        if "$@"; then
+            lab_log "waited $(lab_elapsed "$t0")s for: $desc"
+            return 0
+        fi
+        local now=$EPOCHREALTIME
+        if (( ${now/./} >= deadline )); then
+            lab_log "TIMEOUT after $(lab_elapsed "$t0")s waiting for: $desc"
+            return 1
+        fi
+        lab_nap 0.2
+    done
+}
+
+nsx() { local ns=$1; shift; ip netns exec "$ns" "$@"; }
+
+# ------------------------------------------------------------------------------ topology
+
+# lab_anchor NS [SYSCTL=VAL...]: a long-lived `sleep` in NS (its /proc/PID/net/* is NS's view),
+# started after setting the given sysctls in NS: one process start for both. _lab_anchor_spawn
+# starts it, _lab_anchor_wait waits until the sysctls are written (several netns in parallel).
+lab_anchor() { _lab_anchor_spawn "$@"; _lab_anchor_wait "$1"; }
+_lab_anchor_spawn() {
+    local ns=$1 kv k cmd=""
+    shift
+    for kv in "$@"; do k=${kv%%=*}; cmd+="echo ${kv#*=} > /proc/sys/${k//.//}; "; done
+    # ip netns exec execs sh, which execs sleep: $! is the anchor itself
+    ip netns exec "$ns" sh -c "${cmd}exec sleep infinity" &
+    LAB_ANCHOR[$ns]=$!
+}
+_lab_anchor_wait() {
+    lab_wait 10 "netns $1 ready" _lab_is_sleep "${LAB_ANCHOR[$1]}" > /dev/null \
+        || lab_die "netns $1: anchor did not start"
+}
+_lab_is_sleep() { local c; read -r c < "/proc/$1/comm" 2>/dev/null && [ "$c" = sleep ]; }
+
+# _lab_dir_root_batch DIR N: root-namespace `ip -b` lines that create and plug director DIR
+_lab_dir_root_batch() {
+    local d=$1
+    echo "netns add $d"
+    echo "link add v-$d-eth0 type veth peer name eth0 netns $d"
+    echo "link add v-$d-eth1 type veth peer name eth1 netns $d"
+    echo "link add v-$d-sync type veth peer name $LAB_SYNC_IF netns $d"
+    echo "link set v-$d-eth0 master br-ext up"
+    echo "link set v-$d-eth1 master br-int up"
+    echo "link set v-$d-sync master br-sync up"
+}
+_lab_dir_ns_batch() {
+    local n=$1
+    echo "link set lo up"
+    echo "addr add 10.0.0.$n/24 dev eth0"
+    echo "addr add 10.1.0.$n/24 dev eth1"
+    echo "addr add 172.16.0.$n/24 dev $LAB_SYNC_IF"
+    echo "link set eth0 up"
+    echo "link set eth1 up"
+    echo "link set $LAB_SYNC_IF up"
+}
+_lab_dir_sysctls=(net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0
+                  net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0)
+
+# lab_director_create DIR: director netns DIR (dirN), plugged into br-ext, br-int, br-sync
+lab_director_create() {
+    local d=$1 n=${1#dir}
+    _lab_dir_root_batch "$d" | ip -b - || lab_die "creating $d"
+    _lab_dir_ns_batch "$n" | ip -n "$d" -b - || lab_die "addressing $d"
+    mkdir -p "$LAB_TMP/$d/run" "$LAB_TMP/$d/state"
+    lab_anchor "$d" "${_lab_dir_sysctls[@]}"
+}
+
+# lab_topology [NDIRECTORS]: everything but keepalived (see the header for the picture)
+lab_topology() {
+    local nd=${1:-2} i r a t0=$EPOCHREALTIME
+    LAB_DIRECTORS=$nd
+    {
+        for b in br-ext br-int br-sync; do
+            # no STP: ports forward at once; no snooping: multicast (VRRP, sync) is flooded
+            echo "link add $b type bridge stp_state 0 mcast_snooping 0"
+            echo "link set $b up"
+        done
+        echo "netns add client"
+        echo "link add v-client-eth0 type veth peer name eth0 netns client"
+        echo "link set v-client-eth0 master br-ext up"
+        for r in $LAB_RS; do
+            echo "netns add $r"
+            echo "link add v-$r-eth0 type veth peer name eth0 netns $r"
+            echo "link set v-$r-eth0 master br-int up"
+        done
+        for ((i = 1; i <= nd; i++)); do _lab_dir_root_batch "dir$i"; done
+    } | ip -b - || lab_die "topology (root namespace)"
+    {
+        echo "link set lo up"
+        echo "addr add 10.0.0.10/24 dev eth0"
+        for ((i = 0; i < LAB_CLIENTS; i++)); do
+            echo "addr add 10.0.0.$((LAB_CLIENT_FIRST + i))/24 dev eth0"
+        done
+        echo "link set eth0 up"
+    } | ip -n client -b - || lab_die "topology (client)"
+    for r in $LAB_RS; do
+        printf 'link set lo up\naddr add 10.1.0.%d/24 dev eth0\nlink set eth0 up\n%s\n' \
+            $((10 + ${r#rs})) "route add default via $LAB_GW_VIP" | ip -n "$r" -b - \
+            || lab_die "topology ($r)"
+    done
+    for ((i = 1; i <= nd; i++)); do
+        _lab_dir_ns_batch "$i" | ip -n "dir$i" -b - || lab_die "topology (dir$i)"
+        mkdir -p "$LAB_TMP/dir$i/run" "$LAB_TMP/dir$i/state"
+    done
+    # anchors (sysctls + /proc view) for all directors and the client, started in parallel
+    for ((i = 1; i <= nd; i++)); do _lab_anchor_spawn "dir$i" "${_lab_dir_sysctls[@]}"; done
+    _lab_anchor_spawn client net.ipv4.ip_nonlocal_bind=1
+    for a in "${!LAB_ANCHOR[@]}"; do _lab_anchor_wait "$a"; done
+    lab_rs_start
+    lab_log "topology: $nd directors, $LAB_CLIENTS clients, real servers $LAB_RS" \
+            "($(lab_elapsed "$t0")s)"
+}
+
+# lab_rs_start: the real servers (one rs_server.py each, UDP+TCP on LAB_VPORT), waits until bound
+lab_rs_start() {
+    local r
+    for r in $LAB_RS; do
+        ip netns exec "$r" "$LAB_PYTHON" "$LAB_DIR/rs_server.py" "$r" --port "$LAB_VPORT" \
+            > "$LAB_TMP/$r.log" 2>&1 &
+        LAB_ANCHOR[$r]=$!
+    done
+    local port
+    printf -v port ':%04X ' "$LAB_VPORT"
+    for r in $LAB_RS; do
+        lab_wait 30 "$r listening" _lab_file_has "/proc/${LAB_ANCHOR[$r]}/net/tcp" "$port" \
+            > /dev/null || lab_die "$r did not start: $(< "$LAB_TMP/$r.log")"
+    done
+}
+_lab_file_has() { local c; c=$(< "$1") 2>/dev/null && [[ $c == *"$2"* ]]; }
+
+# ------------------------------------------------------------------------------ keepalived
+
+# lab_hooks_config DIR: writes DIR's lvs-hooks config and prints its path. Directors share the
+# VM's filesystem, so each one has its own state_dir and run_dir under $LAB_TMP/DIR/.
+lab_hooks_config() {
+    local d=$1 f="$LAB_TMP/$1/lvs-hooks.yaml"
+    mkdir -p "$LAB_TMP/$d/state" "$LAB_TMP/$d/run"
+    cat > "$f" <<EOF
+# lvs-hooks config of lab director $d (rendered by tests/lab/lib.sh lab_hooks_config)
+paths:
+  state_dir: $LAB_TMP/$d/state
+  run_dir: $LAB_TMP/$d/run
+sync:
+  interface: $LAB_SYNC_IF
+  syncid: $LAB_SYNCID
+EOF
+    echo "$f"
+}
+
+# lab_keepalived_conf DIR PRIO STATE: prints DIR's keepalived.conf. VRRP instance VI_1 on eth0
+# holding the VIP and the real servers' gateway VIP; kernel sync daemon on the sync link; one
+# NAT virtual_server with persistence per protocol in LAB_PROTOS. With LVS_HOOKS=1, lvs-hooks gets
+# keepalived's events: vrrp_notify_fifo + vrrp_notify_fifo_script (LVS_HOOKS_MODE=fifo), or a
+# notify script (LVS_HOOKS_MODE=notify, keepalived older than 1.3.6).
+lab_keepalived_conf() {
+    local d=$1 prio=$2 state=$3 cfg="" hooks_global="" hooks_instance="" proto r
+    if [ "$LVS_HOOKS" = 1 ]; then
+        cfg=$(lab_hooks_config "$d")
+        if [ "$LVS_HOOKS_MODE" = notify ]; then
+            hooks_instance="    notify \"/usr/local/bin/lvs-hooks --config $cfg notify\""
+        else
+            hooks_global="    vrrp_notify_fifo $LAB_TMP/$d/run/notify.fifo
+    vrrp_notify_fifo_script \"/usr/local/bin/lvs-hooks --config $cfg fifo\""
+        fi
+    fi
+    cat <<EOF
+global_defs {
+    router_id $d
+    lvs_sync_daemon $LAB_SYNC_IF VI_1 id $LAB_SYNCID
+    script_user root
+    vrrp_garp_master_delay 1
+$hooks_global
+}
+vrrp_instance VI_1 {
+    state $state
+    interface eth0
+    virtual_router_id $LAB_VRID
+    priority $prio
+    advert_int 1
+    virtual_ipaddress {
+        $LAB_VIP/24 dev eth0
+        $LAB_GW_VIP/24 dev eth1
+    }
+$hooks_instance
+}
+EOF
+    for proto in $LAB_PROTOS; do
+        echo "virtual_server $LAB_VIP $LAB_VPORT {"
+        echo "    delay_loop 10"
+        echo "    lb_algo $LAB_SCHED"
+        echo "    lb_kind NAT"
+        echo "    persistence_timeout $LAB_PERSIST"
+        echo "    protocol $proto"
+        for r in $LAB_RS; do
+            echo "    real_server 10.1.0.$((10 + ${r#rs})) $LAB_VPORT {"
+            echo "        weight 1"
+            echo "    }"
+        done
+        echo "}"
+    done
+}
+
+# lab_keepalived_start DIR PRIO [STATE]: render $LAB_TMP/DIR/keepalived.conf, start keepalived
+# in DIR (foreground mode, log in $LAB_TMP/DIR/keepalived.log, pid files in $LAB_TMP/DIR/).
+lab_keepalived_start() {
+    local d=$1 prio=$2 state=${3:-BACKUP} dir="$LAB_TMP/$1"
+    mkdir -p "$dir/run"
+    lab_keepalived_conf "$d" "$prio" "$state" > "$dir/keepalived.conf"
+    ip netns exec "$d" keepalived -n -l -D -f "$dir/keepalived.conf" -p "$dir/keepalived.pid" \
+        -r "$dir/vrrp.pid" -c "$dir/checkers.pid" >> "$dir/keepalived.log" 2>&1 &
+    lab_log "keepalived started in $d (priority $prio, $state${LVS_HOOKS:+, LVS_HOOKS=$LVS_HOOKS})"
+}
+
+# lab_has_vip DIR: the VIP is a local address of DIR (read from DIR's fib_trie, no process)
+lab_has_vip() {
+    local t re
+    t=$(< "/proc/${LAB_ANCHOR[$1]:-0}/net/fib_trie") 2>/dev/null || return 1
+    re="-- ${LAB_VIP//./\\.}"$'\n'"[ ]+/32 host LOCAL"
+    [[ $t =~ $re ]]
+}
+# lab_master_is DIR: DIR holds the VIP and no other director does
+lab_master_is() {
+    local i
+    lab_has_vip "$1" || return 1
+    for ((i = 1; i <= LAB_DIRECTORS; i++)); do
+        [ "dir$i" = "$1" ] && continue
+        [ -n "${LAB_ANCHOR[dir$i]:-}" ] && lab_has_vip "dir$i" && return 1
+    done
+    return 0
+}
+
+# ------------------------------------------------------------------------------ failures
+
+# _lab_ns_kill NS [KEEP_PID]: SIGKILL every process in NS (but KEEP_PID)
+_lab_ns_kill() {
+    local ns=$1 keep=${2:-} p
+    for p in $(ip netns pids "$ns" 2>/dev/null); do
+        [ "$p" = "$keep" ] || kill -9 "$p" 2>/dev/null
+    done
+}
+
+# lab_fail_hard DIR: node death. SIGKILL keepalived and everything else in DIR (no goodbye
+# advert, no notify), then its links go down. The netns and its IPVS table stay (a dead box).
+lab_fail_hard() {
+    local d=$1
+    _lab_ns_kill "$d" "${LAB_ANCHOR[$d]}"
+    printf 'link set eth0 down\nlink set eth1 down\nlink set %s down\n' "$LAB_SYNC_IF" \
+        | ip -n "$d" -b -
+    lab_log "$d: hard failure (processes killed, links down)"
+}
+
+# lab_reboot DIR: DIR comes back after a reboot: a new netns (empty IPVS table, no daemons),
+# re-plugged with the same addresses. run_dir is emptied (tmpfs on a real box), state_dir kept.
+# keepalived is not started: call lab_keepalived_start.
+lab_reboot() {
+    local d=$1
+    _lab_ns_kill "$d"
+    unset "LAB_ANCHOR[$d]"
+    ip netns del "$d"
+    # the veth peers in the root netns go away with the netns, asynchronously
+    lab_wait 10 "$d's old links gone" _lab_no_link "v-$d-eth0" "v-$d-eth1" "v-$d-sync" \
+        > /dev/null || lab_die "$d links did not go away"
+    rm -rf "$LAB_TMP/$d/run"
+    lab_director_create "$d"
+    lab_log "$d: rebooted (empty table)"
+}
+_lab_no_link() { local l; for l in "$@"; do [ -e "/sys/class/net/$l" ] && return 1; done; return 0; }
+
+# lab_move_vips FROM TO: move the VIPs by hand (scenarios without keepalived); neighbours flushed
+lab_move_vips() {
+    printf 'addr del %s/24 dev eth0\naddr del %s/24 dev eth1\n' "$LAB_VIP" "$LAB_GW_VIP" \
+        | ip -n "$1" -b -
+    printf 'addr add %s/24 dev eth0\naddr add %s/24 dev eth1\n' "$LAB_VIP" "$LAB_GW_VIP" \
+        | ip -n "$2" -b -
+    local n
+    for n in client $LAB_RS; do ip -n "$n" neigh flush all; done
+    lab_log "VIPs moved $1 -> $2"
+}
+
+# ------------------------------------------------------------------------------ IPVS table
+
+# lab_conn DIR: DIR's /proc/net/ip_vs_conn (raw lines). Uses the anchor; big tables: cat reads
+# in large chunks (each read() walks the kernel table from the start).
+lab_conn() {
+    local pid=${LAB_ANCHOR[$1]:-}
+    if [ -n "$pid" ]; then cat "/proc/$pid/net/ip_vs_conn"; else nsx "$1" cat /proc/net/ip_vs_conn; fi
+}
+
+_lab_hex_ip() { # 0A00000A -> 10.0.0.10
+    local h=$1
+    printf -v REPLY '%d.%d.%d.%d' "0x${h:0:2}" "0x${h:2:2}" "0x${h:4:2}" "0x${h:6:2}"
+}
+# lab_templates DIR: templates (FPrt 0000) decoded: PROTO CLIENT VIP:VPORT RIP:RPORT STATE EXPIRES
+lab_templates() {
+    local pro from fprt to tprt dst dprt state exp c v r
+    while read -r pro from fprt to tprt dst dprt state exp _; do
+        [ "$fprt" = 0000 ] && [ ${#from} = 8 ] || continue
+        _lab_hex_ip "$from"; c=$REPLY
+        _lab_hex_ip "$to"; v=$REPLY
+        _lab_hex_ip "$dst"; r=$REPLY
+        echo "$pro $c $v:$((16#$tprt)) $r:$((16#$dprt)) $state $exp"
+    done < <(lab_conn "$1")
+}
+# lab_tpl_count DIR: number of templates (sets REPLY too)
+lab_tpl_count() {
+    local n=0 pro from fprt
+    while read -r pro from fprt _; do
+        [ "$fprt" = 0000 ] && n=$((n + 1))
+    done < <(lab_conn "$1")
+    REPLY=$n
+    echo "$n"
+}
+# wait predicates: lab_wait 30 "..." lab_tpl_at_least dir2 20 ; lab_wait 90 "..." lab_tpl_none dir2
+lab_tpl_at_least() { local n; n=$(lab_tpl_count "$1"); [ "$n" -ge "$2" ]; }
+lab_tpl_none() { local n; n=$(lab_tpl_count "$1"); [ "$n" -eq 0 ]; }
+
+# lab_inject DIR [OPTS...] ENTRY...: inject sync messages into DIR's backup daemon (see
+# sync_inject.py --help; ENTRY = CADDR,VIP:VPORT,RIP:RPORT)
+lab_inject() {
+    local d=$1
+    shift
+    nsx "$d" "$LAB_PYTHON" "$LAB_DIR/sync_inject.py" --iface "$LAB_SYNC_IF" --syncid "$LAB_SYNCID" "$@"
+}
+
+# lab_bulk_templates N [BASE] [RATE]: one UDP datagram to the VIP from each of N spoofed
+# sources (BASE 10.2.0.0 up), so the master creates N LOCAL templates. rp_filter is already off on
+# the directors (lab_director_create).
+lab_bulk_templates() {
+    nsx client "$LAB_PYTHON" "$LAB_DIR/bulk_templates.py" --vip "$LAB_VIP" --port "$LAB_VPORT" \
+        --base "${2:-10.2.0.0}" --rate "${3:-0}" "$1"
+}
+
+# ------------------------------------------------------------------------------ client traffic
+
+# lab_client_start: the traffic client in the client netns, one flow per client address
+lab_client_start() {
+    local last=$((LAB_CLIENT_FIRST + LAB_CLIENTS - 1)) ctl="$LAB_TMP/client"
+    ip netns exec client "$LAB_PYTHON" "$LAB_DIR/client.py" --ctl "$ctl" --vip "$LAB_VIP" \
+        --port "$LAB_VPORT" "10.0.0.$LAB_CLIENT_FIRST-$last" > "$LAB_TMP/client.log" 2>&1 &
+    LAB_CLIENT_PID=$!
+    lab_wait 30 "traffic client ready" test -e "$ctl.ready" > /dev/null \
+        || lab_die "client did not start: $(< "$LAB_TMP/client.log")"
+    exec {LAB_CIN}<>"$ctl.in" {LAB_COUT}<>"$ctl.out"
+}
+
+# lab_client CMD [ARGS]: one command to the traffic client (see client.py); the JSON answer is
+# in LAB_REPLY and printed. Returns 1 if the client reports an error or does not answer in 120 s.
+#   lab_client open start          new UDP flow per client (the first open is the reference)
+#   lab_client open t1 tcp         new TCP connection per client
+#   lab_client probe after-failover [FLOWS]   who answers each client's existing flow
+#   lab_client keepalive 1         flows keep sending every second
+#   lab_client report "$LAB_OUT/traffic.json"
+lab_client() {
+    echo "$*" >&"$LAB_CIN"
+    if ! IFS= read -r -t 120 -u "$LAB_COUT" LAB_REPLY; then
+        lab_log "client: no answer to '$*' ($(< "$LAB_TMP/client.log"))"
+        return 1
+    fi
+    lab_log "client $1 ${2:-}: $LAB_REPLY"
+    [[ $LAB_REPLY == '{"ok":true'* ]]
+}
+# lab_json_field KEY: a top-level number from LAB_REPLY (e.g. same_as_ref), into REPLY
+lab_json_field() {
+    local re="\"$1\":([0-9.]+)"
+    [[ $LAB_REPLY =~ $re ]] && REPLY=${BASH_REMATCH[1]}
+    echo "${REPLY:-}"
+}
+
+# lab_result_json FILE KEY=JSONVALUE...: a small JSON object into $LAB_OUT/FILE
+lab_result_json() {
+    local f=$1 kv sep="" body="{"
+    shift
+    for kv in "$@"; do body+="$sep\"${kv%%=*}\": ${kv#*=}"; sep=", "; done
+    echo "$body}" > "$LAB_OUT/$f"
+}

@@ -1,0 +1,123 @@
+#!/bin/bash
+# PID 1 of the lab guest (after switch_root; root = overlay of the host's / read-only + tmpfs).
+# The runner copies this file into the per-run directory, which the guest sees as /lab:
+#   /lab/manifest.sh         written by the runner: paths, env, scenario list, time limits
+#   /lab/scenarios/NAME.sh   copies of the scenario files
+#   /lab/results/NAME/       $LAB_OUT of scenario NAME (results files land here, on the host)
+#   /lab/status              one line per finished scenario: NAME RC WALL
+# Console protocol read by the runner (lines start with "LAB: "):
+#   LAB: guest ready ...   LAB: scenario NAME start   LAB: scenario NAME rc=N wall=S.SSs   LAB: all done
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export HOME=/root LANG=C.UTF-8 TERM=dumb
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /tmp
+mkdir -p /dev/pts /dev/shm /run/netns /sys/fs/cgroup
+mount -t devpts devpts /dev/pts
+# devtmpfs has no /dev/fd: bash process substitution <(...) needs it
+ln -sf /proc/self/fd /dev/fd
+ln -sf /proc/self/fd/0 /dev/stdin
+ln -sf /proc/self/fd/1 /dev/stdout
+ln -sf /proc/self/fd/2 /dev/stderr
+mount -t tmpfs tmpfs /dev/shm
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+ip link set lo up
+hostname lvslab
+
+poweroff_now() {
+    sync
+    # Asynchronous power-off; QEMU exits. PID 1 must not exit first (kernel panic): busy-wait in a
+    # builtin.
+    echo o > /proc/sysrq-trigger
+    while :; do :; done
+}
+
+# shellcheck source=/dev/null
+. /lab/manifest.sh || { echo "LAB: manifest missing"; poweroff_now; }
+
+# `lvs-hooks` on PATH: the checkout the runner lives in, run by the runner's interpreter, unless
+# the runner was given another command (--lvs-hooks, e.g. from an unpacked RPM).
+mkdir -p /usr/local/bin
+if [ -n "${LAB_LVS_HOOKS_CMD:-}" ]; then
+    printf '#!/bin/sh\nexec %s "$@"\n' "$LAB_LVS_HOOKS_CMD" > /usr/local/bin/lvs-hooks
+else
+    printf '#!/bin/sh\nexport PYTHONPATH=%s${PYTHONPATH:+:$PYTHONPATH}\nexec %s -m lvs_hooks "$@"\n' \
+        "$LAB_PROJECT" "$LAB_PYTHON" > /usr/local/bin/lvs-hooks
+fi
+chmod 755 /usr/local/bin/lvs-hooks
+
+# Modules nearly every scenario needs, loaded once so that scenario wall times compare.
+modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh veth bridge 2>&1
+
+up() { local u; read -r u _ < /proc/uptime; echo "$u"; }
+# a sleep without a process start: read with a timeout on a FIFO nobody writes to
+mkfifo /run/lab-sleep.fifo
+exec {SLEEPFD}<>/run/lab-sleep.fifo
+nap() { read -r -t "$1" -u "$SLEEPFD"; }
+echo "LAB: guest ready uptime=$(up) kernel=$(uname -r) scenarios=${#LAB_SCENARIOS[@]}"
+
+if [ "${LAB_MODE:-run}" = shell ]; then
+    export LAB_DIR LAB_PYTHON LAB_PROJECT LAB_OUT=/lab/results/shell
+    mkdir -p "$LAB_OUT"
+    for kv in "${LAB_ENV[@]}"; do export "${kv?}"; done
+    cd /tmp && setsid /bin/bash -l </dev/ttyS0 >/dev/ttyS0 2>&1
+    poweroff_now
+fi
+
+# Between scenarios: nothing a scenario started or made may leak into the next one.
+cleanup() { # cgroup-dir
+    local cg=$1 i l
+    # every process the scenario started is in its cgroup (daemons too: forks inherit it)
+    echo 1 > "$cg/cgroup.kill" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do
+        [ -s "$cg/cgroup.procs" ] || break
+        nap 0.1
+    done
+    [ -s "$cg/cgroup.procs" ] && echo "LAB: cleanup: processes still alive: $(tr '\n' ' ' < "$cg/cgroup.procs")"
+    rmdir "$cg" 2>/dev/null
+    ip -all netns delete 2>/dev/null
+    # bridges, veths, dummies left in the root namespace
+    for l in /sys/class/net/*; do
+        l=${l##*/}
+        [ "$l" = lo ] || ip link del "$l" 2>/dev/null
+    done
+    if [ -e /proc/net/ip_vs ]; then
+        ipvsadm -C 2>/dev/null
+        ipvsadm --stop-daemon master 2>/dev/null
+        ipvsadm --stop-daemon backup 2>/dev/null
+    fi
+    # a fresh /tmp for the next scenario
+    umount -l /tmp 2>/dev/null
+    mount -t tmpfs tmpfs /tmp
+}
+
+: > /lab/status
+for idx in "${!LAB_SCENARIOS[@]}"; do
+    name=${LAB_SCENARIOS[$idx]}
+    limit=${LAB_TIMEOUTS[$idx]}
+    out=/lab/results/$name
+    mkdir -p "$out"
+    cg=/sys/fs/cgroup/scn-$idx
+    mkdir -p "$cg"
+    echo "LAB: scenario $name start limit=${limit}s uptime=$(up)"
+    t0=$EPOCHREALTIME
+    (
+        echo "$BASHPID" > "$cg/cgroup.procs"
+        for kv in "${LAB_ENV[@]}"; do export "${kv?}"; done
+        export LAB_OUT=$out LAB_NAME=$name LAB_DIR LAB_PYTHON LAB_PROJECT
+        mkdir -p /tmp/lab
+        cd /tmp/lab || exit 1
+        exec timeout -k 5 "$limit" /bin/bash "/lab/scenarios/$name.sh"
+    ) < /dev/null 2>&1
+    rc=$?
+    t1=$EPOCHREALTIME
+    wall=$(( (${t1/./} - ${t0/./}) / 10000 ))   # centiseconds
+    wall=$(printf '%d.%02d' $((wall / 100)) $((wall % 100)))
+    echo "$name $rc $wall" >> /lab/status
+    echo "LAB: scenario $name rc=$rc wall=${wall}s"
+    cleanup "$cg"
+done
+echo "LAB: all done uptime=$(up)"
+poweroff_now
