@@ -1,0 +1,709 @@
+"""The configuration: one YAML file, checked against typed frozen dataclasses.
+
+The schema is the dataclasses at the bottom of this module. A small generic validator walks them
+by their type hints (int, float, str, bool, Optional[X], List[X], Tuple[X, ...], nested
+dataclasses) and by the constraints declared next to each field with `setting()`. To add a
+section, add a dataclass and a field for it on `Config`; the validator, the error messages and
+the commented example (`dump_default_config`, which etc/lvs-hooks.yaml is generated from) follow.
+
+Every problem is reported as one line naming the file, the line, the key path and what is allowed:
+
+    config /etc/lvs-hooks/lvs-hooks.yaml:4: sync.sycnid: unknown key (did you mean 'syncid'?)
+    config /etc/lvs-hooks/lvs-hooks.yaml:5: sync.port: must be an integer 1-65535, got 'abc'
+"""
+
+import dataclasses
+import difflib
+import inspect
+import ipaddress
+import json
+import logging
+import math
+import os
+import re
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    List,
+    Optional,
+    Tuple,
+    Type,
+    TypeVar,
+    Union,
+    get_type_hints,
+)
+
+import yaml
+from yaml.nodes import MappingNode, ScalarNode, SequenceNode
+
+from lvs_hooks.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_NoneType = type(None)
+
+# --------------------------------------------------------------------------------------------
+# Declaring settings
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    default_factory: Any = dataclasses.MISSING,
+    ge: Optional[float] = None,
+    le: Optional[float] = None,
+    gt: Optional[float] = None,
+    choices: Optional[Tuple[Any, ...]] = None,
+    check: Optional[Callable[[Any], bool]] = None,
+    allowed: Optional[str] = None,
+) -> Any:
+    """A dataclass field for a setting: its default, why it exists (`doc`, which becomes the
+    comment in the example file) and what values it takes.
+
+    ge/le/gt bound numbers, `choices` lists the values taken, `check` is a predicate for anything
+    else; `allowed` describes the values in words for messages when the bounds cannot say it.
+    For List/Tuple settings the constraints apply to each item; a list default needs
+    `default_factory`, as with dataclasses.field.
+    """
+    meta = {"doc": doc, "ge": ge, "le": le, "gt": gt, "choices": choices, "check": check}
+    meta["allowed"] = allowed
+    return field(default=default, default_factory=default_factory, metadata=meta)
+
+
+def section(cls: Type[Any]) -> Any:
+    """A dataclass field holding a nested section; absent or empty in the file means defaults."""
+    return field(default_factory=cls)
+
+
+# --------------------------------------------------------------------------------------------
+# The generic validator
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad key or value."""
+
+    source: str
+    line: Optional[int]
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}" if self.line else self.source
+        return f"config {where}: {self.path + ': ' if self.path else ''}{self.message}"
+
+
+class _Context:
+    def __init__(self, source: str, lines: Dict[str, int], root: Type[Any]):
+        self.source = source
+        self.lines = lines
+        self.root = root
+        self.problems: List[Problem] = []
+
+    def problem(self, path: str, message: str) -> None:
+        # A key that is missing has no line of its own: point at its section instead.
+        line = self.lines.get(path)
+        parent = path
+        while line is None and parent:
+            parent = parent.rpartition(".")[0]
+            line = self.lines.get(parent)
+        self.problems.append(Problem(self.source, line, path, message))
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _show(value: Any) -> str:
+    """A value as the user wrote it, in YAML terms, short enough for one line."""
+    if value is None:
+        text = "null"
+    elif isinstance(value, bool):
+        text = "true" if value else "false"
+    elif isinstance(value, dict):
+        text = "a mapping"
+    elif isinstance(value, list):
+        text = "a list"
+    else:
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _optional_inner(tp: Any) -> Any:
+    """X for Optional[X], else None."""
+    if getattr(tp, "__origin__", None) is Union:
+        args = [a for a in tp.__args__ if a is not _NoneType]
+        if len(args) != 1 or len(tp.__args__) != 2:
+            raise TypeError(f"config schema: only Optional[X] unions are supported, not {tp}")
+        return args[0]
+    return None
+
+
+def _sequence_item(tp: Any) -> Any:
+    """X for List[X] or Tuple[X, ...], else None."""
+    origin = getattr(tp, "__origin__", None)
+    if origin is list:
+        return tp.__args__[0]
+    if origin is tuple:
+        args = tp.__args__
+        if len(args) != 2 or args[1] is not Ellipsis:
+            raise TypeError(f"config schema: only Tuple[X, ...] tuples are supported, not {tp}")
+        return args[0]
+    return None
+
+
+def _number(n: float) -> str:
+    return str(int(n)) if float(n).is_integer() else str(n)
+
+
+def describe(tp: Any, meta: Any) -> str:
+    """What a setting of type `tp` with constraints `meta` takes, in words ("an integer 0-255")."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return describe(inner, meta) + " or null"
+    item = _sequence_item(tp)
+    if item is not None:
+        return "a list of " + _plural(describe(item, meta))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if meta.get("allowed"):
+        return meta["allowed"]
+    if meta.get("choices"):
+        return "one of " + ", ".join(str(c) for c in meta["choices"])
+    if tp is bool:
+        return "true or false"
+    if tp is str:
+        return "a string"
+    noun = {int: "an integer", float: "a number"}.get(tp)
+    if noun is None:
+        raise TypeError(f"config schema: unsupported setting type {tp}")
+    ge, le, gt = meta.get("ge"), meta.get("le"), meta.get("gt")
+    if ge is not None and le is not None:
+        return f"{noun} {_number(ge)}-{_number(le)}"
+    bounds = []
+    if ge is not None:
+        bounds.append(f">= {_number(ge)}")
+    if gt is not None:
+        bounds.append(f"> {_number(gt)}")
+    if le is not None:
+        bounds.append(f"<= {_number(le)}")
+    return " ".join([noun] + bounds)
+
+
+def _plural(description: str) -> str:
+    for article in ("an ", "a "):
+        if description.startswith(article):
+            return description[len(article) :] + "s"
+    return description
+
+
+def _scalar_ok(tp: Any, value: Any, meta: Any) -> Tuple[bool, Any]:
+    # bool is an int in Python: 'port: true' must not pass as 1, hence the exact type checks.
+    if tp is bool:
+        ok = type(value) is bool
+    elif tp is int:
+        ok = type(value) is int
+    elif tp is float:
+        ok = type(value) in (int, float) and math.isfinite(value)
+        if ok:
+            value = float(value)
+    elif tp is str:
+        ok = isinstance(value, str)
+    else:
+        raise TypeError(f"config schema: unsupported setting type {tp}")
+    if not ok:
+        return False, value
+    ge, le, gt = meta.get("ge"), meta.get("le"), meta.get("gt")
+    if ge is not None and value < ge:
+        return False, value
+    if le is not None and value > le:
+        return False, value
+    if gt is not None and value <= gt:
+        return False, value
+    if meta.get("choices") and value not in meta["choices"]:
+        return False, value
+    check = meta.get("check")
+    if check is not None and not check(value):
+        return False, value
+    return True, value
+
+
+def _value(tp: Any, value: Any, meta: Any, path: str, ctx: _Context, described: Any) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _dataclass(tp, value, path, ctx)
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if value is None else _value(inner, value, meta, path, ctx, described)
+    item = _sequence_item(tp)
+    if item is not None:
+        if not isinstance(value, list):
+            ctx.problem(path, f"must be {describe(described, meta)}, got {_show(value)}")
+            return None
+        items = [_value(item, x, meta, f"{path}[{i}]", ctx, item) for i, x in enumerate(value)]
+        return items if getattr(tp, "__origin__", None) is list else tuple(items)
+    ok, converted = _scalar_ok(tp, value, meta)
+    if not ok:
+        ctx.problem(path, f"must be {describe(described, meta)}, got {_show(value)}")
+    return converted
+
+
+def _all_paths(cls: Type[Any], prefix: str = "") -> List[str]:
+    paths = []
+    for f in dataclasses.fields(cls):
+        path = _join(prefix, f.name)
+        paths.append(path)
+        tp = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            paths.extend(_all_paths(tp, path))
+    return paths
+
+
+def _hints(cls: Type[Any]) -> Dict[str, Any]:
+    # get_type_hints, not __annotations__: it resolves string annotations, should a module
+    # defining a section use them.
+    return get_type_hints(cls)
+
+
+def _unknown_key(cls: Type[Any], key: str, path: str, ctx: _Context) -> None:
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+    if close:
+        hint = f"did you mean '{close[0]}'?"
+    else:
+        # The right key in the wrong section is a common slip: point at where it belongs.
+        elsewhere = [p for p in _all_paths(ctx.root) if p.rpartition(".")[2] == key]
+        hint = f"did you mean '{elsewhere[0]}'?" if elsewhere else "allowed: " + ", ".join(names)
+    ctx.problem(_join(path, key), f"unknown key ({hint})")
+
+
+def _dataclass(cls: Type[Any], data: Any, path: str, ctx: _Context) -> Any:
+    if data is None:
+        data = {}  # an empty section ("sync:" and nothing under it) means its defaults
+    if not isinstance(data, dict):
+        what = "settings" if path else "sections"
+        ctx.problem(path, f"must be a mapping of {what}, got {_show(data)}")
+        return None
+    hints = _hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    for key in data:
+        if not isinstance(key, str):
+            ctx.problem(_join(path, _show(key)), "keys must be strings")
+        elif key not in fields:
+            _unknown_key(cls, key, path, ctx)
+    values = {}
+    for name, f in fields.items():
+        sub = _join(path, name)
+        if name in data:
+            values[name] = _value(hints[name], data[name], f.metadata, sub, ctx, hints[name])
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            ctx.problem(sub, f"missing; must be {describe(hints[name], f.metadata)}")
+    if ctx.problems:
+        return None
+    return cls(**values)
+
+
+def _raise(problems: List[Problem]) -> None:
+    # In file order, so the first one named is the first one an editor reaches.
+    problems = sorted(problems, key=lambda p: p.line or 0)
+    first = str(problems[0])
+    more = len(problems) - 1
+    if more:
+        first += f" (and {more} more problem{'s' if more > 1 else ''})"
+    err = ConfigError(first)
+    # All of them, for a command that checks a file and wants to list every problem at once.
+    err.problems = problems  # type: ignore[attr-defined]
+    raise err
+
+
+def validate(
+    cls: Type[T], data: Any, source: str = "config", lines: Optional[Dict[str, int]] = None
+) -> T:
+    """Build dataclass `cls` from plain data (as YAML gives it), or raise ConfigError.
+
+    `lines` maps key paths ("sync.syncid") to line numbers for the messages.
+    """
+    ctx = _Context(source, lines or {}, cls)
+    result = _dataclass(cls, data, "", ctx)
+    if ctx.problems:
+        _raise(ctx.problems)
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false.
+
+    YAML 1.1 (PyYAML's default) also reads yes/no/on/off as booleans, which turns an interface
+    named "no" into False and lets "yes" pass for true. Here those stay strings, so a boolean
+    setting given "yes" is refused with a message instead of being guessed.
+    """
+
+
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _node_lines(node: Any, path: str, lines: Dict[str, int], dups: List[Tuple[str, int, int]]):
+    """Record the line of every key path; note keys given twice in one mapping (PyYAML would
+    silently keep the last one)."""
+    if isinstance(node, MappingNode):
+        seen: Dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, ScalarNode) or key_node.value == "<<":
+                continue
+            sub = _join(path, key_node.value)
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                dups.append((sub, line, seen[key_node.value]))
+            else:
+                seen[key_node.value] = line
+                lines[sub] = line
+            _node_lines(value_node, sub, lines, dups)
+    elif isinstance(node, SequenceNode):
+        for i, item in enumerate(node.value):
+            sub = f"{path}[{i}]"
+            lines[sub] = item.start_mark.line + 1
+            _node_lines(item, sub, lines, dups)
+
+
+def _yaml_error(source: str, text: str, e: yaml.YAMLError) -> ConfigError:
+    if isinstance(e, yaml.reader.ReaderError):
+        line = text.count("\n", 0, e.position) + 1
+        return ConfigError(
+            f"config {source}:{line}: YAML error: character #x{e.character:04x} is not allowed"
+        )
+    mark = getattr(e, "problem_mark", None)
+    if isinstance(e, yaml.MarkedYAMLError) and mark is not None:
+        what = e.problem or "syntax error"
+        if e.context:
+            what += f" ({e.context})"
+        return ConfigError(
+            f"config {source}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}"
+        )
+    # ReaderError (a control character, bad encoding) and the like: flatten to one line.
+    text = "; ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    return ConfigError(f"config {source}: YAML error: {text}")
+
+
+def parse_config(text: str, source: str = "config", schema: Optional[Type[Any]] = None) -> Any:
+    """Parse and validate YAML text into a Config, or into another dataclass `schema`
+    (ConfigError on any problem)."""
+    loader = None
+    try:
+        loader = _Loader(text)  # the reader already refuses control characters here
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as e:
+        raise _yaml_error(source, text, e) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    lines: Dict[str, int] = {}
+    dups: List[Tuple[str, int, int]] = []
+    if node is not None:
+        _node_lines(node, "", lines, dups)
+    if dups:
+        _raise(
+            [
+                Problem(source, ln, p, f"duplicate key (first at line {first})")
+                for p, ln, first in dups
+            ]
+        )
+    return validate(schema or Config, data, source, lines)
+
+
+def load_config(path: str, required: bool) -> "Config":
+    """The configuration from `path`.
+
+    An absent file gives the built-in defaults unless `required` (the operator named the file
+    explicitly, so its absence is a mistake worth stopping for).
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"config {path}: no such file") from None
+        log.debug("config %s absent: using built-in defaults", path)
+        return Config()
+    except OSError as e:
+        raise ConfigError(f"config {path}: cannot read: {e.strerror or e}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ConfigError(f"config {path}:{line}: not UTF-8 text") from None
+    return parse_config(text, path)
+
+
+# --------------------------------------------------------------------------------------------
+# Checks for values that bounds cannot express
+
+
+def is_multicast_address(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).is_multicast
+    except ValueError:
+        return False
+
+
+def is_interface_name(text: str) -> bool:
+    """What the kernel accepts as a network device name (dev_valid_name)."""
+    return (
+        0 < len(text) < 16
+        and text not in (".", "..")
+        and not any(c in "/:" or c.isspace() for c in text)
+    )
+
+
+def _is_maxlen(n: int) -> bool:
+    return n == 0 or 576 <= n <= 65507
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """The IPVS sync link. Templates reach the kernel only as sync messages received by a backup
+    sync daemon, which takes only what arrives on its interface, group and port with its sync id:
+    these must match that daemon (keepalived's lvs_sync_daemon, or the one lvs-hooks starts)."""
+
+    interface: Optional[str] = setting(
+        None,
+        "Interface the sync messages leave by (the backup daemon is bound to it; a message from "
+        "this host is accepted only if it goes out of that interface). null: the interface of "
+        "the kernel sync daemon running when a hook starts.",
+        check=is_interface_name,
+        allowed="a network interface name (1-15 characters, no '/', ':' or spaces)",
+    )
+    syncid: int = setting(
+        0,
+        "Sync id written in every message we send and given to a backup daemon we start. A "
+        "backup daemon drops messages whose id differs from its own unless its own is 0, which "
+        "accepts all. keepalived's lvs_sync_daemon uses its 'id' option, or else the VRRP "
+        "instance's virtual_router_id: set that same number here when you run keepalived's "
+        "daemon. 0 suits a backup daemon started with id 0 (e.g. by lvs-hooks itself).",
+        ge=0,
+        le=255,
+    )
+    group: str = setting(
+        "224.0.0.81",
+        "Multicast group of the sync messages; the backup daemon listens only there. "
+        "224.0.0.81 is the kernel's default; keepalived's lvs_sync_daemon 'group' changes it.",
+        check=is_multicast_address,
+        allowed="an IPv4 or IPv6 multicast address",
+    )
+    port: int = setting(
+        8848,
+        "UDP port of the sync messages (the kernel's default is 8848; keepalived's 'port').",
+        ge=1,
+        le=65535,
+    )
+    ttl: int = setting(
+        1,
+        "Multicast TTL, used only to push templates to peer directors on purpose. Reseeding "
+        "this host always sends with TTL 0 and multicast loop on, so nothing reaches the wire.",
+        ge=0,
+        le=255,
+    )
+    maxlen: int = setting(
+        1472,
+        "Largest sync message payload in bytes that we send, and the receive limit of a backup "
+        "daemon we start. A datagram bigger than the receiver's limit (by default its MTU, at "
+        "least 1500, minus headers) is dropped without a trace; 1472 fits a 1500-byte MTU, 40 "
+        "IPv4 templates per datagram as the kernel sends them. 0: the kernel's default.",
+        check=_is_maxlen,
+        allowed="an integer 0 or 576-65507",
+    )
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Where lvs-hooks keeps its files."""
+
+    state_dir: str = setting(
+        "/var/lib/lvs-hooks",
+        "Snapshots of the persistence templates. Must survive a reboot: a director that comes "
+        "back and preempts with an empty table reseeds from here. Created with mode 0700.",
+        check=os.path.isabs,
+        allowed="an absolute path",
+    )
+    run_dir: str = setting(
+        "/run/lvs-hooks",
+        "Runtime state that a reboot should forget: the transition lock, the backup sync daemon "
+        "lvs-hooks started.",
+        check=os.path.isabs,
+        allowed="an absolute path",
+    )
+    proc_root: str = setting(
+        "/proc",
+        "Where procfs is mounted; the connection table is read from <proc_root>/net. Tests "
+        "point it at a fake tree.",
+        check=os.path.isabs,
+        allowed="an absolute path",
+    )
+
+
+@dataclass(frozen=True)
+class SnapshotConfig:
+    """Snapshots of the persistence templates, taken while this director is master."""
+
+    keep: int = setting(
+        5,
+        "Generations kept. More than one, so that a damaged newest file (bad disk, a copy cut "
+        "short) still leaves an older good one to reseed from.",
+        ge=1,
+        le=1000,
+    )
+
+
+@dataclass(frozen=True)
+class ReseedConfig:
+    """Putting templates back into the kernel after a failover."""
+
+    min_timeout: int = setting(
+        30,
+        "Floor in seconds for the timeout a reseeded template gets. The kernel keeps the "
+        "injected timeout (it re-arms the template with it, not with persistence_timeout), and a "
+        "template captured with only seconds left would be gone before its client returns.",
+        ge=1,
+    )
+    verify_timeout: float = setting(
+        10.0,
+        "Seconds to wait for reseeded templates to show up in the connection table before "
+        "reporting the missing ones.",
+        gt=0,
+    )
+    resend_rounds: int = setting(
+        3,
+        "Times templates still missing after a round are sent again: the receiving socket drops "
+        "whole datagrams when its buffer is full. 0: send once.",
+        ge=0,
+        le=10,
+    )
+    rx_queue_limit: int = setting(
+        65536,
+        "Pacing: wait before sending more while the backup daemon's socket holds more than this "
+        "many bytes unread (its rx_queue in /proc/net/udp). Unpaced bulk sends lose a third to "
+        "two thirds of the templates; fixed sleeps are fragile.",
+        gt=0,
+        allowed="an integer number of bytes > 0",
+    )
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Logging, to syslog/journal when run by keepalived (a hook's stdout goes nowhere)."""
+
+    level: str = setting(
+        "info",
+        "Lowest level logged; the --debug flag logs debug lines whatever this says.",
+        choices=("debug", "info", "warning", "error"),
+    )
+
+    @property
+    def level_number(self) -> int:
+        """The level as the logging module numbers it."""
+        return logging.getLevelName(self.level.upper())
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; every key has a default that works for one sync interface."""
+
+    sync: SyncConfig = section(SyncConfig)
+    paths: PathsConfig = section(PathsConfig)
+    snapshot: SnapshotConfig = section(SnapshotConfig)
+    reseed: ReseedConfig = section(ReseedConfig)
+    log: LogConfig = section(LogConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# The commented default configuration
+
+_WIDTH = 100
+
+_HEADER = """\
+# lvs-hooks configuration: /etc/lvs-hooks/lvs-hooks.yaml
+#
+# Every key is optional: an absent key, section or file means the default shown here.
+# Unknown keys are errors, and so are booleans written other than true/false.
+#
+# Generated by `python -m lvs_hooks.config`; etc/lvs-hooks.yaml in the source tree is this
+# output (a unit test keeps the two equal).
+"""
+
+
+def _yaml_scalar(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
+    text = str(value)
+    # Plain when YAML reads it back as the same string, quoted otherwise ("0", "true", "a: b").
+    try:
+        plain_ok = yaml.load(f"k: {text}", Loader=_Loader) == {"k": text}
+    except yaml.YAMLError:
+        plain_ok = False
+    return text if plain_ok and "#" not in text else json.dumps(text)
+
+
+def _comment(text: str, indent: int) -> List[str]:
+    prefix = " " * indent + "# "
+    return textwrap.wrap(
+        text,
+        _WIDTH - len(prefix),
+        initial_indent=prefix,
+        subsequent_indent=prefix,
+        break_on_hyphens=False,
+    )
+
+
+def _dump(cls: Type[Any], value: Any, indent: int, out: List[str]) -> None:
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        pad = " " * indent
+        if dataclasses.is_dataclass(tp):
+            out.append("")
+            out.extend(_comment(inspect.cleandoc(tp.__doc__ or ""), indent))
+            out.append(f"{pad}{f.name}:")
+            _dump(tp, getattr(value, f.name), indent + 2, out)
+        else:
+            doc = f.metadata.get("doc", "")
+            allowed = describe(tp, f.metadata)
+            out.extend(_comment(doc, indent))
+            out.extend(_comment(f"Allowed: {allowed}.", indent))
+            out.append(f"{pad}{f.name}: {_yaml_scalar(getattr(value, f.name))}")
+
+
+def dump_default_config() -> str:
+    """The default configuration as YAML text, every key commented with why it exists."""
+    out = [_HEADER.rstrip("\n")]
+    _dump(Config, Config(), 0, out)
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.stdout.write(dump_default_config())
