@@ -475,6 +475,11 @@ def _is_maxlen(n: int) -> bool:
     return n == 0 or 576 <= n <= 65507
 
 
+def is_vs_sysctl(text: str) -> bool:
+    """A `name=value` assignment of a net.ipv4.vs sysctl ("sloppy_tcp=1", "sync_threshold=3 50")."""
+    return re.match(r"^[a-z][a-z0-9_]*=-?[0-9]+( -?[0-9]+)*$", text) is not None
+
+
 # --------------------------------------------------------------------------------------------
 # The schema
 
@@ -625,6 +630,75 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class RoleConfig:
+    """Kernel settings for a role, applied on each transition into it."""
+
+    tcp: int = setting(
+        0,
+        "IPVS timeout of established TCP connections, in seconds (ipvsadm --set, first value). "
+        "0: leave it as it is.",
+        ge=0,
+        le=2073600,
+    )
+    tcpfin: int = setting(
+        0, "IPVS timeout of TCP connections after a FIN, in seconds. 0: leave it.", ge=0, le=2073600
+    )
+    udp: int = setting(0, "IPVS timeout of UDP flows, in seconds. 0: leave it.", ge=0, le=2073600)
+    sysctls: Tuple[str, ...] = setting(
+        ("sloppy_tcp=1",),
+        "net.ipv4.vs sysctls to set, as name=value. sloppy_tcp=1 lets an established TCP "
+        "connection that this director never saw continue on the real server its template names "
+        "(otherwise its next packet is answered with a reset).",
+        check=is_vs_sysctl,
+        allowed="name=value (e.g. sloppy_tcp=1)",
+    )
+
+
+@dataclass(frozen=True)
+class MasterRoleConfig(RoleConfig):
+    """Kernel settings applied when this director becomes MASTER, before the templates are
+    reseeded."""
+
+
+@dataclass(frozen=True)
+class BackupRoleConfig(RoleConfig):
+    """Kernel settings applied when this director becomes BACKUP or goes to FAULT."""
+
+
+@dataclass(frozen=True)
+class TransitionsConfig:
+    """What a keepalived state change does on this director (lvs-hooks notify, fifo, master...)."""
+
+    instances: Tuple[str, ...] = setting(
+        (),
+        "Names of the VRRP instances and sync groups whose state changes drive this director. "
+        "The steps act on the whole director (one IPVS table), so name the one instance or sync "
+        "group that carries the virtual servers; events of others are journaled and ignored. "
+        "Empty: every event counts.",
+        check=lambda s: bool(s.strip()),
+        allowed="an instance or group name",
+    )
+    keepalived_lvs_timeouts: bool = setting(
+        False,
+        "Set true when keepalived.conf has lvs_timeouts: keepalived applies those at start and "
+        "reload and restores the old values at stop, so the timeouts of the master and backup "
+        "sections are then not applied (each transition says so) rather than fought over.",
+    )
+    lock_timeout: float = setting(
+        60.0,
+        "Seconds an event waits for the transition before it to finish; after that it gives up "
+        "(exit code 7, logged). A STOP waits at most 0.3 s: keepalived kills it after 1 s.",
+        gt=0,
+    )
+    journal_keep: int = setting(
+        1000,
+        "Transitions kept in the journal (<state_dir>/events.jsonl, shown by lvs-hooks history).",
+        ge=1,
+        le=100000,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; every key has a default that works for one sync interface."""
 
@@ -633,6 +707,9 @@ class Config:
     snapshot: SnapshotConfig = section(SnapshotConfig)
     reseed: ReseedConfig = section(ReseedConfig)
     log: LogConfig = section(LogConfig)
+    transitions: TransitionsConfig = section(TransitionsConfig)
+    master: MasterRoleConfig = section(MasterRoleConfig)
+    backup: BackupRoleConfig = section(BackupRoleConfig)
 
 
 # --------------------------------------------------------------------------------------------
