@@ -45,3 +45,16 @@ class UsageError(LvsHooksError):
     """A command was called with arguments it cannot act on (e.g. a wrong keepalived argument)."""
 
     exit_code = 2
+
+
+class TransitionIncomplete(LvsHooksError):
+    """A keepalived transition ran but one or more of its steps failed (the log and
+    `lvs-hooks history` name them)."""
+
+    exit_code = 6
+
+
+class LockTimeout(LvsHooksError):
+    """Another transition held the transition lock longer than this event could wait."""
+
+    exit_code = 7
