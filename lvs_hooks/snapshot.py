@@ -22,6 +22,7 @@ are written with write_atomic (never a half file under a snapshot's name) and pr
 """
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
@@ -30,7 +31,7 @@ import os
 import re
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
@@ -86,21 +87,24 @@ class Snapshot:
     services: List[Service]
     templates: List[ConnEntry]  # only templates; `expires` = seconds left at capture
     version: int = VERSION
+    # The file it was loaded from, for reports; None for a fresh capture. Not part of its value.
+    source: Optional[str] = field(default=None, compare=False)
 
     @classmethod
     def capture(
         cls,
         services: Iterable[Service],
-        entries: Iterable[ConnEntry],
+        templates: Iterable[ConnEntry],
         host: Optional[str] = None,
         captured_at: Optional[float] = None,
     ) -> "Snapshot":
-        """A snapshot of the templates among `entries` (connections are left out), taken now."""
+        """A snapshot taken now of the templates among `templates` (any connections, client
+        port not 0, are left out)."""
         return cls(
             host=host if host is not None else socket.gethostname(),
             captured_at=captured_at if captured_at is not None else time.time(),
             services=list(services),
-            templates=[e for e in entries if e.is_template],
+            templates=[e for e in templates if e.is_template],
         )
 
     @property
@@ -220,7 +224,7 @@ def encode(snapshot: Snapshot) -> bytes:
     return json.dumps(header, separators=(",", ":"), allow_nan=False).encode() + b"\n" + body_bytes
 
 
-def _decode(data: bytes) -> Snapshot:
+def _decode(data: bytes, source: Optional[str]) -> Snapshot:
     header = _parse_header(data[:_MAX_HEADER])
     _check_length(header, len(data))
     body = data[header.length :]
@@ -258,14 +262,14 @@ def _decode(data: bytes) -> Snapshot:
         ConnEntry(r[0], r[1], 0, r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
         for r in rows
     ]
-    return Snapshot(header.host, header.captured_at, services, templates, VERSION)
+    return Snapshot(header.host, header.captured_at, services, templates, VERSION, source)
 
 
 def decode(data: bytes, name: str = "snapshot") -> Snapshot:
     """A snapshot from file content; SnapshotError naming `name` and the problem if it is not a
     complete, intact snapshot of a version this code reads."""
     try:
-        return _decode(data)
+        return _decode(data, name)
     except _Refused as e:
         raise SnapshotError(f"snapshot {name}: {e}") from None
 
@@ -282,6 +286,10 @@ class GenerationInfo:
     services: Optional[int]
     ok: bool
     error: Optional[str]  # why it is not usable, when not ok
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain values, for JSON reports."""
+        return {**dataclasses.asdict(self), "path": str(self.path)}
 
 
 def _name_time(name: str) -> Optional[float]:

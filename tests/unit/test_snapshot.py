@@ -126,6 +126,7 @@ def test_round_trip_ipv4_ipv6_fwmark_and_services(tmp_path):
     assert loaded.templates[1].origin == "SYNC" and loaded.templates[2].origin is None
     assert loaded.template_count == 5 and loaded.service_count == 4
     assert path.name == "snapshot-20261122T033000.123456Z.json"
+    assert loaded.source == str(path) and snap.source is None
 
 
 def test_store_directory_is_created_0700_and_files_are_0600(tmp_path):
@@ -139,7 +140,7 @@ def test_capture_keeps_only_templates():
     connection = ConnEntry("TCP", "198.51.100.7", 40000, "192.0.2.10", 80, "10.9.0.2", 80,
                            "ESTABLISHED", 800)  # fmt: skip
     before = time.time()
-    snap = Snapshot.capture(services(), [connection] + templates())
+    snap = Snapshot.capture(services=services(), templates=[connection] + templates())
     assert snap.templates == templates()
     assert before <= snap.captured_at <= time.time()
     assert snap.host
@@ -194,6 +195,15 @@ def test_generations_newest_first_with_counts_and_age(tmp_path):
     assert [g.templates for g in gens] == [5, 10, 5]
     assert [g.services for g in gens] == [4, 4, 4]
     assert all(g.ok and g.error is None for g in gens)
+    assert json.loads(json.dumps(gens[0].to_dict())) == {
+        "path": str(tmp_path / snapshot_name(T0 + 120)),
+        "captured_at": T0 + 120,
+        "age": pytest.approx(60),
+        "templates": 5,
+        "services": 4,
+        "ok": True,
+        "error": None,
+    }
 
 
 def test_prune_keeps_the_newest(tmp_path):
