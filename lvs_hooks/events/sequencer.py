@@ -1,0 +1,297 @@
+"""One transition at a time, and the latest event wins.
+
+Every entry point (notify, master/backup/fault/stop, the FIFO reader) hands its events to
+`Sequencer.handle`. Two files in the run directory make the rules hold across processes:
+
+- `transition.lock` (filelock): held for a whole transition, from its first step to its journal
+  record, so no two transitions interleave and no step is left half done by another event.
+- `seen.json`: for each instance or group, the newest event seen so far (by `Event.order`).
+  An event notes itself there as soon as it arrives, before it waits for the lock. When its turn
+  comes, and again before each of its steps, it checks for a newer event of the same instance
+  or group: if there is one, it stops (`stale` when nothing ran yet, `superseded` after some
+  steps) and leaves the work to the newer event, which is waiting for the lock or already in the
+  FIFO reader's queue. So MASTER, BACKUP, MASTER within a second ends in MASTER with every step
+  that ran complete, however the three processes race for the lock.
+
+`seen.json` records the boot it belongs to: the order keys are boot-clock times, which start
+again at a reboot (the run directory is on tmpfs and normally goes away anyway).
+"""
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import filelock
+
+from lvs_hooks.atomicfile import write_atomic
+from lvs_hooks.errors import LockTimeout, LvsHooksError
+from lvs_hooks.events.clock import now_ns
+from lvs_hooks.events.journal import Journal
+from lvs_hooks.events.keepalived import Event
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "transition.lock"
+SEEN_NAME = "seen.json"
+SEEN_LOCK_NAME = "seen.lock"
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+# seen.json is updated in well under a millisecond; a holder for this long is wedged.
+_SEEN_LOCK_TIMEOUT = 5.0
+
+# What a step returns: a one-line summary with figures, and the figures for the journal.
+StepResult = Tuple[str, Dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Step:
+    """One idempotent step of a transition. `run` returns a StepResult or raises."""
+
+    name: str
+    run: Callable[[], StepResult]
+
+
+class StepFailed(Exception):
+    """Raised by a step that failed but has figures worth journaling (e.g. a partial reseed)."""
+
+    def __init__(self, message: str, figures: Optional[Dict[str, Any]] = None):
+        super().__init__(message)
+        self.figures = figures or {}
+
+
+@dataclass
+class Plan:
+    """What a transition will do: its steps, a note for the log, or why the event is ignored."""
+
+    steps: List[Step] = field(default_factory=list)
+    note: Optional[str] = None
+    ignore: bool = False
+
+
+# Outcomes journaled for an event.
+DONE = "done"  # every step ran and succeeded
+FAILED = "failed"  # every step ran, some failed (or the journal could not be written)
+STALE = "stale"  # a newer event of the same instance or group came first: nothing done
+SUPERSEDED = "superseded"  # a newer event came while this one ran: stopped between steps
+IGNORED = "ignored"  # not an instance or group this director follows
+
+
+@dataclass
+class Outcome:
+    outcome: str
+    record: dict
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome == FAILED
+
+
+class Sequencer:
+    def __init__(self, run_dir: str, journal: Journal, boot_id_path: str = BOOT_ID):
+        self.run_dir = Path(run_dir)
+        self.journal = journal
+        self._boot_id = _read_boot_id(boot_id_path)
+
+    # -- the newest event seen per instance or group
+
+    def _ensure_run_dir(self) -> None:
+        if self.run_dir.is_dir():
+            return
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(self.run_dir, 0o700)
+            os.chmod(self.run_dir, 0o700)
+
+    def _read_seen(self) -> Dict[str, dict]:
+        try:
+            with open(self.run_dir / SEEN_NAME, "rb") as f:
+                data = json.loads(f.read())
+        except FileNotFoundError:
+            return {}
+        except ValueError:
+            # Written atomically, so this is damage from outside: start afresh, say so.
+            log.warning("%s is not JSON; forgetting the events seen before", SEEN_NAME)
+            return {}
+        if not isinstance(data, dict) or data.get("boot_id") != self._boot_id:
+            return {}
+        keys = data.get("keys")
+        return keys if isinstance(keys, dict) else {}
+
+    def note(self, event: Event) -> Optional[dict]:
+        """Record `event` as the newest of its instance or group, unless a newer one (or this
+        very one) is already recorded: then return that one."""
+        self._ensure_run_dir()
+        lock = filelock.FileLock(
+            self.run_dir / SEEN_LOCK_NAME, timeout=_SEEN_LOCK_TIMEOUT, mode=0o600
+        )
+        try:
+            with lock:
+                keys = self._read_seen()
+                newest = keys.get(event.key)
+                if newest is not None and tuple(newest["order"]) >= event.order:
+                    return newest
+                keys[event.key] = {
+                    "order": list(event.order),
+                    "state": event.state,
+                    "source": event.source,
+                }
+                data = json.dumps({"boot_id": self._boot_id, "keys": keys}, sort_keys=True)
+                write_atomic(self.run_dir / SEEN_NAME, data.encode(), 0o600)
+        except filelock.Timeout:
+            # Not fatal: the event still runs in its turn, it just cannot make older waiting
+            # events give way to it.
+            log.error(
+                "%s: %s held for %.0f s; event not noted as the newest",
+                event.describe(),
+                self.run_dir / SEEN_LOCK_NAME,
+                _SEEN_LOCK_TIMEOUT,
+            )
+        return None
+
+    def newer_than(self, event: Event) -> Optional[dict]:
+        """The newest event seen of the same instance or group, if it is newer than `event`."""
+        newest = self._read_seen().get(event.key)
+        if newest is not None and tuple(newest["order"]) > event.order:
+            return newest
+        return None
+
+    # -- running a transition
+
+    def handle(
+        self, event: Event, planner: Callable[[Event], Plan], lock_timeout: float
+    ) -> Outcome:
+        """Run the transition for `event` in its turn, or skip it if a newer event came first.
+
+        Every event handled leaves one journal record. LockTimeout if the transition before it
+        holds the lock longer than `lock_timeout` seconds.
+        """
+        arrived = now_ns()
+        self.note(event)
+        lock = filelock.FileLock(self.run_dir / LOCK_NAME, timeout=lock_timeout, mode=0o600)
+        try:
+            lock.acquire()
+        except filelock.Timeout:
+            raise LockTimeout(
+                f"{event.describe()}: the transition before it held {self.run_dir / LOCK_NAME} "
+                f"for more than {lock_timeout:g} s; this event was not acted on"
+            ) from None
+        try:
+            return self._run(event, planner, arrived)
+        finally:
+            lock.release()
+
+    def _run(self, event: Event, planner: Callable[[Event], Plan], arrived: int) -> Outcome:
+        what = event.describe()
+        start = now_ns()
+        record: Dict[str, Any] = {
+            "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            "event": event.to_dict(),
+            "pid": os.getpid(),
+            "start_ns": start,
+            "waited_ms": round((start - arrived) / 1e6, 1),
+            "steps": [],
+        }
+        outcome = DONE
+        newer = self.newer_than(event)
+        plan = Plan()
+        if newer is not None:
+            outcome = STALE
+            record["newer"] = newer
+            log.info(
+                "%s: skipped as stale, a newer %s (%s) came first",
+                what,
+                newer["state"],
+                newer["source"],
+            )
+        else:
+            plan = planner(event)
+            if plan.note:
+                record["note"] = plan.note
+                log.info("%s: %s", what, plan.note)
+            if plan.ignore:
+                outcome = IGNORED
+        if outcome == DONE:
+            outcome = self._steps(event, plan.steps, record)
+        record["outcome"] = outcome
+        record["end_ns"] = now_ns()
+        record["ms"] = round((record["end_ns"] - start) / 1e6, 1)
+        try:
+            self.journal.append(record)
+        except OSError as e:
+            log.error("%s: journal %s not written: %s", what, self.journal.path, e.strerror or e)
+            record["journal_error"] = str(e)
+            outcome = record["outcome"] = FAILED
+        if outcome in (DONE, FAILED) and plan.steps:
+            failed = [s["step"] for s in record["steps"] if not s["ok"]]
+            log.log(
+                logging.ERROR if failed else logging.INFO,
+                "%s: transition %s in %.0f ms (waited %.0f ms for the lock)%s",
+                what,
+                outcome,
+                record["ms"],
+                record["waited_ms"],
+                f"; failed steps: {', '.join(failed)}" if failed else "",
+            )
+        return Outcome(outcome, record)
+
+    def _steps(self, event: Event, steps: List[Step], record: dict) -> str:
+        what = event.describe()
+        outcome = DONE
+        for i, step in enumerate(steps):
+            newer = self.newer_than(event)
+            if newer is not None:
+                left = [s.name for s in steps[i:]]
+                record["newer"] = newer
+                record["left"] = left
+                log.info(
+                    "%s: superseded by a newer %s; leaving %s to it",
+                    what,
+                    newer["state"],
+                    ", ".join(left),
+                )
+                return SUPERSEDED
+            t0 = time.monotonic()
+            entry: Dict[str, Any] = {"step": step.name}
+            try:
+                summary, figures = step.run()
+                entry.update(ok=True, summary=summary, figures=figures)
+            except StepFailed as e:
+                entry.update(ok=False, error=str(e), figures=e.figures)
+            except (LvsHooksError, OSError) as e:
+                msg = e.format_message() if isinstance(e, LvsHooksError) else _oserror(e)
+                entry.update(ok=False, error=msg)
+            except Exception as e:
+                # A bug. The remaining steps still run (a director half switched is worse than
+                # one missing a step), but the traceback goes to the log and the exit code
+                # says the transition failed.
+                log.exception("%s: step %s crashed", what, step.name)
+                entry.update(ok=False, error=f"bug: {type(e).__name__}: {e}")
+            entry["ms"] = round((time.monotonic() - t0) * 1000, 1)
+            entry["end_ns"] = now_ns()
+            record["steps"].append(entry)
+            if entry["ok"]:
+                log.info("%s: %s: %s (%.0f ms)", what, step.name, entry["summary"], entry["ms"])
+            else:
+                outcome = FAILED
+                log.error(
+                    "%s: %s FAILED: %s (%.0f ms)", what, step.name, entry["error"], entry["ms"]
+                )
+        return outcome
+
+
+def _oserror(e: OSError) -> str:
+    where = f" ({e.filename})" if e.filename else ""
+    return f"{e.strerror or e}{where}"
+
+
+def _read_boot_id(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return "unknown"
