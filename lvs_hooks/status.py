@@ -9,7 +9,7 @@ import time
 from collections import Counter, defaultdict
 from typing import Iterable, List, Optional, Sequence
 
-from lvs_hooks.errors import KernelError
+from lvs_hooks.errors import SnapshotError
 from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon, Timeouts
@@ -96,7 +96,8 @@ def build_status(cfg, store) -> dict:
 def _newest_snapshot(store) -> Optional[dict]:
     try:
         gens = store.generations()
-    except (OSError, KernelError):
+    except (OSError, SnapshotError):
+        # status must still report the kernel's side when the state dir is unreadable
         return None
     good = [g for g in gens if g.ok]
     if not good:
