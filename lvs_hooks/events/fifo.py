@@ -1,0 +1,193 @@
+"""The reader of keepalived's notify FIFO (`vrrp_notify_fifo` + `vrrp_notify_fifo_script`).
+
+keepalived creates the FIFO, starts the script with the FIFO's path as its last argument, then
+opens the FIFO itself and writes one line per event, non-blocking: whatever does not fit in the
+pipe is lost. So a reader thread does nothing but read, parse and note each event as the newest
+of its instance or group (which also lets a transition under way see that it has been
+superseded), and hands events to the main thread, which runs the transitions one at a time.
+
+The FIFO is opened read-write: a reader that is also a writer never sees end-of-file, so
+keepalived closing and reopening its end (a reload) costs nothing. On SIGTERM (keepalived
+stopping, or gone: it asks the kernel to send its scripts SIGTERM when it dies) the reader
+drains what is queued in the pipe, the main thread runs those events (STOP lines, typically)
+and the process exits. keepalived SIGKILLs its scripts 1 s after the SIGTERM at shutdown.
+"""
+
+import contextlib
+import logging
+import os
+import queue
+import select
+import signal
+import stat
+import threading
+from typing import Callable, Optional
+
+from lvs_hooks.errors import LvsHooksError, UsageError
+from lvs_hooks.events.clock import fifo_order
+from lvs_hooks.events.keepalived import MAX_LINE, Event, Ignored, parse_fifo_line
+from lvs_hooks.events.sequencer import Plan, Sequencer
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 65536
+
+
+class FifoReader:
+    """Reads events from a FIFO and runs them through a sequencer until stopped."""
+
+    def __init__(
+        self,
+        path: str,
+        sequencer: Sequencer,
+        planner: Callable[[Event], Plan],
+        lock_timeout: Callable[[Event], float],
+    ):
+        self.path = path
+        self.sequencer = sequencer
+        self.planner = planner
+        self.lock_timeout = lock_timeout
+        self.fd = _open_fifo(path)
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._queue: queue.Queue[Optional[Event]] = queue.Queue()
+        self._seq = 0
+        self.counts = {"lines": 0, "events": 0, "ignored": 0, "failed": 0, "errors": 0}
+
+    def close(self) -> None:
+        for fd in (self.fd, self._wake_r, self._wake_w):
+            os.close(fd)
+
+    def request_stop(self) -> None:
+        """Drain what is queued, run it, then stop (safe from a signal handler)."""
+        with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
+            os.write(self._wake_w, b"x")
+
+    # -- the reader thread
+
+    def _read_loop(self) -> None:
+        buf = b""
+        try:
+            while True:
+                ready, _, _ = select.select([self.fd, self._wake_r], [], [])
+                if self.fd in ready:
+                    buf = self._read_available(buf)
+                if self._wake_r in ready:
+                    buf = self._read_available(buf)
+                    if buf:
+                        log.warning(
+                            "FIFO %s: incomplete line at exit ignored: %r", self.path, buf[:200]
+                        )
+                    return
+        except Exception:
+            log.exception("FIFO %s: reader failed", self.path)
+            self.counts["errors"] += 1
+        finally:
+            self._queue.put(None)
+
+    def _read_available(self, buf: bytes) -> bytes:
+        while True:
+            try:
+                chunk = os.read(self.fd, _CHUNK)
+            except BlockingIOError:
+                return buf
+            if not chunk:  # no writer at all: cannot happen while we hold it open read-write
+                return buf
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                self._line(line)
+            if len(buf) > MAX_LINE:
+                log.warning(
+                    "FIFO %s: %d bytes without a newline ignored: %r", self.path, len(buf), buf[:80]
+                )
+                self.counts["ignored"] += 1
+                buf = b""
+
+    def _line(self, raw: bytes) -> None:
+        self._seq += 1
+        self.counts["lines"] += 1
+        parsed = parse_fifo_line(raw, fifo_order(self._seq))
+        if isinstance(parsed, Ignored):
+            self.counts["ignored"] += 1
+            log.log(
+                logging.WARNING if parsed.unexpected else logging.DEBUG,
+                "FIFO %s line %d ignored: %s: %r",
+                self.path,
+                self._seq,
+                parsed.reason,
+                raw[:200].decode("utf-8", errors="replace"),
+            )
+            return
+        self.counts["events"] += 1
+        log.info("FIFO line %d: %s", self._seq, parsed.describe())
+        self.sequencer.note(parsed)
+        self._queue.put(parsed)
+
+    # -- the main thread
+
+    def run(self) -> None:
+        """Run transitions for the events read until request_stop() and the drain are done."""
+        reader = threading.Thread(target=self._read_loop, name="fifo-reader", daemon=True)
+        reader.start()
+        while True:
+            event = self._queue.get()
+            if event is None:
+                break
+            try:
+                outcome = self.sequencer.handle(event, self.planner, self.lock_timeout(event))
+                if outcome.failed:
+                    self.counts["failed"] += 1
+            except LvsHooksError as e:
+                self.counts["errors"] += 1
+                log.error("%s", e.format_message())
+            except Exception:
+                # keepalived does not restart its FIFO script: a bug in one transition must not
+                # deafen this director to every later event. The traceback goes to the log.
+                self.counts["errors"] += 1
+                log.exception("%s: transition crashed", event.describe())
+        reader.join()
+
+
+def _open_fifo(path: str) -> int:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise UsageError(
+            f"fifo: {path} does not exist (keepalived creates its vrrp_notify_fifo before "
+            f"starting vrrp_notify_fifo_script)"
+        ) from None
+    except OSError as e:
+        raise UsageError(f"fifo: cannot open {path}: {e.strerror or e}") from None
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"fifo: {path} is not a FIFO")
+    return fd
+
+
+def serve(reader: FifoReader) -> dict:
+    """Run a reader in the main thread until SIGTERM or SIGINT, then drain; the counts."""
+    previous = {}
+
+    def on_signal(signum, frame):
+        log.info("FIFO %s: %s: draining, then exiting", reader.path, signal.Signals(signum).name)
+        reader.request_stop()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous[sig] = signal.signal(sig, on_signal)
+    log.info("reading keepalived events from FIFO %s", reader.path)
+    try:
+        reader.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        reader.close()
+    log.info(
+        "FIFO %s: exiting after %d lines, %d events, %d ignored, %d transitions failed, %d errors",
+        reader.path,
+        reader.counts["lines"],
+        reader.counts["events"],
+        reader.counts["ignored"],
+        reader.counts["failed"],
+        reader.counts["errors"],
+    )
+    return reader.counts
