@@ -25,6 +25,7 @@ import contextlib
 import errno
 import json
 import os
+import random
 import selectors
 import socket
 import sys
@@ -48,8 +49,13 @@ class Flow:
 
 
 class Client:
-    def __init__(self, vip: str, port: int, addrs: List[str]):
+    def __init__(self, vip: str, port: int, addrs: List[str], seed: int):
         self.vip, self.port, self.addrs = vip, port, addrs
+        # Real clients do not arrive in a fixed order. With a round-robin scheduler a fixed order
+        # would hand every client the same real server again on a fresh director, hiding the
+        # loss: every step sends in a new random order (seeded, recorded in the report).
+        self.seed = seed
+        self.rng = random.Random(seed)
         self.sel = selectors.DefaultSelector()
         self.flows: Dict[str, List[Flow]] = {a: [] for a in addrs}
         self.steps: List[Dict] = []
@@ -136,7 +142,7 @@ class Client:
                 return
             if self.keepalive and now >= self.next_keepalive:
                 self.seq += 1
-                for fl in self.all_flows():
+                for fl in self.shuffled(self.all_flows()):
                     self.send(fl, f"K {self.seq}")
                 self.next_keepalive = now + self.keepalive
             if resend and now >= next_resend:
@@ -148,6 +154,11 @@ class Client:
             for key, mask in self.sel.select(timeout=min(wait, 0.1)):
                 if isinstance(key.data, Flow):
                     self.readable(key.data, mask)
+
+    def shuffled(self, items: List) -> List:
+        items = list(items)
+        self.rng.shuffle(items)
+        return items
 
     def all_flows(self) -> List[Flow]:
         return [f for fl in self.flows.values() for f in fl if f.state == "ok"]
@@ -174,14 +185,14 @@ class Client:
 
     def exchange(self, flows: Dict[str, Flow], token: str) -> Dict[str, Optional[str]]:
         """Sends `token` on each flow, waits for the answers (UDP: re-sent every 0.5 s)."""
-        for fl in flows.values():
+        for fl in self.shuffled(flows.values()):
             self.send(fl, token)
 
         def pending():
             return [f for f in flows.values() if token not in f.answers and f.state == "ok"]
 
         def resend():
-            for f in pending():
+            for f in self.shuffled(pending()):
                 if f.proto == "udp":
                     self.send(f, token)
 
@@ -251,7 +262,7 @@ class Client:
         return {"file": path, "steps": len(self.steps)}
 
     def report(self) -> Dict:
-        return {"vip": self.vip, "port": self.port, "clients": self.addrs,
+        return {"vip": self.vip, "port": self.port, "clients": self.addrs, "seed": self.seed,
                 "reference": self.ref, "steps": self.steps}
 
     def handle(self, line: str) -> Dict:
@@ -297,9 +308,11 @@ def main() -> None:
     p.add_argument("--ctl", required=True, help="FIFO prefix: CTL.in, CTL.out, CTL.ready")
     p.add_argument("--vip", required=True)
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--seed", type=int, help="seed of the random send order (default: random)")
     p.add_argument("addrs", nargs="+")
     a = p.parse_args()
-    cl = Client(a.vip, a.port, expand(a.addrs))
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1 << 31)
+    cl = Client(a.vip, a.port, expand(a.addrs), seed)
     for suffix in (".in", ".out"):
         if not os.path.exists(a.ctl + suffix):
             os.mkfifo(a.ctl + suffix)

@@ -127,6 +127,7 @@ _lab_anchor_spawn() {
     # ip netns exec execs sh, which execs sleep: $! is the anchor itself
     ip netns exec "$ns" sh -c "${cmd}exec sleep infinity" &
     LAB_ANCHOR[$ns]=$!
+    disown   # killed on purpose later (lab_fail_hard, lab_reboot): no "Killed" job notices
 }
 _lab_anchor_wait() {
     lab_wait 10 "netns $1 ready" _lab_is_sleep "${LAB_ANCHOR[$1]}" > /dev/null \
@@ -220,6 +221,7 @@ lab_rs_start() {
         ip netns exec "$r" "$LAB_PYTHON" "$LAB_DIR/rs_server.py" "$r" --port "$LAB_VPORT" \
             > "$LAB_TMP/$r.log" 2>&1 &
         LAB_ANCHOR[$r]=$!
+        disown
     done
     local port
     printf -v port ':%04X ' "$LAB_VPORT"
@@ -310,6 +312,7 @@ lab_keepalived_start() {
     lab_keepalived_conf "$d" "$prio" "$state" > "$dir/keepalived.conf"
     ip netns exec "$d" keepalived -n -l -D -f "$dir/keepalived.conf" -p "$dir/keepalived.pid" \
         -r "$dir/vrrp.pid" -c "$dir/checkers.pid" >> "$dir/keepalived.log" 2>&1 &
+    disown
     lab_log "keepalived started in $d (priority $prio, $state${LVS_HOOKS:+, LVS_HOOKS=$LVS_HOOKS})"
 }
 
@@ -412,9 +415,25 @@ lab_tpl_count() {
     REPLY=$n
     echo "$n"
 }
+# lab_entry_count DIR: "TEMPLATES CONNECTIONS" of DIR (connections: every entry with a client
+# port); sets LAB_NTPL and LAB_NCONN too (when not called in a subshell)
+lab_entry_count() {
+    local pro from fprt
+    LAB_NTPL=0 LAB_NCONN=0
+    while read -r pro from fprt _; do
+        [ "$pro" = Pro ] && continue
+        if [ "$fprt" = 0000 ]; then LAB_NTPL=$((LAB_NTPL + 1)); else LAB_NCONN=$((LAB_NCONN + 1)); fi
+    done < <(lab_conn "$1")
+    echo "$LAB_NTPL $LAB_NCONN"
+}
 # wait predicates: lab_wait 30 "..." lab_tpl_at_least dir2 20 ; lab_wait 90 "..." lab_tpl_none dir2
 lab_tpl_at_least() { local n; n=$(lab_tpl_count "$1"); [ "$n" -ge "$2" ]; }
 lab_tpl_none() { local n; n=$(lab_tpl_count "$1"); [ "$n" -eq 0 ]; }
+# lab_synced DIR N: DIR has at least N templates AND N connections. A backup gets a template with
+# the first synced packet but the connection only at the sync_threshold-th (3rd) packet: a
+# takeover before that schedules the flow afresh on the new master, where it finds the synced
+# template and keeps it alive (re-armed) as a LOCAL connection (lab, 6.1).
+lab_synced() { lab_entry_count "$1" > /dev/null; [ "$LAB_NTPL" -ge "$2" ] && [ "$LAB_NCONN" -ge "$2" ]; }
 
 # lab_inject DIR [OPTS...] ENTRY...: inject sync messages into DIR's backup daemon (see
 # sync_inject.py --help; ENTRY = CADDR,VIP:VPORT,RIP:RPORT)
@@ -434,12 +453,15 @@ lab_bulk_templates() {
 
 # ------------------------------------------------------------------------------ client traffic
 
-# lab_client_start: the traffic client in the client netns, one flow per client address
+# lab_client_start: the traffic client in the client netns, one flow per client address. It
+# sends in a random order per step (as real clients arrive); LAB_SEED=N makes the order repeatable.
 lab_client_start() {
     local last=$((LAB_CLIENT_FIRST + LAB_CLIENTS - 1)) ctl="$LAB_TMP/client"
     ip netns exec client "$LAB_PYTHON" "$LAB_DIR/client.py" --ctl "$ctl" --vip "$LAB_VIP" \
-        --port "$LAB_VPORT" "10.0.0.$LAB_CLIENT_FIRST-$last" > "$LAB_TMP/client.log" 2>&1 &
+        --port "$LAB_VPORT" ${LAB_SEED:+--seed "$LAB_SEED"} "10.0.0.$LAB_CLIENT_FIRST-$last" \
+        > "$LAB_TMP/client.log" 2>&1 &
     LAB_CLIENT_PID=$!
+    disown
     lab_wait 30 "traffic client ready" test -e "$ctl.ready" > /dev/null \
         || lab_die "client did not start: $(< "$LAB_TMP/client.log")"
     exec {LAB_CIN}<>"$ctl.in" {LAB_COUT}<>"$ctl.out"

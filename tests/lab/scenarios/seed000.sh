@@ -1,0 +1,89 @@
+#!/bin/bash
+# lab-timeout: 300
+# Seed 000 (the user's story): persistent UDP clients through a keepalived pair with the kernel
+# sync daemon lose their real server across failover and failback. Plain keepalived by default;
+# LVS_HOOKS=1 (tests/lab/run --hooks) wires lvs-hooks into keepalived on both directors, so the
+# same table shows before/after.
+#
+#   start  LAB_CLIENTS (20) clients, one UDP flow each, through dir1 (master, priority 150);
+#          the flows keep sending (1/s) for the whole run
+#   1      hard failure of dir1 -> dir2 takes over; probe the existing flows
+#   2      flows go on past the template lifetime (persistence_timeout LAB_PERSIST=20 s): wait
+#          until the synced templates have expired on dir2, probe the existing flows, then a NEW
+#          flow from each client
+#   3      dir1 comes back rebooted (empty table) and preempts; probe the flows, open new flows
+#
+# Retention = clients (of 20) still answered by the real server they had at "start".
+# Results: $LAB_OUT/result.json (figures + the traffic client's full record), traffic.txt (table).
+set -u
+. "$LAB_DIR/lib.sh"
+
+mode=baseline
+[ "$LVS_HOOKS" = 1 ] && mode="lvs-hooks ($LVS_HOOKS_MODE)"
+declare -A tpl_dir2=() waited=()
+count_dir2() { tpl_dir2[$1]=$(lab_tpl_count dir2); lab_log "templates on dir2 at $1: ${tpl_dir2[$1]}"; }
+
+lab_step "topology + keepalived on dir1 (MASTER, 150) and dir2 (BACKUP, 100); mode: $mode"
+lab_topology 2
+lab_keepalived_start dir1 150 MASTER
+lab_keepalived_start dir2 100 BACKUP
+lab_client_start          # its python start overlaps keepalived's election
+t=$EPOCHREALTIME
+lab_wait 60 "dir1 is master" lab_master_is dir1 || lab_die "no master"
+waited[dir1_master]=$(lab_elapsed "$t")
+
+lab_step "start: $LAB_CLIENTS clients open one UDP flow each; flows keep sending every second"
+lab_client keepalive 1
+lab_client open start || lab_die "clients could not open their flows"
+[ "$(lab_json_field answered)" = "$LAB_CLIENTS" ] || lab_die "not every client got an answer"
+t=$EPOCHREALTIME
+# templates AND connections: a connection reaches the backup only at its 3rd packet
+lab_wait 60 "dir2 has the synced templates and connections" lab_synced dir2 "$LAB_CLIENTS" \
+    || lab_die "templates/connections did not reach dir2"
+waited[sync]=$(lab_elapsed "$t")
+echo "--- dir1 templates:"; lab_templates dir1
+echo "--- dir2 templates:"; lab_templates dir2
+count_dir2 start
+
+lab_step "1: hard failure of dir1 (master)"
+lab_fail_hard dir1
+t=$EPOCHREALTIME
+lab_wait 60 "dir2 takes over" lab_has_vip dir2 || lab_die "dir2 did not take over"
+waited[takeover]=$(lab_elapsed "$t")
+lab_client probe 1-takeover
+count_dir2 1-takeover
+
+lab_step "2: flows go on past the template lifetime ($LAB_PERSIST s) on dir2"
+t=$EPOCHREALTIME
+lab_wait 150 "synced templates expired on dir2" lab_tpl_none dir2 \
+    || lab_die "templates on dir2 did not expire"
+waited[expiry]=$(lab_elapsed "$t")
+lab_client probe 2-expired
+lab_client open 2-new
+count_dir2 2-new
+echo "--- dir2 templates:"; lab_templates dir2
+
+lab_step "3: dir1 comes back rebooted (empty table) and preempts"
+lab_reboot dir1
+lab_keepalived_start dir1 150 MASTER
+t=$EPOCHREALTIME
+lab_wait 60 "dir1 is master again" lab_master_is dir1 || lab_die "dir1 did not preempt"
+waited[failback]=$(lab_elapsed "$t")
+lab_client probe 3-failback
+lab_client open 3-new
+echo "--- dir1 templates:"; lab_templates dir1
+
+lab_step "retention ($mode)"
+lab_client report "$LAB_OUT/traffic.json" || lab_die "no report"
+cat "$LAB_OUT/traffic.txt"
+w="{"; sep=""
+for k in "${!waited[@]}"; do w+="$sep\"$k\": ${waited[$k]}"; sep=", "; done
+c="{"; sep=""
+for k in "${!tpl_dir2[@]}"; do c+="$sep\"$k\": ${tpl_dir2[$k]}"; sep=", "; done
+lab_result_json result.json "scenario=\"seed000\"" "mode=\"$mode\"" \
+    "hooks=$([ "$LVS_HOOKS" = 1 ] && echo true || echo false)" \
+    "clients=$LAB_CLIENTS" "persistence_timeout=$LAB_PERSIST" \
+    "waited_s=$w}" "templates_dir2=$c}" "traffic=$(< "$LAB_OUT/traffic.json")"
+echo "--- keepalived dir1 (tail):"; tail -n 15 "$LAB_TMP/dir1/keepalived.log"
+echo "--- keepalived dir2 (tail):"; tail -n 15 "$LAB_TMP/dir2/keepalived.log"
+lab_log "seed000 done ($mode): figures in $LAB_OUT/result.json"
