@@ -7,10 +7,13 @@ of its instance or group (which also lets a transition under way see that it has
 superseded), and hands events to the main thread, which runs the transitions one at a time.
 
 The FIFO is opened read-write: a reader that is also a writer never sees end-of-file, so
-keepalived closing and reopening its end (a reload) costs nothing. On SIGTERM (keepalived
-stopping, or gone: it asks the kernel to send its scripts SIGTERM when it dies) the reader
-drains what is queued in the pipe, the main thread runs those events (STOP lines, typically)
-and the process exits. keepalived SIGKILLs its scripts 1 s after the SIGTERM at shutdown.
+keepalived closing and reopening its end costs nothing.
+
+SIGTERM comes when keepalived stops or reloads (it signals its scripts, then writes the STOP
+lines, then SIGKILLs what still runs 1 s later; a reload starts a new reader) or when it died
+(it has the kernel signal its scripts then). The reader then drains the pipe and keeps reading
+until every instance and group it has heard of has sent STOP, or for DRAIN_WINDOW seconds at
+most; the main thread runs what was read (the STOP snapshot, typically) and the process exits.
 """
 
 import contextlib
@@ -21,7 +24,8 @@ import select
 import signal
 import stat
 import threading
-from typing import Callable, Optional
+import time
+from typing import Callable, Dict, Optional
 
 from lvs_hooks.errors import LvsHooksError, UsageError
 from lvs_hooks.events.clock import fifo_order
@@ -31,6 +35,9 @@ from lvs_hooks.events.sequencer import Plan, Sequencer
 log = logging.getLogger(__name__)
 
 _CHUNK = 65536
+# After SIGTERM, how long to keep reading for keepalived's STOP lines, which it writes only
+# after signalling its scripts; it SIGKILLs them 1 s after the SIGTERM.
+DRAIN_WINDOW = 0.7
 
 
 class FifoReader:
@@ -51,6 +58,8 @@ class FifoReader:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._queue: queue.Queue[Optional[Event]] = queue.Queue()
         self._seq = 0
+        self._last_state: Dict[str, str] = {}
+        self.drain_window = DRAIN_WINDOW
         self.counts = {"lines": 0, "events": 0, "ignored": 0, "failed": 0, "errors": 0}
 
     def close(self) -> None:
@@ -58,7 +67,8 @@ class FifoReader:
             os.close(fd)
 
     def request_stop(self) -> None:
-        """Drain what is queued, run it, then stop (safe from a signal handler)."""
+        """Stop reading once every instance seen has sent STOP or `drain_window` seconds have
+        passed, run what was read, then return from run() (safe from a signal handler)."""
         with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
             os.write(self._wake_w, b"x")
 
@@ -66,13 +76,18 @@ class FifoReader:
 
     def _read_loop(self) -> None:
         buf = b""
+        deadline = None  # set when asked to stop
         try:
             while True:
-                ready, _, _ = select.select([self.fd, self._wake_r], [], [])
+                timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ready, _, _ = select.select([self.fd, self._wake_r], [], [], timeout)
                 if self.fd in ready:
                     buf = self._read_available(buf)
-                if self._wake_r in ready:
+                if self._wake_r in ready and deadline is None:
+                    os.read(self._wake_r, 64)
+                    deadline = time.monotonic() + self.drain_window
                     buf = self._read_available(buf)
+                if deadline is not None and (self._all_stopped() or time.monotonic() >= deadline):
                     if buf:
                         log.warning(
                             "FIFO %s: incomplete line at exit ignored: %r", self.path, buf[:200]
@@ -83,6 +98,11 @@ class FifoReader:
             self.counts["errors"] += 1
         finally:
             self._queue.put(None)
+
+    def _all_stopped(self) -> bool:
+        # keepalived sends its scripts SIGTERM first and writes the STOP lines after: once every
+        # instance and group heard of has stopped, nothing more is coming.
+        return bool(self._last_state) and all(s == "STOP" for s in self._last_state.values())
 
     def _read_available(self, buf: bytes) -> bytes:
         while True:
@@ -119,6 +139,7 @@ class FifoReader:
             )
             return
         self.counts["events"] += 1
+        self._last_state[parsed.key] = parsed.state
         log.info("FIFO line %d: %s", self._seq, parsed.describe())
         self.sequencer.note(parsed)
         self._queue.put(parsed)

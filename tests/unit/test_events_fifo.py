@@ -24,6 +24,7 @@ class Harness:
         self.reader = FifoReader(
             self.path, self.sequencer, planner or self.planner, lambda event: 10.0
         )
+        self.reader.drain_window = 0.05  # tests that need keepalived's real order set it
         # keepalived's side: opened after the reader, written non-blocking.
         self.wfd = os.open(self.path, os.O_WRONLY | os.O_NONBLOCK)
         self.thread = None
@@ -107,6 +108,39 @@ def test_stop_drains_what_is_queued(tmp_path):
     h.reader.request_stop()  # at once: the lines are still in the pipe
     h.thread.join(10)
     assert len(h.handled) == 20
+    os.close(h.wfd)
+    h.reader.close()
+
+
+def test_stop_lines_after_sigterm_are_read_then_it_exits(tmp_path):
+    """keepalived signals its scripts first and writes the STOP lines after."""
+    h = Harness(tmp_path)
+    h.reader.drain_window = 5.0
+    h.write('INSTANCE "VI_1" MASTER 100', 'GROUP "VG" MASTER 0')
+    h.start()
+    wait_for(lambda: len(h.handled) == 2)
+    h.reader.request_stop()
+    time.sleep(0.1)  # keepalived restoring its interfaces
+    t0 = time.monotonic()
+    h.write('INSTANCE "VI_1" STOP 100', 'GROUP "VG" STOP 0')
+    h.thread.join(10)
+    # Every instance and group heard of has stopped: no waiting out the window.
+    assert time.monotonic() - t0 < 2.0
+    assert h.handled[2:] == [("INSTANCE", "VI_1", "STOP"), ("GROUP", "VG", "STOP")]
+    os.close(h.wfd)
+    h.reader.close()
+
+
+def test_without_stop_lines_it_exits_after_the_window(tmp_path):
+    h = Harness(tmp_path)
+    h.reader.drain_window = 0.3
+    h.write('INSTANCE "VI_1" MASTER 100')
+    h.start()
+    wait_for(lambda: len(h.handled) == 1)
+    t0 = time.monotonic()
+    h.reader.request_stop()  # keepalived died: no STOP will come
+    h.thread.join(10)
+    assert 0.25 <= time.monotonic() - t0 < 5
     os.close(h.wfd)
     h.reader.close()
 
