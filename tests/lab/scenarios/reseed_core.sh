@@ -13,7 +13,7 @@ set -u
 . "$LAB_DIR/lib.sh"
 
 VIP2=10.0.0.101
-FWM_PORT=6000   # client-side port of the fwmark service; real servers answer on 5000
+FWM_VIP=10.0.0.102   # marked by iptables: the fwmark service; real servers answer on 5000
 N_UDP=400 N_VIP2=300 N_FWM=300
 N=$((N_UDP + N_VIP2 + N_FWM))
 CFG=$(lab_hooks_config dir1)
@@ -28,7 +28,8 @@ services_up() {
     nsx dir1 sh -ec "
       ip addr add $LAB_VIP/24 dev eth0; ip addr add $VIP2/24 dev eth0
       ip addr add $LAB_GW_VIP/24 dev eth1
-      iptables -t mangle -A PREROUTING -d $LAB_VIP -p udp --dport $FWM_PORT -j MARK --set-mark 1
+      ip addr add $FWM_VIP/24 dev eth0
+      iptables -t mangle -A PREROUTING -d $FWM_VIP -j MARK --set-mark 1
       ipvsadm -A -u $LAB_VIP:$LAB_VPORT -s rr -p 600
       ipvsadm -A -u $VIP2:$LAB_VPORT -s rr -p 600
       ipvsadm -A -f 1 -s rr -p 600
@@ -57,7 +58,7 @@ nsx client "$LAB_PYTHON" "$LAB_DIR/bulk_templates.py" --vip "$LAB_VIP" --port "$
     --base 10.2.0.0 "$N_UDP" || lab_die "traffic"
 nsx client "$LAB_PYTHON" "$LAB_DIR/bulk_templates.py" --vip "$VIP2" --port "$LAB_VPORT" \
     --base 10.4.0.0 "$N_VIP2" || lab_die "traffic"
-nsx client "$LAB_PYTHON" "$LAB_DIR/bulk_templates.py" --vip "$LAB_VIP" --port "$FWM_PORT" \
+nsx client "$LAB_PYTHON" "$LAB_DIR/bulk_templates.py" --vip "$FWM_VIP" --port "$LAB_VPORT" \
     --base 10.3.0.0 "$N_FWM" || lab_die "traffic"
 lab_wait 60 "$N templates on dir1" lab_tpl_at_least dir1 "$N" || lab_die "only $(lab_tpl_count dir1)"
 lab_templates dir1 | awk '{print $1, $4}' | sort | uniq -c
