@@ -11,7 +11,7 @@ from lvs_hooks.errors import ReseedIncomplete, UsageError
 from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import plan_reseed
-from lvs_hooks.reseed.runner import run_reseed, to_sync_conn
+from lvs_hooks.reseed.runner import run_reseed
 from lvs_hooks.snapshot import Snapshot, SnapshotStore
 from lvs_hooks.status import build_status, render_status
 
@@ -149,7 +149,7 @@ def reseed_from_snapshot(app: AppContext, from_file: Optional[str], dry_run: boo
             "dry_run": dry_run,
         }
         if dry_run:
-            report["would_send"] = [to_sync_conn(p).describe() for p in plan.planned[:50]]
+            report["would_send"] = [p.describe() for p in plan.planned[:50]]
             report.update(sent=0, verified=0, missing=0, ms=round((time.monotonic() - t0) * 1000))
             return report
         res = run_reseed(

@@ -35,6 +35,10 @@ class PlannedTemplate:
     pe_name: str = ""
     pe_data: str = ""
 
+    def describe(self) -> str:
+        svc = f"FWM {self.fwmark}" if self.fwmark else f"{self.protocol} {self.vaddr}:{self.vport}"
+        return f"{self.caddr} -> {svc} -> {self.daddr}:{self.dport} ({self.timeout} s)"
+
     def table_key(self) -> Tuple:
         """How the entry shows in /proc/net/ip_vs_conn (to verify it arrived)."""
         return (self.protocol, self.caddr, self.vaddr, self.vport, self.daddr, self.dport)

@@ -154,7 +154,7 @@ def run_reseed(
         res.receiver_drops = max(0, probe.drops() - drops0)
     res.missing = len(pending)
     res.verified = len(planned) - len(pending)
-    res.missing_examples = [_describe(p) for p in pending[:5]]
+    res.missing_examples = [p.describe() for p in pending[:5]]
     res.ms = (clock() - t0) * 1000
     return res
 
@@ -188,7 +188,3 @@ def _present_keys(proc_root: str) -> Set[Tuple]:
     return {
         (t.protocol, t.caddr, t.vaddr, t.vport, t.daddr, t.dport) for t in table.templates
     }
-
-
-def _describe(p: PlannedTemplate) -> str:
-    return f"{p.protocol} {p.caddr} -> {p.vaddr}:{p.vport} -> {p.daddr}:{p.dport}"
