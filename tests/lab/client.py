@@ -11,6 +11,7 @@ Commands (one line each; reply: one JSON line, "ok": true/false):
   probe LABEL [FLOWS]       one request on each address's flow opened as FLOWS (default: the
                             reference open), records who answered (TCP: "RESET" on reset)
   keepalive SECS            every SECS send on all open flows (0: stop); flows then "go on"
+  sent LABEL                fewest and most packets sent on a flow opened as LABEL
   set timeout SECS          how long a step waits for answers (default 3 s)
   ref LABEL                 the open step retention is measured against (default: the first)
   report FILE               write the whole record as JSON (+ FILE's .txt: retention table)
@@ -46,6 +47,7 @@ class Flow:
         self.answers: Dict[str, str] = {}  # token -> real server
         self.last_rs: Optional[str] = None
         self.out: List[bytes] = []  # TCP lines waiting for the connection
+        self.sent = 0  # datagrams / lines sent (the kernel syncs a connection at its 3rd packet)
 
 
 class Client:
@@ -71,6 +73,7 @@ class Client:
         data = token.encode()
         if flow.state != "ok":
             return
+        flow.sent += 1
         try:
             if flow.proto == "udp":
                 flow.sock.send(data)
@@ -274,6 +277,11 @@ class Client:
             return self.cmd_open(*args)
         if cmd == "probe":
             return self.cmd_probe(*args)
+        if cmd == "sent":
+            counts = [f.sent for fl in self.flows.values() for f in fl if f.label == args[0]]
+            if not counts:
+                raise ValueError(f"no flows opened as {args[0]!r}")
+            return {"label": args[0], "min_sent": min(counts), "max_sent": max(counts)}
         if cmd == "keepalive":
             self.keepalive = float(args[0])
             self.next_keepalive = time.monotonic()

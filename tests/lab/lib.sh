@@ -429,10 +429,10 @@ lab_entry_count() {
 # wait predicates: lab_wait 30 "..." lab_tpl_at_least dir2 20 ; lab_wait 90 "..." lab_tpl_none dir2
 lab_tpl_at_least() { local n; n=$(lab_tpl_count "$1"); [ "$n" -ge "$2" ]; }
 lab_tpl_none() { local n; n=$(lab_tpl_count "$1"); [ "$n" -eq 0 ]; }
-# lab_synced DIR N: DIR has at least N templates AND N connections. A backup gets a template with
-# the first synced packet but the connection only at the sync_threshold-th (3rd) packet: a
-# takeover before that schedules the flow afresh on the new master, where it finds the synced
-# template and keeps it alive (re-armed) as a LOCAL connection (lab, 6.1).
+# lab_synced DIR N: DIR has at least N templates AND N connections. A kernel master sends a
+# template with every packet of a connection it controls, but the connection itself only at its
+# sync_threshold-th (3rd) packet: a takeover before that schedules the flow afresh on the new
+# master, which links it to the synced template and keeps that alive (lab, 6.1).
 lab_synced() { lab_entry_count "$1" > /dev/null; [ "$LAB_NTPL" -ge "$2" ] && [ "$LAB_NCONN" -ge "$2" ]; }
 
 # lab_inject DIR [OPTS...] ENTRY...: inject sync messages into DIR's backup daemon (see
@@ -482,6 +482,12 @@ lab_client() {
     fi
     lab_log "client $1 ${2:-}: $LAB_REPLY"
     [[ $LAB_REPLY == '{"ok":true'* ]]
+}
+# lab_flows_sent_at_least LABEL N: every flow opened as LABEL has sent N packets (wait predicate;
+# a kernel master syncs a connection at its 3rd packet, then every 50th: sync_threshold 3 50)
+lab_flows_sent_at_least() {
+    lab_client sent "$1" > /dev/null || return 1
+    [ "$(lab_json_field min_sent)" -ge "$2" ]
 }
 # lab_json_field KEY: a top-level number from LAB_REPLY (e.g. same_as_ref), into REPLY
 lab_json_field() {

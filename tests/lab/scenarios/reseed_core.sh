@@ -39,11 +39,14 @@ services_up() {
         ipvsadm -a -f 1 -r \$r:$LAB_VPORT -m
       done" || lab_die "services on dir1"
 }
-sync_rx() { # packets received on dir2's sync link
-    local l
+sync_rx() { # UDP datagrams that reached dir2 (InDatagrams NoPorts InErrors IgnoredMulti)
+    local l h=()
     while read -r l; do
-        [[ $l == "$LAB_SYNC_IF:"* ]] && { set -- ${l#*:}; echo "$2"; return; }
-    done < "/proc/${LAB_ANCHOR[dir2]}/net/dev"
+        if [[ $l == Udp:* ]]; then
+            if [ ${#h[@]} = 0 ]; then read -r -a h <<< "$l"
+            else local v; read -r -a v <<< "$l"; echo $(( v[1] + v[2] + v[3] + v[8] )); return; fi
+        fi
+    done < "/proc/${LAB_ANCHOR[dir2]}/net/snmp"
 }
 
 lab_step "topology, dir1 services, dir2 backup sync daemon (the peer that must hear nothing)"
@@ -80,7 +83,7 @@ check=$(nsx dir1 "$LAB_PYTHON" "$LAB_DIR/tplcheck.py" --proc "/proc/${LAB_ANCHOR
 echo "check: $check"
 rx1=$(sync_rx)
 peer_templates=$(lab_tpl_count dir2)
-lab_log "dir2 (peer): sync link packets received during the reseed: $((rx1 - rx0)), templates: $peer_templates"
+lab_log "dir2 (peer): UDP datagrams received during the reseed: $((rx1 - rx0)), templates: $peer_templates"
 nsx dir1 lvs-hooks --config "$CFG" status | head -20
 
 lab_step "B. dir1 reboots again; only a master sync daemon runs (as keepalived leaves it)"
@@ -104,7 +107,7 @@ cat > "$LAB_OUT/reseed_core.json" <<EOF
  "snapshot": $snap,
  "reseed": $reseed,
  "check": $check,
- "peer_sync_rx_packets": $((rx1 - rx0)),
+ "peer_udp_datagrams": $((rx1 - rx0)),
  "peer_templates": $peer_templates,
  "b_reseed": $reseed_b,
  "b_check": $check_b,
