@@ -47,7 +47,8 @@ _A6 = rb"[0-9a-f]{4}(?::[0-9a-f]{4}){7}"
 _ADDR = rb"(" + _A4 + rb"|" + _A6 + rb")"
 _PORT = rb"([0-9A-F]{4})"
 _LINE_HEAD = rb"(\w+) +" + b" ".join([_ADDR, _PORT, _ADDR, _PORT, _ADDR, _PORT]) + rb" (\S+) +"
-# Groups: proto caddr cport vaddr vport daddr dport state expires pe_name pe_data
+# One line, for lines with PE data and for naming what is wrong with a line. Groups:
+# proto caddr cport vaddr vport daddr dport state expires pe_name pe_data
 _CONN_LINE = _LINE_HEAD + rb"(\d+)(?: (\S+) ([^\n]*))?"
 # Groups: proto caddr cport vaddr vport daddr dport state origin expires
 _SYNC_LINE = _LINE_HEAD + rb"(LOCAL|SYNC) +(\d+)"
@@ -55,7 +56,6 @@ _SYNC_LINE = _LINE_HEAD + rb"(LOCAL|SYNC) +(\d+)"
 # The lines of a buffer that starts with "\n": every line is matched from the newline before
 # it; "(?![^\n])" ends it at a newline or at the end of the buffer.
 _CONN_ALL = re.compile(rb"\n" + _CONN_LINE + rb"(?![^\n])")
-_SYNC_ALL = re.compile(rb"\n" + _SYNC_LINE + rb"(?![^\n])")
 _CONN_ONE = re.compile(_CONN_LINE)
 _SYNC_ONE = re.compile(_SYNC_LINE)
 
@@ -66,20 +66,27 @@ _SYNC_ONE = re.compile(_SYNC_LINE)
 _GUARD = rb"(?=[^\n]{8}(?:[^\n]{4,5} 0000 |[^\n]?:[^\n]{34} 0000 ))"
 
 
-def _template_scan(tail: bytes) -> "re.Pattern[bytes]":
-    """Groups: a valid IPv4 template line, a valid IPv6 one, or a template line that is neither.
+def _line_scan(guard: bytes, cport: bytes, tail: bytes, pe_tail: bytes) -> "re.Pattern[bytes]":
+    """Every line that passes `guard`, as one of four groups: a valid IPv4 line without PE data,
+    the same for IPv6, a valid line with PE data, or a line that is none of these (malformed).
 
-    The families apart let the IPv4 addresses be converted in C, a whole column at a time.
+    Lines without PE data have the same number of fields, so they can be split all at once and
+    converted a column at a time, in C; the families apart let IPv4 addresses go that way too.
     """
     p, any_addr = rb"[0-9A-F]{4}", rb"(?:" + _A4 + rb"|" + _A6 + rb")"
-    v4 = rb"\w+ +" + b" ".join([_A4, b"0000", _A4, p, any_addr, p]) + tail
-    v6 = rb"\w+ +" + b" ".join([_A6, b"0000", _A6, p, any_addr, p]) + tail
-    end = rb")(?![^\n])"
-    return re.compile(rb"\n" + _GUARD + rb"(?:(" + v4 + end + rb"|(" + v6 + end + rb"|([^\n]*))")
+    v4 = rb"\w+ +" + b" ".join([_A4, cport, _A4, p, any_addr, p]) + tail
+    v6 = rb"\w+ +" + b" ".join([_A6, cport, _A6, p, any_addr, p]) + tail
+    with_pe = rb"(?:" + v4 + b"|" + v6 + b")" + pe_tail
+    groups = rb")(?![^\n])|(".join([v4, v6, with_pe, rb"[^\n]*"])
+    return re.compile(rb"\n" + guard + rb"(?:(" + groups + rb"))")
 
 
-_CONN_TEMPLATES = _template_scan(rb" \S+ +\d+(?: \S+ [^\n]*)?")
-_SYNC_TEMPLATES = _template_scan(rb" \S+ +(?:LOCAL|SYNC) +\d+")
+_CONN_TAIL, _CONN_PE = rb" \S+ +\d+", rb" \S+ [^\n]*"
+_SYNC_TAIL, _NO_PE = rb" \S+ +(?:LOCAL|SYNC) +\d+", rb"(?!)"
+_CONN_TEMPLATES = _line_scan(_GUARD, b"0000", _CONN_TAIL, _CONN_PE)
+_SYNC_TEMPLATES = _line_scan(_GUARD, b"0000", _SYNC_TAIL, _NO_PE)
+_CONN_LINES = _line_scan(b"", rb"[0-9A-F]{4}", _CONN_TAIL, _CONN_PE)
+_SYNC_LINES = _line_scan(b"", rb"[0-9A-F]{4}", _SYNC_TAIL, _NO_PE)
 _CANDIDATES = re.compile(rb"\n" + _GUARD)
 
 # Non-template connections keyed by client and service (what a keeper needs), prefix only.
@@ -181,7 +188,8 @@ def parse_conn_table(
     """Parse the bytes of ip_vs_conn or ip_vs_conn_sync (told apart by the header).
 
     With `templates_only`, only template lines become entries (what a snapshot needs), several
-    times faster on a big table; IPv4 templates come before IPv6 ones. With `client_counts`,
+    times faster on a big table. Entries come IPv4 first, then IPv6, then those with PE data,
+    each group in file order (which is the kernel's hash order, nothing more). With `client_counts`,
     `client_counts` is filled in as count_connections_by_client() would from the same bytes:
     one read of the kernel's table serves both.
     """
@@ -189,10 +197,7 @@ def parse_conn_table(
     body = _Body.of(data, bad)
     conv = _Converter(body.sync)
     with _gc_paused():
-        if templates_only:
-            entries = _parse_templates(body, conv, bad)
-        else:
-            entries = _parse_all(body, conv, bad)
+        entries = _parse(body, conv, bad, templates_only)
         counts = _count_by_client(body) if client_counts else None
     return ConnTable(
         entries=tuple(entries),
@@ -322,23 +327,16 @@ class _Converter:
         # to the sync protocol unchanged.
         self.words = _Memo(lambda b: b.decode("latin-1"))
 
-    def rows(self, rows: Sequence[Tuple[bytes, ...]]) -> List[ConnEntry]:
-        """Entries from the groups of _CONN_LINE or _SYNC_LINE."""
+    def pe_rows(self, rows: Sequence[Tuple[bytes, ...]]) -> List[ConnEntry]:
+        """Entries from the groups of _CONN_LINE: the few lines with PE data."""
         new = object.__new__
         addrs, ports, words = self.addrs, self.ports, self.words
         out: List[ConnEntry] = []
-        append = out.append
-        for row in rows:
-            if self.sync:
-                proto, c, cp, v, vp, d, dp, state, origin, expires = row
-                pe_name = pe_data = b""
-            else:
-                proto, c, cp, v, vp, d, dp, state, expires, pe_name, pe_data = row
-                origin = b""
+        for proto, c, cp, v, vp, d, dp, state, expires, pe_name, pe_data in rows:
             e = new(ConnEntry)
             e.__dict__.update(
                 protocol=words[proto],
-                caddr=_addr(c),  # one template per client: not worth caching
+                caddr=_addr(c),
                 cport=int(cp, 16),
                 vaddr=addrs[v],
                 vport=ports[vp],
@@ -348,35 +346,33 @@ class _Converter:
                 expires=int(expires),
                 pe_name=words[pe_name],
                 pe_data=pe_data.decode("latin-1"),
-                origin=words[origin] if origin else None,
+                origin=None,
             )
-            append(e)
+            out.append(e)
         return out
 
-    def template_lines(self, lines: List[bytes], ipv4: bool) -> List[ConnEntry]:
-        """Entries from valid template lines of one family, converted a column at a time."""
+    def lines(self, lines: List[bytes], ipv4: bool) -> List[ConnEntry]:
+        """Entries from valid lines of one family without PE data, a column at a time."""
         if not lines:
             return []
-        joined = b"\n".join(lines)
-        fields = joined.split()
         width = 10 if self.sync else 9
-        if len(fields) != width * len(lines):
-            # PE data (or more) on some line: the columns do not line up, take the groups.
-            return self.rows((_SYNC_ALL if self.sync else _CONN_ALL).findall(b"\n" + joined))
+        fields = b"\n".join(lines).split()
+        assert len(fields) == width * len(lines), "lines not checked by _line_scan"
         col = [fields[i::width] for i in range(width)]
         if ipv4:
             caddrs: Iterable[str] = map(socket.inet_ntoa, map(binascii.unhexlify, col[1]))
         else:
             caddrs = map(_addr, col[1])
-        words, addrs, ports = self.words.__getitem__, self.addrs.__getitem__, self.ports
+        words, addrs, ports = self.words.__getitem__, self.addrs.__getitem__, self.ports.__getitem__
         origins: Iterable[Optional[str]] = map(words, col[8]) if self.sync else repeat(None)
         columns = zip(
             map(words, col[0]),
             caddrs,
+            map(ports, col[2]),
             map(addrs, col[3]),
-            map(ports.__getitem__, col[4]),
+            map(ports, col[4]),
             map(addrs, col[5]),
-            map(ports.__getitem__, col[6]),
+            map(ports, col[6]),
             map(words, col[7]),
             map(int, col[width - 1]),
             origins,
@@ -384,12 +380,12 @@ class _Converter:
         new = object.__new__
         out: List[ConnEntry] = []
         append = out.append
-        for proto, caddr, vaddr, vport, daddr, dport, state, expires, origin in columns:
+        for proto, caddr, cport, vaddr, vport, daddr, dport, state, expires, origin in columns:
             e = new(ConnEntry)
             e.__dict__.update(
                 protocol=proto,
                 caddr=caddr,
-                cport=0,
+                cport=cport,
                 vaddr=vaddr,
                 vport=vport,
                 daddr=daddr,
@@ -412,24 +408,21 @@ def _addr(h: bytes) -> str:
     return str(ipaddress.IPv6Address(binascii.unhexlify(h.replace(b":", b""))))
 
 
-def _parse_all(body: _Body, conv: _Converter, bad: _Malformed) -> List[ConnEntry]:
-    rows = body.findall(_SYNC_ALL if conv.sync else _CONN_ALL)
-    # The client and the virtual address always have the entry's family.
-    good = [r for r in rows if len(r[1]) == len(r[3])]
-    if len(good) != body.lines:
-        _find_malformed(body, bad)
-    return conv.rows(good)
-
-
-def _parse_templates(body: _Body, conv: _Converter, bad: _Malformed) -> List[ConnEntry]:
-    rows = body.findall(_SYNC_TEMPLATES if conv.sync else _CONN_TEMPLATES)
-    if not rows:
-        return []
+def _parse(body: _Body, conv: _Converter, bad: _Malformed, templates_only: bool) -> List:
+    if templates_only:
+        scan = _SYNC_TEMPLATES if conv.sync else _CONN_TEMPLATES
+    else:
+        scan = _SYNC_LINES if conv.sync else _CONN_LINES
+    rows = body.findall(scan)
     v4 = list(filter(None, map(itemgetter(0), rows)))
     v6 = list(filter(None, map(itemgetter(1), rows)))
-    if len(v4) + len(v6) != len(rows):
-        _find_malformed(body, bad, only_templates=True)
-    return conv.template_lines(v4, ipv4=True) + conv.template_lines(v6, ipv4=False)
+    pe = list(filter(None, map(itemgetter(2), rows)))
+    if len(v4) + len(v6) + len(pe) != len(rows):
+        _find_malformed(body, bad, only_templates=templates_only)
+    entries = conv.lines(v4, ipv4=True) + conv.lines(v6, ipv4=False)
+    if pe:
+        entries += conv.pe_rows(_CONN_ALL.findall(b"\n" + b"\n".join(pe)))
+    return entries
 
 
 def _find_malformed(body: _Body, bad: _Malformed, only_templates: bool = False) -> None:
