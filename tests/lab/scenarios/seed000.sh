@@ -91,6 +91,9 @@ lab_result_json result.json "scenario=\"seed000\"" "mode=\"$mode\"" \
     "hooks=$([ "$LVS_HOOKS" = 1 ] && echo true || echo false)" \
     "clients=$LAB_CLIENTS" "persistence_timeout=$LAB_PERSIST" \
     "waited_s=$w}" "templates_dir2=$c}" "templates_dir1_at_failback=$tpl_dir1_failback" "traffic=$(< "$LAB_OUT/traffic.json")"
+# the configs as rendered (the lvs-hooks wiring is visible there)
+cp "$LAB_TMP/dir1/keepalived.conf" "$LAB_OUT/keepalived-dir1.conf"
+[ -e "$LAB_TMP/dir1/lvs-hooks.yaml" ] && cp "$LAB_TMP/dir1/lvs-hooks.yaml" "$LAB_OUT/lvs-hooks-dir1.yaml"
 echo "--- keepalived dir1 (tail):"; tail -n 15 "$LAB_TMP/dir1/keepalived.log"
 echo "--- keepalived dir2 (tail):"; tail -n 15 "$LAB_TMP/dir2/keepalived.log"
 lab_log "seed000 done ($mode): figures in $LAB_OUT/result.json"
