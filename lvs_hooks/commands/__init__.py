@@ -1,3 +1,6 @@
 """Subcommands; each module registers its commands on the main group when imported."""
 
-from lvs_hooks.commands import templates  # noqa: F401
+from lvs_hooks.commands import (  # noqa: F401
+    notify,
+    templates,
+)

@@ -2,11 +2,11 @@
 
 import dataclasses
 import logging
-import sys
 import types
 
 import pytest
 
+from lvs_hooks.commands import templates
 from lvs_hooks.config import Config, MasterRoleConfig, PathsConfig, TransitionsConfig
 from lvs_hooks.errors import KernelError, SnapshotError
 from lvs_hooks.events import transitions
@@ -183,26 +183,22 @@ def test_timeouts_kernel_error_propagates(monkeypatch):
 # -- reseed and snapshot (the core steps are faked: they have their own tests)
 
 
-@pytest.fixture
-def fake_templates(monkeypatch):
-    """A stand-in for lvs_hooks.commands.templates, whose real functions need IPVS."""
-    mod = types.ModuleType("lvs_hooks.commands.templates")
-    monkeypatch.setitem(sys.modules, "lvs_hooks.commands.templates", mod)
-    return mod
-
-
-def test_reseed_step_reports_figures_and_latency(tmp_path, fake_templates, caplog):
+def test_reseed_step_reports_figures_and_latency(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
-    fake_templates.reseed_from_snapshot = lambda app, f, dry: {
-        "snapshot": "/s",
-        "snapshot_age_s": 3.0,
-        "seen": 20,
-        "planned": 20,
-        "sent": 20,
-        "verified": 20,
-        "missing": 0,
-        "ms": 40.0,
-    }
+    monkeypatch.setattr(
+        templates,
+        "reseed_from_snapshot",
+        lambda app, f, dry: {
+            "snapshot": "/s",
+            "snapshot_age_s": 3.0,
+            "seen": 20,
+            "planned": 20,
+            "sent": 20,
+            "verified": 20,
+            "missing": 0,
+            "ms": 40.0,
+        },
+    )
     event = Event(
         "INSTANCE", "VI_1", "MASTER", 100, "fifo", (transitions.now_ns() - 250_000_000, 1, 1)
     )
@@ -213,39 +209,47 @@ def test_reseed_step_reports_figures_and_latency(tmp_path, fake_templates, caplo
     assert "reseed ended" in caplog.text and "after keepalived announced MASTER" in caplog.text
 
 
-def test_reseed_step_missing_templates_fail_with_figures(tmp_path, fake_templates):
-    fake_templates.reseed_from_snapshot = lambda app, f, dry: {
-        "seen": 20,
-        "planned": 20,
-        "sent": 20,
-        "verified": 17,
-        "missing": 3,
-        "ms": 40.0,
-    }
+def test_reseed_step_missing_templates_fail_with_figures(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        templates,
+        "reseed_from_snapshot",
+        lambda app, f, dry: {
+            "seen": 20,
+            "planned": 20,
+            "sent": 20,
+            "verified": 17,
+            "missing": 3,
+            "ms": 40.0,
+        },
+    )
     with pytest.raises(StepFailed) as info:
         transitions.reseed_step(app_with(tmp_path), ev("MASTER"))
     assert info.value.figures["missing"] == 3
     assert "latency_ms" in info.value.figures
 
 
-def test_reseed_step_error_keeps_the_latency(tmp_path, fake_templates):
+def test_reseed_step_error_keeps_the_latency(tmp_path, monkeypatch):
     def no_snapshot(app, f, dry):
         raise SnapshotError("no usable snapshot in /var/lib/lvs-hooks: no snapshot files")
 
-    fake_templates.reseed_from_snapshot = no_snapshot
+    monkeypatch.setattr(templates, "reseed_from_snapshot", no_snapshot)
     with pytest.raises(StepFailed) as info:
         transitions.reseed_step(app_with(tmp_path), ev("MASTER"))
     assert str(info.value).startswith("no usable snapshot")
     assert "latency_ms" in info.value.figures
 
 
-def test_snapshot_step(tmp_path, fake_templates):
-    fake_templates.take_snapshot = lambda app: {
-        "path": "/var/lib/lvs-hooks/snapshot-x.json",
-        "templates": 5,
-        "services": 2,
-        "ms": 3.2,
-    }
+def test_snapshot_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        templates,
+        "take_snapshot",
+        lambda app: {
+            "path": "/var/lib/lvs-hooks/snapshot-x.json",
+            "templates": 5,
+            "services": 2,
+            "ms": 3.2,
+        },
+    )
     summary, figures = transitions.snapshot_step(app_with(tmp_path))
     assert summary == "5 templates of 2 services to /var/lib/lvs-hooks/snapshot-x.json in 3 ms"
     assert figures["templates"] == 5
