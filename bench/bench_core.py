@@ -10,7 +10,8 @@ proc root, then times, best of 3:
   - count_connections_by_client() on the same bytes;
   - encode_datagrams() of 100,000 IPv4 templates.
 
-Targets: parsing within 4x the grep time; encoding under 0.1 s. Run: python3 bench/bench_core.py
+Targets, on CPU time: parsing within 4x the grep time; encoding under 0.1 s.
+Run: python3 bench/bench_core.py
 """
 
 import argparse
@@ -18,6 +19,7 @@ import gc
 import ipaddress
 import os
 import random
+import resource
 import shutil
 import subprocess
 import sys
@@ -93,14 +95,31 @@ def generate_table(lines: int, seed: int) -> bytes:
     return CONN_HEADER + b"\n" + "".join(out).encode()
 
 
-def best_of(n, fn):
-    best, result = float("inf"), None
-    for _ in range(n):
-        gc.collect()
-        t0 = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, result
+class Timing:
+    """Best wall time and best CPU time (user + sys, this process and its children) of n runs.
+
+    CPU time stands up to a loaded machine far better than wall time: targets are judged on it.
+    """
+
+    def __init__(self, n: int, fn):
+        self.wall = self.cpu = float("inf")
+        for _ in range(n):
+            gc.collect()
+            c0, w0 = _cpu(), time.perf_counter()
+            self.result = fn()
+            w1, c1 = time.perf_counter(), _cpu()
+            self.wall, self.cpu = min(self.wall, w1 - w0), min(self.cpu, c1 - c0)
+
+    def __str__(self) -> str:
+        return f"{self.cpu * 1000:8.1f} ms cpu {self.wall * 1000:8.1f} ms wall"
+
+
+def _cpu() -> float:
+    me, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def main() -> int:
@@ -128,30 +147,32 @@ def main() -> int:
         )
 
         grep = shutil.which("grep")
-        t_grep, out = best_of(
+        g = Timing(
             args.runs,
             lambda: subprocess.run([grep, "-c", " 0000 ", path], capture_output=True, check=True),
         )
-        matched = out.stdout.decode().strip()
-        print(f"grep -c ' 0000 '          {t_grep * 1000:8.1f} ms  ({matched} lines)")
+        matched = g.result.stdout.decode().strip()
+        label = "grep -c ' 0000 '"
+        print(f"{label:<34}{g}  ({matched} lines)")
 
         results = []
         for label, kw in (("templates_only", {"templates_only": True}), ("full", {})):
-            t, table = best_of(args.runs, lambda kw=kw: read_conn_table(root, **kw))
-            ratio = t / t_grep
+            t = Timing(args.runs, lambda kw=kw: read_conn_table(root, **kw))
+            ratio, table = t.cpu / g.cpu, t.result
             ok = ratio <= PARSE_TARGET_RATIO
             results.append(ok)
             print(
-                f"read_conn_table {label:<10}{t * 1000:8.1f} ms  {ratio:5.1f}x grep  "
-                f"{'PASS' if ok else 'MISS'} (<= {PARSE_TARGET_RATIO:g}x)  "
-                f"[{len(table.templates):,} templates, {table.total_lines:,} lines,"
-                f" {table.malformed} malformed]"
+                f"{'read_conn_table ' + label:<34}{t}  {ratio:5.1f}x grep"
+                f" ({t.wall / g.wall:.1f}x wall)  {'PASS' if ok else 'MISS'}"
+                f" (<= {PARSE_TARGET_RATIO:g}x)  [{len(table.templates):,} templates,"
+                f" {table.total_lines:,} lines, {table.malformed} malformed]"
             )
 
         raw = read_proc_file(path)
-        t, counts = best_of(args.runs, lambda: count_connections_by_client(raw))
+        t = Timing(args.runs, lambda: count_connections_by_client(raw))
+        counts = t.result
         print(
-            f"count_connections_by_client {t * 1000:6.1f} ms  {t / t_grep:5.1f}x grep  (info)"
+            f"{'count_connections_by_client':<34}{t}  {t.cpu / g.cpu:5.1f}x grep  (information)"
             f"  [{len(counts):,} client/service keys, {sum(counts.values()):,} connections]"
         )
 
@@ -171,14 +192,15 @@ def main() -> int:
             for i in range(args.templates)
         ]
         t_build = time.perf_counter() - t0
-        t, dgrams = best_of(args.runs, lambda: syncproto.encode_datagrams(conns, syncid=51))
-        ok = t < ENCODE_TARGET_S
+        t = Timing(args.runs, lambda: syncproto.encode_datagrams(conns, syncid=51))
+        dgrams = t.result
+        ok = t.cpu < ENCODE_TARGET_S
         results.append(ok)
         print(
-            f"encode_datagrams {args.templates:,}   {t * 1000:8.1f} ms  "
+            f"{f'encode_datagrams {args.templates:,}':<34}{t}  "
             f"{'PASS' if ok else 'MISS'} (< {ENCODE_TARGET_S * 1000:g} ms)  "
             f"[{len(dgrams):,} datagrams of <= {max(map(len, dgrams))} bytes;"
-            f" template_conn x{args.templates:,}: {t_build * 1000:.0f} ms, info]"
+            f" template_conn x{args.templates:,}: {t_build * 1000:.0f} ms wall, information]"
         )
         return 0 if all(results) else 1
     finally:

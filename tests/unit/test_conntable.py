@@ -3,6 +3,7 @@
 import dataclasses
 import gc
 import ipaddress
+import pathlib
 import random
 
 import pytest
@@ -204,6 +205,41 @@ def test_fast_construction_equals_the_constructor():
             assert e == want and hash(e) == hash(want) and repr(e) == repr(want)
             with pytest.raises(dataclasses.FrozenInstanceError):
                 e.caddr = "1.2.3.4"
+
+
+_MEMORY_PROBE = """
+import socket, sys, tracemalloc
+from lvs_hooks.kernel.conntable import parse_conn_table, CONN_HEADER
+from lvs_hooks.kernel.model import ConnEntry
+n = 2000
+addrs = [(f"11.0.{i // 256}.{i % 256}", "%08X" % (0x0B000000 + i)) for i in range(n)]
+data = CONN_HEADER + b"\\n" + b"".join(
+    b"TCP %s 0000 0A000064 0050 0A01000B 0050 ASSURED           5\\n" % h.encode() for _, h in addrs)
+tracemalloc.start()
+t0 = tracemalloc.get_traced_memory()[0]
+built = [ConnEntry("TCP", socket.inet_ntoa(bytes.fromhex(h)), 0, "10.0.0.100", 80, "10.1.0.11", 80,
+                   "ASSURED", 5) for _, h in addrs]
+t1 = tracemalloc.get_traced_memory()[0]
+parse_conn_table(data, templates_only=True)  # the row tuples go to CPython's free lists
+t2 = tracemalloc.get_traced_memory()[0]
+parsed = list(parse_conn_table(data, templates_only=True).entries)
+t3 = tracemalloc.get_traced_memory()[0]
+assert parsed == built
+print((t1 - t0) / n, (t3 - t2) / n)
+"""
+
+
+def test_parsed_entries_take_no_more_memory_than_built_ones_by_much():
+    # Filling __dict__ with update() would double the size of an entry on CPython 3.11+, and
+    # of every ConnEntry built after it (see _Converter); a million entries is a real table.
+    # In a fresh interpreter, because that harm lasts for the whole process.
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True,
+                         check=True, cwd=pathlib.Path(__file__).parents[2])
+    per_built, per_parsed = map(float, out.stdout.split())
+    assert per_parsed < 1.4 * per_built, (per_built, per_parsed)
 
 
 def test_gc_state_is_restored():
