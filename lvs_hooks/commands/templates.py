@@ -1,6 +1,7 @@
 """`snapshot`, `reseed`, `status`: the core commands on persistence templates."""
 
 import logging
+import os
 import time
 from typing import Optional
 
@@ -8,7 +9,7 @@ import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.errors import ReseedIncomplete, UsageError
-from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.kernel.conntable import parse_conn_table, read_conn_table, read_proc_file
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import plan_reseed
 from lvs_hooks.reseed.runner import run_reseed
@@ -30,7 +31,10 @@ def take_snapshot(app: AppContext) -> dict:
     with IPVS() as ipvs:
         services = ipvs.services()
     t1 = time.monotonic()
-    table = read_conn_table(cfg.paths.proc_root, templates_only=True)
+    # Read and parse timed apart: reading is the kernel's walk of its table (compare with cat).
+    data = read_proc_file(os.path.join(cfg.paths.proc_root, "net", "ip_vs_conn"))
+    t_read = time.monotonic()
+    table = parse_conn_table(data, templates_only=True)
     t2 = time.monotonic()
     snap = Snapshot.capture(services=services, templates=list(table.templates))
     path = _store(app).save(snap)
@@ -41,15 +45,18 @@ def take_snapshot(app: AppContext) -> dict:
         "services": len(services),
         "malformed_lines": table.malformed,
         "ms_netlink": round((t1 - t0) * 1000, 1),
-        "ms_read_table": round((t2 - t1) * 1000, 1),
+        "ms_read_table": round((t_read - t1) * 1000, 1),
+        "ms_parse": round((t2 - t_read) * 1000, 1),
         "ms_write": round((t3 - t2) * 1000, 1),
         "ms": round((t3 - t0) * 1000, 1),
     }
     log.info(
-        "snapshot: %d templates of %d services read in %.0f ms, written to %s in %.0f ms%s",
+        "snapshot: %d templates of %d services, table read in %.0f ms and parsed in %.0f ms, "
+        "written to %s in %.0f ms%s",
         report["templates"],
         report["services"],
         report["ms_read_table"],
+        report["ms_parse"],
         path,
         report["ms_write"],
         f" ({table.malformed} malformed lines skipped)" if table.malformed else "",
