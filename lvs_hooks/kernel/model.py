@@ -1,4 +1,5 @@
-"""Plain values for what IPVS holds: connection entries (templates among them), services, real servers.
+"""Plain values for what IPVS holds: connection entries (templates among them), services,
+real servers.
 
 Pure data, no I/O. Addresses are kept as canonical strings (`ipaddress` compressed form) so that
 entries read from /proc, from a snapshot and from netlink compare equal.
