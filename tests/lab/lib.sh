@@ -334,6 +334,13 @@ lab_master_is() {
     return 0
 }
 
+# lab_no_vip_anywhere: no director holds the VIP
+lab_no_vip_anywhere() {
+    local i
+    for ((i = 1; i <= LAB_DIRECTORS; i++)); do lab_has_vip "dir$i" && return 1; done
+    return 0
+}
+
 # ------------------------------------------------------------------------------ failures
 
 # _lab_ns_kill NS [KEEP_PID]: SIGKILL every process in NS (but KEEP_PID)
@@ -371,10 +378,11 @@ lab_reboot() {
 }
 _lab_no_link() { local l; for l in "$@"; do [ -e "/sys/class/net/$l" ] && return 1; done; return 0; }
 
-# lab_move_vips FROM TO: move the VIPs by hand (scenarios without keepalived); neighbours flushed
+# lab_move_vips FROM TO: move the VIPs by hand (scenarios without keepalived); neighbours flushed.
+# FROM may have lost them already (e.g. keepalived stopped): the deletes are then no-ops.
 lab_move_vips() {
     printf 'addr del %s/24 dev eth0\naddr del %s/24 dev eth1\n' "$LAB_VIP" "$LAB_GW_VIP" \
-        | ip -n "$1" -b -
+        | ip -force -n "$1" -b - 2>/dev/null
     printf 'addr add %s/24 dev eth0\naddr add %s/24 dev eth1\n' "$LAB_VIP" "$LAB_GW_VIP" \
         | ip -n "$2" -b -
     local n

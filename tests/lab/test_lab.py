@@ -65,7 +65,7 @@ def ext_dir(tmp_path_factory):
 def lab(request, tmp_path_factory, ext_dir):
     """One VM, every lab scenario: {"rc", "summary", "by_name", "out", "output"}."""
     out = tmp_path_factory.mktemp("lab-run")
-    scenarios = ["smoke", "seed000", "seed000-hooks", str(ext_dir / "exit7.sh"),
+    scenarios = ["smoke", "helpers", "seed000", "seed000-hooks", str(ext_dir / "exit7.sh"),
                  str(ext_dir / "hang.sh")]
     proc, wall = run_lab(["--out", str(out), *scenarios], RUN_LIMIT + 60)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("LAB: scenario", "[lab]"))]
@@ -89,8 +89,8 @@ def result(lab, name):
 def test_run_reports_every_scenario(lab):
     s = lab["summary"]
     assert s["completed"], lab["output"][-3000:]
-    assert [x["name"] for x in s["scenarios"]] == ["smoke", "seed000", "seed000-hooks", "exit7",
-                                                   "hang"]
+    assert [x["name"] for x in s["scenarios"]] == ["smoke", "helpers", "seed000", "seed000-hooks",
+                                                   "exit7", "hang"]
     assert all(x["wall_s"] is not None for x in s["scenarios"])
     assert lab["rc"] == 1  # several scenarios, one failed on purpose: non-zero
     for x in s["scenarios"]:
@@ -103,6 +103,13 @@ def test_smoke_template_in_proc(lab):
     assert r["template_seen"] is True
     # client 10.0.0.77, FPrt 0000 (template), VIP 10.0.0.100:5000, real server 10.1.0.11:5000
     assert re.match(r"UDP 0A00004D 0000 0A000064 1388 0A01000B 1388 ASSURED +\d+$", r["line"])
+
+
+def test_helpers_three_directors_tcp_bulk(lab):
+    """lib.sh beyond seed000: 3 directors, TCP connections, VIP move, bulk templates."""
+    assert lab["by_name"]["helpers"]["rc"] == 0, lab["output"][-3000:]
+    r = result(lab, "helpers")
+    assert r["directors"] == 3 and r["dir3_templates"] >= 300
 
 
 @pytest.mark.parametrize("name,hooks", [("seed000", False), ("seed000-hooks", True)])
