@@ -6,6 +6,7 @@ entries read from /proc, from a snapshot and from netlink compare equal.
 """
 
 import ipaddress
+import socket
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Tuple
 
@@ -26,6 +27,16 @@ def canonical_addr(text: str) -> str:
 def addr_family(addr: str) -> int:
     """4 or 6."""
     return 6 if ":" in addr else 4
+
+
+def ipv6_text(packed: bytes) -> str:
+    """canonical_addr() of a packed IPv6 address, fast (the parsers convert many).
+
+    inet_ntop writes the same RFC 5952 text ten times faster, except for the dotted forms it
+    uses for IPv4-mapped and -compatible addresses; ipaddress decides those.
+    """
+    text = socket.inet_ntop(socket.AF_INET6, packed)
+    return str(ipaddress.IPv6Address(packed)) if "." in text else text
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
-from lvs_hooks.kernel.model import FWD_METHODS, PROTO_NUMBERS
+from lvs_hooks.kernel.model import FWD_METHODS, PROTO_NUMBERS, ipv6_text
 
 # --- include/uapi/linux/ip_vs.h: connection flags. Only flags 0..15 are sent to a backup.
 IP_VS_CONN_F_FWD_MASK = 0x0007
@@ -624,10 +624,7 @@ def _check_trailing(data: bytes, used: int, nr_conns: int, allow_pad: bool) -> N
 
 
 def _ntop(af: int, packed: bytes) -> str:
-    if af == 4:
-        return socket.inet_ntoa(packed)
-    # ipaddress gives the canonical text the rest of the tool compares with.
-    return str(ipaddress.IPv6Address(packed))
+    return socket.inet_ntoa(packed) if af == 4 else ipv6_text(packed)
 
 
 __all__ = [

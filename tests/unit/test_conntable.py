@@ -17,7 +17,7 @@ from lvs_hooks.kernel.conntable import (
     parse_conn_table,
     read_conn_table,
 )
-from lvs_hooks.kernel.model import ConnEntry
+from lvs_hooks.kernel.model import ConnEntry, ipv6_text
 
 H = CONN_HEADER + b"\n"
 HS = SYNC_HEADER + b"\n"
@@ -69,6 +69,18 @@ def test_ipv6_addresses_fully_expanded_become_canonical():
     (e,) = parse_conn_table(H + line).entries
     assert (e.caddr, e.vaddr, e.daddr) == ("fd00::10", "fd00::100", "fd00::1:c")
     assert (e.vport, e.dport, e.af) == (443, 443, 6)
+
+
+@pytest.mark.parametrize(
+    "addr", ["::ffff:10.0.0.1", "::10.0.0.1", "::1", "::", "fd00:0:0:1::", "1:0:0:2:0:0:0:3", "fd00::1:0:0:0:1"]
+)
+def test_ipv6_text_is_what_ipaddress_writes(addr):
+    # The kernel prints every group; the model compares ipaddress's text (which for the dotted
+    # IPv4-mapped form differs between Python versions).
+    line = kline("TCP", addr, 0, "fd00::100", 80, "fd00::b", 80, "ASSURED", 5)
+    (e,) = parse_conn_table(H + line).entries
+    assert e.caddr == str(ipaddress.IPv6Address(addr))
+    assert ipv6_text(ipaddress.IPv6Address(addr).packed) == e.caddr
 
 
 def test_fwmark_templates_ipv4_and_ipv6():
@@ -210,7 +222,7 @@ def test_fast_construction_equals_the_constructor():
 _MEMORY_PROBE = """
 import socket, sys, tracemalloc
 from lvs_hooks.kernel.conntable import parse_conn_table, CONN_HEADER
-from lvs_hooks.kernel.model import ConnEntry
+from lvs_hooks.kernel.model import ConnEntry, ipv6_text
 n = 2000
 addrs = [(f"11.0.{i // 256}.{i % 256}", "%08X" % (0x0B000000 + i)) for i in range(n)]
 data = CONN_HEADER + b"\\n" + b"".join(
