@@ -63,6 +63,8 @@ _SYNC_ONE = re.compile(_SYNC_LINE)
 # loop, several times faster than character classes, so the guard costs little more than a scan
 # for newlines. The client port follows "%-3s " (or "SCTP ") and the client address: " 0000 " at
 # offset 12 or 13 in an IPv4 line, and in an IPv6 line (its first ':' at offset 8 or 9) 35 later.
+# Templates have the protocol of a service: IP (fwmark), TCP, UDP or SCTP; the wider names of
+# ip_vs_proto_name ("ICMPv6", "IP_%u") are only ever connections.
 _GUARD = rb"(?=[^\n]{8}(?:[^\n]{4,5} 0000 |[^\n]?:[^\n]{34} 0000 ))"
 
 
