@@ -327,6 +327,8 @@ def template_conn(
 
 def encode_v1_entry(conn: SyncConn) -> bytes:
     """One entry (struct ip_vs_sync_v4 or _v6 and its options), without alignment padding."""
+    if conn.af not in (4, 6):
+        raise ValueError(f"address family {conn.af}: 4 or 6")
     opts = _encode_options(conn)
     kstruct = ip_vs_sync_v4 if conn.af == 4 else ip_vs_sync_v6
     size = kstruct.size + len(opts)
@@ -412,7 +414,8 @@ def encode_datagrams(
     conn = None
     try:
         for conn in conns:
-            simple = conn.af == 4 and conn.seq is None and not conn.pe_data and not conn.options
+            simple = conn.af == 4 and conn.seq is None and not (conn.pe_data or conn.pe_name)
+            simple = simple and not conn.options
             if simple:
                 size = 36
             else:

@@ -94,6 +94,8 @@ def test_template_conn_checks_what_the_receiver_would_mishandle():
     assert sip.pe_data == b"call\xe9@x"  # latin-1, as conntable reads PE data
     with pytest.raises(ValueError, match="go together"):
         encode_v1_entry(template_conn(**{**ok, "pe_data": "x"}))
+    with pytest.raises(ValueError, match="go together"):
+        encode_datagrams([template_conn(**{**ok, "pe_name": "sip"})], syncid=1)
 
 
 def _v4(i, **kw):
