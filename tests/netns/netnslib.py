@@ -2,6 +2,7 @@
 network namespace, with its own lvs-hooks config, state and run directories under a tmp dir."""
 
 import contextlib
+import ctypes
 import itertools
 import json
 import os
@@ -34,6 +35,16 @@ def wait_for(cond: Callable[[], object], timeout: float, what: str, on_fail=None
             extra = f"\n{on_fail()}" if on_fail else ""
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}{extra}")
         time.sleep(0.02)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_CLONE_NEWNET = 0x40000000
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def sh(*cmd: str) -> None:
@@ -175,29 +186,27 @@ class Director:
     # lvs-hooks
 
     def lvs_hooks(self, *args: str) -> subprocess.Popen:
-        """Start `lvs-hooks --config <ours> ARGS` in this director's namespace; its log lines
-        go to a file of their own (`.log_path`), not to a pipe that could fill up."""
+        """Start `lvs-hooks --config <ours> ARGS` in this director's network namespace; its log
+        lines go to a file of their own (`.log_path`), not to a pipe that could fill up.
+
+        setns() in the child rather than `ip netns exec`: fifty of those at once would each
+        also make a mount namespace and remount /sys, which is not what is being tested.
+        """
         env = dict(os.environ, LVS_HOOKS_LOG_STDERR="1")
         log_path = self.root / f"cli-{next(_counter)}.log"
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [
-                    "ip",
-                    "netns",
-                    "exec",
-                    self.netns,
-                    PYTHON,
-                    "-m",
-                    "lvs_hooks",
-                    "--config",
-                    str(self.config),
-                    *args,
-                ],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        ns_fd = os.open(f"/run/netns/{self.netns}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            with open(log_path, "wb") as log:
+                proc = subprocess.Popen(
+                    [PYTHON, "-m", "lvs_hooks", "--config", str(self.config), *args],
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=lambda: _setns(ns_fd),
+                )
+        finally:
+            os.close(ns_fd)
         proc.log_path = log_path  # type: ignore[attr-defined]
         return proc
 

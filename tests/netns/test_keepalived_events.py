@@ -27,8 +27,8 @@ def test_killing_the_master_runs_the_master_transition_once_on_the_backup(direct
     a, b = directors
     logs = both_logs(a, b)
     a.start()
-    b.start()
     wait_for(lambda: "MASTER" in a.states(), 15, "a to journal its MASTER transition", logs)
+    b.start()  # after a is master, so that b never holds the role before the failure
     wait_for(lambda: "BACKUP" in b.states(), 15, "b to journal its BACKUP transition", logs)
     assert "MASTER" not in b.states()
 
@@ -67,31 +67,41 @@ def test_fifty_concurrent_notify_calls_serialize(directors):
     procs = [
         a.lvs_hooks("notify", "INSTANCE", f"VI_{i % 5}", states[i % 3], "100") for i in range(50)
     ]
-    results = [(p.wait(60), p.log_path.read_text()) for p in procs]
+    codes = [p.wait(60) for p in procs]
     # 6: the transition ran with failed steps (no IPVS here); 0: skipped as stale/superseded.
-    assert {rc for rc, _ in results} <= {0, 6}, results
+    odd = [
+        (p.pid, rc, p.log_path.read_text()[-1500:])
+        for p, rc in zip(procs, codes)
+        if rc not in (0, 6)
+    ]
+    assert not odd, odd
     records = a.journal()
-    assert len(records) == 50
-    assert len({r["pid"] for r in records}) == 50
+    table = "\n".join(
+        f"{r['pid']} {r['event']['name']} {r['event']['state']} {r['event']['order']} "
+        f"{r['outcome']} {r['start_ns']}-{r['end_ns']}"
+        for r in records
+    )
+    assert len(records) == 50, table
+    assert len({r["pid"] for r in records}) == 50, table
     assert_no_overlap(records)
     for i in range(5):
         rs = [r for r in records if r["event"]["name"] == f"VI_{i}"]
         newest = max(rs, key=lambda r: r["event"]["order"])
         applied = [r for r in rs if r["outcome"] in ("done", "failed")]
-        assert applied[-1] is newest  # the latest event won, and ran last
+        assert applied[-1] is newest, table  # the latest event won, and ran last
         for r in applied:
             want = MASTER_STEPS if r["event"]["state"] == "MASTER" else BACKUP_STEPS
-            assert [s["step"] for s in r["steps"]] == want  # no transition half done
+            assert [s["step"] for s in r["steps"]] == want, table  # no transition half done
         for r in rs:
             if r["outcome"] in ("stale", "superseded"):
-                assert tuple(r["newer"]["order"]) > tuple(r["event"]["order"])
+                assert tuple(r["newer"]["order"]) > tuple(r["event"]["order"]), table
 
 
 def test_a_flap_ends_in_the_last_state(directors):
     a, b = directors
     logs = both_logs(a, b)
-    b.start()
-    wait_for(lambda: b.journal(), 15, "b's first transition", logs)
+    b.start()  # alone: it becomes master
+    wait_for(lambda: "MASTER" in b.states(), 15, "b's MASTER transition", logs)
 
     # Ordered: through keepalived's FIFO, as keepalived writes a flap.
     b.write_fifo(
@@ -121,7 +131,7 @@ def test_a_flap_ends_in_the_last_state(directors):
     race = [r for r in b.journal() if r["event"]["name"] == "VI_RACE"]
     assert len(race) == 3
     applied = [r for r in race if r["outcome"] in ("done", "failed")]
-    assert applied[-1]["pid"] == procs[2].pid  # `ip netns exec` execs: same pid
+    assert applied[-1]["pid"] == procs[2].pid
     assert applied[-1]["event"]["state"] == "MASTER"
     assert all(len(r["steps"]) == 4 for r in applied)
     assert_no_overlap(race)
@@ -130,13 +140,12 @@ def test_a_flap_ends_in_the_last_state(directors):
 def test_a_malformed_fifo_line_is_ignored_with_a_log_line(directors):
     a, b = directors
     logs = both_logs(a, b)
-    b.start()
-    wait_for(lambda: b.journal(), 15, "b's first transition", logs)
-    before = len(b.journal())
+    b.start()  # alone: it becomes master
+    wait_for(lambda: "MASTER" in b.states(), 15, "b's MASTER transition", logs)
     b.write_fifo(
         "this is not keepalived",
-        "INSTANCE VI_1 MASTER 100",  # unquoted name
-        'INSTANCE "VI_1" SLAVE 100',
+        "INSTANCE VI_BAD MASTER 100",  # unquoted name
+        'INSTANCE "VI_BAD" SLAVE 100',
         'INSTANCE "VI_PROBE" DELETED 0',  # a harmless event that shows the lines were read
     )
     wait_for(
@@ -145,10 +154,9 @@ def test_a_malformed_fifo_line_is_ignored_with_a_log_line(directors):
         "the probe event journaled",
         logs,
     )
-    new = b.journal()[before:]
-    assert [r["event"]["name"] for r in new] == ["VI_PROBE"], logs()
+    assert not [r for r in b.journal() if r["event"]["name"] == "VI_BAD"], logs()
     log = b.hook_log.read_text()
     assert "ignored: not a keepalived VRRP event line: 'this is not keepalived'" in log
-    assert "ignored: not a keepalived VRRP event line: 'INSTANCE VI_1 MASTER 100'" in log
+    assert "ignored: not a keepalived VRRP event line: 'INSTANCE VI_BAD MASTER 100'" in log
     assert "ignored: unknown state 'SLAVE'" in log
     assert b.hook_pids(), "the reader must still be running"
