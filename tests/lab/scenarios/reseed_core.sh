@@ -101,7 +101,7 @@ check_b=$(nsx dir1 "$LAB_PYTHON" "$LAB_DIR/tplcheck.py" --proc "/proc/${LAB_ANCH
           --snapshot "$SNAPFILE"); check_b_rc=$?
 echo "check B: $check_b"
 
-jq_in() { "$LAB_PYTHON" -c "import json,sys; d=json.loads(sys.argv[1]); print(json.dumps($2))" "$1"; }
+json_str() { "$LAB_PYTHON" -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
 cat > "$LAB_OUT/reseed_core.json" <<EOF
 {"templates_made": $N,
  "snapshot": $snap,
@@ -111,8 +111,8 @@ cat > "$LAB_OUT/reseed_core.json" <<EOF
  "peer_templates": $peer_templates,
  "b_reseed": $reseed_b,
  "b_check": $check_b,
- "b_daemons_before": $(jq_in "$daemons_before" 'sys.argv[1]' 2>/dev/null || echo '""'),
- "b_daemons_after": $(jq_in "$daemons_after" 'sys.argv[1]' 2>/dev/null || echo '""')}
+ "b_daemons_before": $(json_str "$daemons_before"),
+ "b_daemons_after": $(json_str "$daemons_after")}
 EOF
 fail=0
 [ "$check_rc" = 0 ] || { lab_log "FAIL A: templates not all back on their real servers"; fail=1; }
