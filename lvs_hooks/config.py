@@ -697,6 +697,33 @@ class TransitionsConfig:
         le=100000,
     )
 
+@dataclass(frozen=True)
+class KeeperConfig:
+    """The template keeper: while this director is master, templates synced from the old master
+    are not linked to the connections they stand for, so the kernel lets them expire while the
+    client's flow goes on, and the client's next flow is scheduled afresh. The keeper renews
+    them, as the kernel renews its own, while the client still has a connection."""
+
+    enabled: bool = setting(True, "Run the keeper inside `lvs-hooks fifo` while master.")
+    interval: float = setting(
+        5.0,
+        "Seconds between two looks at the table (one read of it each). Must be well under the "
+        "shortest persistence_timeout.",
+        gt=0,
+    )
+    refresh_below: float = setting(
+        12.0,
+        "A template with fewer seconds left than this, whose client still has a connection, is "
+        "renewed to its service's persistence_timeout. More than twice the interval.",
+        gt=0,
+    )
+    snapshot_interval: float = setting(
+        30.0,
+        "While backup, `lvs-hooks fifo` also takes a snapshot this often (seconds; 0: never), "
+        "so a takeover finds a recent one even without the systemd timer.",
+        ge=0,
+    )
+
 
 @dataclass(frozen=True)
 class Config:
@@ -710,6 +737,7 @@ class Config:
     transitions: TransitionsConfig = section(TransitionsConfig)
     master: MasterRoleConfig = section(MasterRoleConfig)
     backup: BackupRoleConfig = section(BackupRoleConfig)
+    keeper: KeeperConfig = section(KeeperConfig)
 
 
 # --------------------------------------------------------------------------------------------

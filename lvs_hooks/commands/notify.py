@@ -138,6 +138,7 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
     In keepalived.conf (global_defs): vrrp_notify_fifo /run/keepalived/vrrp.fifo and
     vrrp_notify_fifo_script "/usr/bin/lvs-hooks fifo"."""
     from lvs_hooks.events.fifo import FifoReader, serve
+    from lvs_hooks.events.periodic import make_idle
 
     if len(args) != 1:
         raise UsageError(
@@ -150,6 +151,8 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
         _sequencer(app),
         make_planner(app),
         lambda event: lock_timeout_for(event, cfg.transitions),
+        idle=make_idle(app),
+        idle_interval=cfg.keeper.interval,
     )
     serve(reader)
 

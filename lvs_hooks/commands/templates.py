@@ -185,6 +185,7 @@ def reseed_from_snapshot(app: AppContext, from_file: Optional[str], dry_run: boo
         receiver_drops=res.receiver_drops,
         daemon=res.daemon,
         daemon_started=res.daemon_started,
+        replaced=res.replaced,
         ms_send_verify=round(res.ms, 1),
         ms=round(ms, 1),
         templates_per_s=round(res.verified / (res.ms / 1000), 0) if res.ms else None,

@@ -30,7 +30,7 @@ from typing import Callable, Dict, Optional
 from lvs_hooks.errors import LvsHooksError, UsageError
 from lvs_hooks.events.clock import fifo_order
 from lvs_hooks.events.keepalived import MAX_LINE, Event, Ignored, parse_fifo_line
-from lvs_hooks.events.sequencer import Plan, Sequencer
+from lvs_hooks.events.sequencer import DONE, FAILED, Plan, Sequencer
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +49,15 @@ class FifoReader:
         sequencer: Sequencer,
         planner: Callable[[Event], Plan],
         lock_timeout: Callable[[Event], float],
+        idle: Optional[Callable[[Optional[str]], None]] = None,
+        idle_interval: float = 5.0,
     ):
+        """`idle(role)` runs every `idle_interval` seconds while no event is pending, with the
+        role of the last transition run ("MASTER", "BACKUP", ... or None before any)."""
         self.path = path
+        self.idle = idle
+        self.idle_interval = idle_interval
+        self.role: Optional[str] = None
         self.sequencer = sequencer
         self.planner = planner
         self.lock_timeout = lock_timeout
@@ -150,14 +157,23 @@ class FifoReader:
         """Run transitions for the events read until request_stop() and the drain are done."""
         reader = threading.Thread(target=self._read_loop, name="fifo-reader", daemon=True)
         reader.start()
+        next_idle = time.monotonic() + self.idle_interval
         while True:
-            event = self._queue.get()
+            try:
+                wait = max(0.0, next_idle - time.monotonic()) if self.idle else None
+                event = self._queue.get(timeout=wait)
+            except queue.Empty:
+                self._run_idle()
+                next_idle = time.monotonic() + self.idle_interval
+                continue
             if event is None:
                 break
             try:
                 outcome = self.sequencer.handle(event, self.planner, self.lock_timeout(event))
                 if outcome.failed:
                     self.counts["failed"] += 1
+                if outcome.outcome in (DONE, FAILED):
+                    self.role = event.state
             except LvsHooksError as e:
                 self.counts["errors"] += 1
                 log.error("%s", e.format_message())
@@ -167,6 +183,16 @@ class FifoReader:
                 self.counts["errors"] += 1
                 log.exception("%s: transition crashed", event.describe())
         reader.join()
+
+
+    def _run_idle(self) -> None:
+        try:
+            self.idle(self.role)
+        except Exception:
+            # The periodic work (keeper, snapshot) must never stop this director from hearing
+            # keepalived: log and go on.
+            self.counts["errors"] += 1
+            log.exception("periodic work while %s failed", self.role or "no role yet")
 
 
 def _open_fifo(path: str) -> int:

@@ -34,6 +34,9 @@ class PlannedTemplate:
     timeout: int
     pe_name: str = ""
     pe_data: str = ""
+    # The kernel holds an unbound template under the same key (a fwmark template synced by the
+    # kernel with port 0): it must be expired first, since IPVS never re-points a template.
+    replace: bool = False
 
     def describe(self) -> str:
         svc = f"FWM {self.fwmark}" if self.fwmark else f"{self.protocol} {self.vaddr}:{self.vport}"
@@ -118,10 +121,17 @@ def plan_reseed(
         # server's configured port (its own sync sends 0): use the live definition.
         dport = dest.port
         present = live.get(key)
+        replace = False
         if present is not None:
-            same = present.daddr == dest.addr and present.dport == dport
-            plan.skip(SKIP_PRESENT if same else SKIP_PRESENT_OTHER, t)
-            continue
+            if present.daddr == dest.addr and present.dport == dport:
+                plan.skip(SKIP_PRESENT, t)
+                continue
+            if not is_unbound_fwmark(present, svc):
+                plan.skip(SKIP_PRESENT_OTHER, t)
+                continue
+            # The kernel's own sync delivered it with port 0: it can never bind to a real server
+            # (so no connection uses it) and the client would be rescheduled. Replace it.
+            replace = True
         plan.planned.append(
             PlannedTemplate(
                 protocol=t.protocol,
@@ -135,6 +145,14 @@ def plan_reseed(
                 timeout=max(int(remaining), min_timeout),
                 pe_name=t.pe_name,
                 pe_data=t.pe_data,
+                replace=replace,
             )
         )
     return plan
+
+
+def is_unbound_fwmark(present: ConnEntry, svc: Service) -> bool:
+    """A fwmark template whose port matches none of its real server's ports: never bound."""
+    return bool(svc.fwmark) and not any(
+        d.addr == present.daddr and d.port == present.dport for d in svc.destinations
+    )

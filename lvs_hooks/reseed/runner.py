@@ -9,6 +9,7 @@ sent again, a bounded number of times.
 """
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class ReseedResult:
     receiver_drops: int = 0  # datagrams the backup socket dropped during the reseed
     daemon: str = ""
     daemon_started: bool = False
+    replaced: int = 0  # unbound templates expired first, then sent anew
     ms: float = 0.0
     missing_examples: List[str] = field(default_factory=list)
 
@@ -111,9 +113,14 @@ def run_reseed(
     queue_limit: int,
     verify_timeout: float,
     resend_rounds: int,
+    verify: bool = True,
     clock: Callable[[], float] = time.monotonic,
 ) -> ReseedResult:
-    """Send `planned` into the local kernel and verify it; see the module docstring."""
+    """Send `planned` into the local kernel and verify it; see the module docstring.
+
+    Without `verify` (the keeper's renewals of templates that are there already), the table is
+    not read again: the send ends when the backup daemon has taken every datagram.
+    """
     t0 = clock()
     res = ReseedResult(planned=len(planned))
     if not planned:
@@ -132,16 +139,27 @@ def run_reseed(
         drops0 = probe.drops()
         pending = list(planned)
         with SyncSender(daemon.ifname, d_group, d_port, ttl=0, loop=True) as sender:
-            for round_no in range(resend_rounds + 1):
-                res.rounds = round_no + 1
+
+            def send(conns: Sequence[PlannedTemplate]) -> None:
                 dgrams = syncproto.encode_datagrams(
-                    [to_sync_conn(p) for p in pending], syncid=msg_syncid, maxlen=d_maxlen
+                    [to_sync_conn(p) for p in conns], syncid=msg_syncid, maxlen=d_maxlen
                 )
                 st = send_paced(sender, dgrams, probe, queue_limit)
-                res.sent += len(pending)
+                res.sent += len(conns)
                 res.datagrams += st.datagrams
                 res.bytes += st.bytes
                 res.pacing_waits += st.waits
+
+            replace = [p for p in planned if p.replace]
+            if replace:
+                res.replaced = _expire_first(replace, send, probe, proc_root, verify_timeout, clock)
+            if not verify:
+                send(pending)
+                wait_drained(probe, verify_timeout)
+                pending = []
+            for round_no in range(resend_rounds + 1 if verify else 0):
+                res.rounds = round_no + 1
+                send(pending)
                 pending = _wait_for_arrival(pending, probe, proc_root, verify_timeout, clock)
                 if not pending:
                     break
@@ -157,6 +175,35 @@ def run_reseed(
     res.missing_examples = [p.describe() for p in pending[:5]]
     res.ms = (clock() - t0) * 1000
     return res
+
+
+def _expire_first(
+    replace: List[PlannedTemplate],
+    send: Callable[[Sequence[PlannedTemplate]], None],
+    probe: SyncQueueProbe,
+    proc_root: str,
+    timeout: float,
+    clock: Callable[[], float],
+) -> int:
+    """Expire templates that must be replaced (timeout 1 s), and wait until they are gone.
+
+    IPVS never re-points an existing template: a message for its key only updates timeout,
+    state and a few flags. Only unbound ones are replaced (the planner decides), so no
+    connection loses its template here.
+    """
+    send([dataclasses.replace(p, timeout=1) for p in replace])
+    keys = {p.table_key()[:4] for p in replace}
+    deadline = clock() + timeout + 2
+    wait_drained(probe, timeout)
+    delay = 0.2
+    while True:
+        table = read_conn_table(proc_root, templates_only=True)
+        left = sum(1 for t in table.templates if (t.protocol, t.caddr, t.vaddr, t.vport) in keys)
+        if not left or clock() > deadline:
+            if left:
+                log.warning("%d templates to replace did not expire in time", left)
+            return len(replace) - left
+        time.sleep(delay)
 
 
 def _wait_for_arrival(

@@ -74,3 +74,13 @@ def test_connections_and_duplicates_are_ignored():
     p = plan([conn, tpl("10.0.0.23"), tpl("10.0.0.23")])
     assert [t.caddr for t in p.planned] == ["10.0.0.23"]
     assert sum(p.skipped.values()) == 0
+
+
+def test_fwmark_template_synced_with_port_zero_is_replaced():
+    # On the backup the kernel's sync left <IP, client, 0.0.0.7, 0, rs, 0>: it never binds.
+    synced = ConnEntry("IP", "10.0.0.30", 0, "0.0.0.7", 0, "10.1.0.21", 0, "NONE", 50)
+    snap = ConnEntry("IP", "10.0.0.30", 0, "0.0.0.7", 0, "10.1.0.21", 0, "NONE", 200)
+    (pt,) = plan([snap], live=[synced]).planned
+    assert pt.replace and pt.dport == 8080
+    bound = ConnEntry("IP", "10.0.0.30", 0, "0.0.0.7", 0, "10.1.0.21", 8080, "NONE", 50)
+    assert plan([snap], live=[bound]).skipped == {P.SKIP_PRESENT: 1}

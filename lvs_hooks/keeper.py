@@ -1,0 +1,169 @@
+"""The template keeper: no template expires on the master while its client still has a connection.
+
+The kernel keeps its own templates alive while they control connections: when the timer of a
+template fires and connections still point at it, it is re-armed (60 s). Templates that came
+from the old master by the sync protocol are never linked to the synced connections, so on the
+new master they expire on their own timer while the client's flow goes on; the client's next
+flow is then scheduled afresh, maybe to another real server (DESIGN.md section 1).
+
+The keeper reads the table once per period and renews (through the local sync path, TTL 0) each
+template that is about to expire while its client still has a connection entry to the same
+service. It renews to the service's persistence_timeout: the kernel keeps an injected timeout
+and re-arms the template with it, so the template then behaves as the kernel's own would.
+
+`plan_renewals` is pure; `keep_once` does one period's I/O.
+"""
+
+import ipaddress
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Sequence, Set, Tuple
+
+from lvs_hooks.kernel.conntable import ClientKey, read_conn_table
+from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.reseed.planner import PlannedTemplate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class KeepPlan:
+    renew: List[PlannedTemplate] = field(default_factory=list)
+    templates: int = 0
+    expiring: int = 0  # below the threshold
+    idle: int = 0  # expiring, but the client has no connection left: let the kernel drop it
+    no_service: int = 0
+
+    def figures(self) -> dict:
+        return {
+            "templates": self.templates,
+            "expiring": self.expiring,
+            "renewed": len(self.renew),
+            "idle": self.idle,
+            "no_service": self.no_service,
+        }
+
+
+def _masked(addr: str, svc: Service) -> str:
+    """The client address as the service's persistence netmask keys its templates."""
+    if not svc.netmask:
+        return addr
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 4:
+        mask = int(ipaddress.IPv4Address(svc.netmask))
+        return str(ipaddress.IPv4Address(int(ip) & mask))
+    plen = int(svc.netmask)
+    return str(ipaddress.ip_network(f"{addr}/{plen}", strict=False).network_address)
+
+
+def clients_in_use(
+    conn_counts: Dict[ClientKey, int], services: Sequence[Service]
+) -> Set[Tuple[str, Tuple]]:
+    """(template client address, service key) pairs that still have a connection entry.
+
+    A connection of a fwmark service shows the packet's protocol, address and port, not the
+    mark. A connection that belongs to no address/port service is taken to be one of a fwmark
+    service of its family: its templates are kept (keeping one too many costs a template that
+    expires a little later; dropping one costs a client its real server).
+    """
+    by_key = {s.key(): s for s in services if not s.fwmark}
+    fwmark = [s for s in services if s.fwmark]
+    used: Set[Tuple[str, Tuple]] = set()
+    for (caddr, key), n in conn_counts.items():
+        if n <= 0:
+            continue
+        svc = by_key.get(key)
+        if svc is not None:
+            used.add((_masked(caddr, svc), svc.key()))
+            continue
+        af = 6 if ":" in caddr else 4
+        for f in fwmark:
+            if f.af == af:
+                used.add((_masked(caddr, f), f.key()))
+    return used
+
+
+def plan_renewals(
+    templates: Iterable[ConnEntry],
+    conn_counts: Dict[ClientKey, int],
+    services: Sequence[Service],
+    refresh_below: float,
+) -> KeepPlan:
+    """Which templates to renew now, and to what."""
+    by_key = {s.key(): s for s in services}
+    used = clients_in_use(conn_counts, services)
+    plan = KeepPlan()
+    for t in templates:
+        if not t.is_template:
+            continue
+        plan.templates += 1
+        if t.expires >= refresh_below:
+            continue
+        plan.expiring += 1
+        svc = by_key.get(t.service_key())
+        if svc is None:
+            plan.no_service += 1
+            continue
+        if (t.caddr, svc.key()) not in used:
+            plan.idle += 1
+            continue
+        plan.renew.append(
+            PlannedTemplate(
+                protocol=t.protocol,
+                caddr=t.caddr,
+                vaddr=t.vaddr,
+                vport=t.vport,
+                daddr=t.daddr,
+                dport=t.dport,
+                fwmark=t.fwmark,
+                fwd_method=_fwd_method(svc, t),
+                # never less than the threshold, or the next period would renew it again
+                timeout=max(svc.timeout, int(refresh_below) + 1),
+                pe_name=t.pe_name,
+                pe_data=t.pe_data,
+            )
+        )
+    return plan
+
+
+def _fwd_method(svc: Service, t: ConnEntry) -> str:
+    dest = svc.destination_for(t.daddr, t.dport)
+    return dest.fwd_method if dest is not None else "masq"
+
+
+def keep_once(cfg, ipvs) -> dict:
+    """One period of the keeper on this director (call it only while master): figures."""
+    from lvs_hooks.reseed.runner import run_reseed
+
+    t0 = time.monotonic()
+    table = read_conn_table(cfg.paths.proc_root, templates_only=True, client_counts=True)
+    services = ipvs.services()
+    plan = plan_renewals(
+        table.templates, table.client_counts or {}, services, cfg.keeper.refresh_below
+    )
+    figures = plan.figures()
+    if plan.renew:
+        res = run_reseed(
+            plan.renew,
+            ipvs,
+            proc_root=cfg.paths.proc_root,
+            interface=cfg.sync.interface,
+            syncid=cfg.sync.syncid,
+            group=cfg.sync.group,
+            port=cfg.sync.port,
+            maxlen=cfg.sync.maxlen,
+            queue_limit=cfg.reseed.rx_queue_limit,
+            verify_timeout=cfg.reseed.verify_timeout,
+            resend_rounds=0,
+            verify=False,
+        )
+        figures["sent"] = res.sent
+    figures["ms"] = round((time.monotonic() - t0) * 1000, 1)
+    if plan.renew or plan.expiring:
+        log.info(
+            "keeper: %(templates)d templates, %(expiring)d expiring, %(renewed)d renewed "
+            "(client still connected), %(idle)d left to expire, %(ms).0f ms",
+            figures,
+        )
+    return figures
