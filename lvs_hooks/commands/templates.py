@@ -127,30 +127,48 @@ def reseed_cmd(
         )
 
 
-def reseed_from_snapshot(app: AppContext, from_file: Optional[str], dry_run: bool) -> dict:
+def reseed_from_snapshot(
+    app: AppContext, from_file: Optional[str], dry_run: bool, include_live: bool = False
+) -> dict:
+    """Plan (and unless dry_run, send and verify) a reseed; the report as plain data.
+
+    With `include_live` (a takeover), the templates the kernel holds already count as a source
+    too, the freshest one: those the kernel's sync got wrong (fwmark templates with port 0) are
+    replaced, and a director with no snapshot yet still does that much.
+    """
     cfg = app.config
     store = _store(app)
     t0 = time.monotonic()
+    snap, warnings = None, []
     if from_file:
-        snap, warnings = store.load(from_file), []
+        snap = store.load(from_file)
+    elif include_live and not store.generations():
+        warnings = [f"no snapshot in {cfg.paths.state_dir} yet: the kernel's table is the source"]
     else:
         snap, warnings = store.load_latest()
     for w in warnings:
         log.warning("%s", w)
-    elapsed = time.time() - snap.captured_at
-    if elapsed < 0:
-        log.warning("snapshot is %.0f s in the future (clock change?); taking it as new", -elapsed)
-        elapsed = 0.0
+    elapsed = 0.0
+    templates: list = []
+    if snap is not None:
+        elapsed = time.time() - snap.captured_at
+        if elapsed < 0:
+            log.warning("snapshot is %.0f s in the future (clock change?); taking it as new",
+                        -elapsed)
+            elapsed = 0.0
+        # what each template had left at capture, minus the time since
+        templates = [t._replace(expires=t.expires - int(elapsed)) for t in snap.templates]
     with IPVS() as ipvs:
         services = ipvs.services()
         live = read_conn_table(cfg.paths.proc_root, templates_only=True)
-        plan = plan_reseed(
-            snap.templates, elapsed, services, live.templates, cfg.reseed.min_timeout
-        )
+        if include_live:
+            templates = list(live.templates) + templates  # the first of a key wins
+        plan = plan_reseed(templates, 0, services, live.templates, cfg.reseed.min_timeout)
         report = {
-            "snapshot": snap.source or "",
+            "snapshot": (snap.source or "") if snap else None,
             "snapshot_age_s": round(elapsed, 1),
-            "seen": len(snap.templates),
+            "seen": len(templates),
+            "live": len(live.templates),
             **plan.summary(),
             "warnings": warnings,
             "dry_run": dry_run,
@@ -208,7 +226,8 @@ def reseed_from_snapshot(app: AppContext, from_file: Optional[str], dry_run: boo
 
 def _render_reseed(r: dict) -> str:
     lines = [
-        f"snapshot: {r['snapshot']} (age {r['snapshot_age_s']:.0f} s), {r['seen']} templates",
+        f"snapshot: {r['snapshot'] or 'none'} (age {r['snapshot_age_s']:.0f} s), "
+        f"{r['seen']} templates",
         f"planned {r['planned']}, sent {r['sent']}, verified {r['verified']}, "
         f"missing {r['missing']}  ({r['ms']:.0f} ms)",
     ]

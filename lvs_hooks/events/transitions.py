@@ -167,7 +167,7 @@ def reseed_step(app: Any, event: Event) -> StepResult:
     from lvs_hooks.commands.templates import reseed_from_snapshot
 
     try:
-        report = reseed_from_snapshot(app, None, False)
+        report = reseed_from_snapshot(app, None, False, include_live=True)
         error = None
     except LvsHooksError as e:
         report, error = {}, e

@@ -172,6 +172,7 @@ lab_director_create() {
 lab_topology() {
     local nd=${1:-2} i r a t0=$EPOCHREALTIME
     LAB_DIRECTORS=$nd
+    lab_syslog_start
     {
         for b in br-ext br-int br-sync; do
             # no STP: ports forward at once; no snooping: multicast (VRRP, sync) is flooded
@@ -213,6 +214,16 @@ lab_topology() {
     lab_log "topology: $nd directors, $LAB_CLIENTS clients, real servers $LAB_RS" \
             "($(lab_elapsed "$t0")s)"
 }
+
+# lab_syslog_start: a syslog daemon for the VM (busybox syslogd on /dev/log, into
+# $LAB_TMP/syslog.log), so that what lvs-hooks logs when keepalived runs it can be read back:
+# lab_syslog PATTERN prints the matching lines.
+lab_syslog_start() {
+    [ -S /dev/log ] && return 0
+    busybox syslogd -n -O "$LAB_TMP/syslog.log" &
+    lab_wait 10 "syslog on /dev/log" test -S /dev/log > /dev/null || lab_die "no syslogd"
+}
+lab_syslog() { grep -a -- "$1" "$LAB_TMP/syslog.log" 2>/dev/null; }
 
 # lab_rs_start: the real servers (one rs_server.py each, UDP+TCP on LAB_VPORT), waits until bound
 lab_rs_start() {

@@ -59,7 +59,8 @@ def test_fifo_that_is_not_a_fifo(env):
 def test_master_transition_runs_and_failed_steps_mean_exit_6(env):
     tmp, cfg = env
     result = run(cfg, "notify", "INSTANCE", "VI_1", "MASTER", "150")
-    # sysctls is set from the fake /proc; the reseed finds no snapshot in the empty state dir.
+    # sysctls is set from the fake /proc; with no snapshot yet the reseed takes the kernel's
+    # table as its source, and this host has no IPVS.
     assert result.exit_code == 6, result.output
     assert "failed steps: reseed" in result.output
     assert (tmp / "proc/sys/net/ipv4/vs/sloppy_tcp").read_text() == "1\n"
@@ -73,7 +74,7 @@ def test_master_transition_runs_and_failed_steps_mean_exit_6(env):
         ("timeouts", True),
         ("reseed", False),
     ]
-    assert "no usable snapshot" in record["steps"][3]["error"]
+    assert "IPVS is not available" in record["steps"][3]["error"]
 
 
 def test_history_lists_and_limits(env):
@@ -81,13 +82,13 @@ def test_history_lists_and_limits(env):
     assert run(cfg, "history").output.strip() == "no transitions recorded"
     for name in ("VI_1", "VI_2", "VI_3"):
         assert run(cfg, "notify", "INSTANCE", name, "DELETED", "100").exit_code == 0
-    assert run(cfg, "master", "--group", "VG").exit_code == 6  # no snapshot to reseed from
+    assert run(cfg, "master", "--group", "VG").exit_code == 6  # no IPVS on this host
     text = run(cfg, "history", "-n", "2").output
     lines = text.splitlines()
     assert lines[0].split()[:3] == ["TIME", "EVENT", "OUTCOME"]
     assert "DELETED instance VI_3" in lines[1] and "nothing to do" in lines[1]
     assert "MASTER group VG" in lines[2] and "reseed FAILED" in lines[2]
-    assert lines[3].strip().startswith("reseed: no usable snapshot")
+    assert lines[3].strip().startswith("reseed: IPVS is not available")
     assert len(json.loads(run(cfg, "history", "--json", "-n", "0").output)) == 4
 
 

@@ -188,7 +188,7 @@ def test_reseed_step_reports_figures_and_latency(tmp_path, monkeypatch, caplog):
     monkeypatch.setattr(
         templates,
         "reseed_from_snapshot",
-        lambda app, f, dry: {
+        lambda app, f, dry, include_live=False: {
             "snapshot": "/s",
             "snapshot_age_s": 3.0,
             "seen": 20,
@@ -213,7 +213,7 @@ def test_reseed_step_missing_templates_fail_with_figures(tmp_path, monkeypatch):
     monkeypatch.setattr(
         templates,
         "reseed_from_snapshot",
-        lambda app, f, dry: {
+        lambda app, f, dry, include_live=False: {
             "seen": 20,
             "planned": 20,
             "sent": 20,
@@ -229,7 +229,7 @@ def test_reseed_step_missing_templates_fail_with_figures(tmp_path, monkeypatch):
 
 
 def test_reseed_step_error_keeps_the_latency(tmp_path, monkeypatch):
-    def no_snapshot(app, f, dry):
+    def no_snapshot(app, f, dry, include_live=False):
         raise SnapshotError("no usable snapshot in /var/lib/lvs-hooks: no snapshot files")
 
     monkeypatch.setattr(templates, "reseed_from_snapshot", no_snapshot)
