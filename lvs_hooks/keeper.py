@@ -95,7 +95,7 @@ def plan_renewals(
     used = clients_in_use(conn_counts, services)
     plan = KeepPlan()
     for t in templates:
-        if not t.is_template:
+        if not t.is_template or t.is_invalidated:
             continue
         plan.templates += 1
         if t.expires >= refresh_below:

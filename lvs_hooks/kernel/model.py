@@ -68,6 +68,12 @@ class ConnEntry(NamedTuple):
         return self.cport == 0
 
     @property
+    def is_invalidated(self) -> bool:
+        """A template the kernel found unusable (its real server gone or never bound): it
+        rehashes it with ports 0xffff and lets it expire (ip_vs_check_template)."""
+        return self.is_template and self.vport == 0xFFFF and self.dport == 0xFFFF
+
+    @property
     def af(self) -> int:
         return addr_family(self.caddr)
 

@@ -17,6 +17,7 @@ SKIP_NOT_PERSISTENT = "virtual service not persistent"
 SKIP_NO_DEST = "real server missing"
 SKIP_PRESENT = "already present"
 SKIP_PRESENT_OTHER = "present with another real server"
+SKIP_INVALIDATED = "invalidated by the kernel"
 
 
 @dataclass(frozen=True)
@@ -92,11 +93,16 @@ def plan_reseed(
     time ran out is dropped, as the kernel would have dropped it.
     """
     by_key = {s.key(): s for s in services}
-    live = {entry_key(t): t for t in live_templates if t.is_template}
+    live = {
+        entry_key(t): t for t in live_templates if t.is_template and not t.is_invalidated
+    }
     plan = Plan()
     seen = set()
     for t in templates:
         if not t.is_template:
+            continue
+        if t.is_invalidated:
+            plan.skip(SKIP_INVALIDATED, t)
             continue
         key = entry_key(t)
         if key in seen:

@@ -67,6 +67,7 @@ LAB_SYNC_IF=${LAB_SYNC_IF:-sync0}
 LAB_SYNCID=${LAB_SYNCID:-51}
 LAB_VRID=${LAB_VRID:-51}
 LAB_PROTOS=${LAB_PROTOS:-"UDP TCP"}     # one virtual_server per protocol on VIP:VPORT
+LAB_FWMARK=${LAB_FWMARK:-}             # N: a `virtual_server fwmark N` too (lab_fwmark_rules)
 LVS_HOOKS=${LVS_HOOKS:-0}               # 1: wire lvs-hooks into keepalived (see lab_keepalived_conf)
 LVS_HOOKS_MODE=${LVS_HOOKS_MODE:-fifo}  # fifo (vrrp_notify_fifo_script) | notify (older keepalived)
 LAB_DIRECTORS=0                         # set by lab_topology
@@ -219,7 +220,8 @@ lab_topology() {
 # $LAB_TMP/syslog.log), so that what lvs-hooks logs when keepalived runs it can be read back:
 # lab_syslog PATTERN prints the matching lines.
 lab_syslog_start() {
-    [ -S /dev/log ] && return 0
+    # a socket left by the previous scenario's syslogd (killed at its cleanup) answers nobody
+    rm -f /dev/log
     busybox syslogd -n -O "$LAB_TMP/syslog.log" &
     lab_wait 10 "syslog on /dev/log" test -S /dev/log > /dev/null || lab_die "no syslogd"
 }
@@ -299,6 +301,21 @@ vrrp_instance VI_1 {
 $hooks_instance
 }
 EOF
+    if [ -n "$LAB_FWMARK" ]; then
+        # a fwmark service: packets to the VIP are marked (lab_fwmark_rules) and balanced to
+        # real servers that listen on LAB_VPORT
+        echo "virtual_server fwmark $LAB_FWMARK {"
+        echo "    delay_loop 10"
+        echo "    lb_algo $LAB_SCHED"
+        echo "    lb_kind NAT"
+        echo "    persistence_timeout $LAB_PERSIST"
+        for r in $LAB_RS; do
+            echo "    real_server 10.1.0.$((10 + ${r#rs})) $LAB_VPORT {"
+            echo "        weight 1"
+            echo "    }"
+        done
+        echo "}"
+    fi
     for proto in $LAB_PROTOS; do
         echo "virtual_server $LAB_VIP $LAB_VPORT {"
         echo "    delay_loop 10"
@@ -325,6 +342,13 @@ lab_keepalived_start() {
         -r "$dir/vrrp.pid" -c "$dir/checkers.pid" >> "$dir/keepalived.log" 2>&1 &
     disown
     lab_log "keepalived started in $d (priority $prio, $state${LVS_HOOKS:+, LVS_HOOKS=$LVS_HOOKS})"
+}
+
+# lab_fwmark_rules DIR: mark UDP to the VIP with LAB_FWMARK (mangle PREROUTING; TCP stays on
+# the address service)
+lab_fwmark_rules() {
+    nsx "$1" iptables -t mangle -A PREROUTING -d "$LAB_VIP" -p udp -j MARK --set-mark "$LAB_FWMARK" \
+        || lab_die "fwmark rule on $1"
 }
 
 # lab_has_vip DIR: the VIP is a local address of DIR (read from DIR's fib_trie, no process)

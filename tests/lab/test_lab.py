@@ -67,8 +67,9 @@ def ext_dir(tmp_path_factory):
 def lab(request, tmp_path_factory, ext_dir):
     """One VM, every lab scenario: {"rc", "summary", "by_name", "out", "output"}."""
     out = tmp_path_factory.mktemp("lab-run")
-    scenarios = ["smoke", "helpers", "seed000", "seed000-hooks", "capture_sync", "reseed_core",
-                 "reseed_scale", str(ext_dir / "exit7.sh"), str(ext_dir / "hang.sh")]
+    scenarios = ["smoke", "helpers", "seed000", "seed000-hooks", "takeover", "takeover-hooks",
+                 "capture_sync", "reseed_core", "reseed_scale", str(ext_dir / "exit7.sh"),
+                 str(ext_dir / "hang.sh")]
     proc, wall = run_lab(["--out", str(out), *scenarios], RUN_LIMIT + 60)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("LAB: scenario", "[lab]"))]
     show(request, f"\n[lab tier] one VM, {len(scenarios)} scenarios, {wall:.1f}s:\n  "
@@ -92,8 +93,8 @@ def test_run_reports_every_scenario(lab):
     s = lab["summary"]
     assert s["completed"], lab["output"][-3000:]
     assert [x["name"] for x in s["scenarios"]] == [
-        "smoke", "helpers", "seed000", "seed000-hooks", "capture_sync", "reseed_core",
-        "reseed_scale", "exit7", "hang"]
+        "smoke", "helpers", "seed000", "seed000-hooks", "takeover", "takeover-hooks",
+        "capture_sync", "reseed_core", "reseed_scale", "exit7", "hang"]
     assert all(x["wall_s"] is not None for x in s["scenarios"])
     assert lab["rc"] == 1  # several scenarios, one failed on purpose: non-zero
     for x in s["scenarios"]:
@@ -213,3 +214,25 @@ def test_reseed_at_scale(request, lab):
          f"{rs['templates_per_s']:.0f} templates/s (send+verify {rs['ms_send_verify']:.0f} ms, "
          f"{rs['datagrams']} datagrams, {rs['pacing_waits']} pacing waits, "
          f"{rs['receiver_drops']} receiver drops)")
+
+
+def test_seed000_with_hooks_keeps_every_client_through_takeover_and_expiry(lab):
+    """Issue 4: with lvs-hooks in keepalived's FIFO, the synced templates do not expire on the
+    new master while their clients' flows go on (the keeper), so new flows stay put."""
+    traffic = result(lab, "seed000-hooks")["traffic"]
+    same = {s["label"]: s["same_as_ref"] for s in traffic["steps"]}
+    assert (same["1-takeover"], same["2-expired"], same["2-new"]) == (20, 20, 20), same
+
+
+def test_takeover_tcp_connection_and_fwmark(request, lab):
+    """Issue 4: a long-lived TCP connection that was never synced goes on after the takeover
+    with lvs-hooks (sloppy_tcp + its template), and is reset without; fwmark figures reported."""
+    base, hooks = result(lab, "takeover"), result(lab, "takeover-hooks")
+    for r in (base, hooks):
+        assert r["clients"] == 20
+        assert r["tcp_same"] + r["tcp_no_answer"] <= 20 and 0 <= r["fwmark_same"] <= 20
+    assert base["tcp_no_answer"] == 20  # the kernel resets what it does not know (sloppy_tcp=0)
+    assert hooks["tcp_same"] == 20
+    show(request, f"\n[lab tier] takeover: TCP connections on their real server "
+         f"{base['tcp_same']}/20 -> {hooks['tcp_same']}/20; fwmark clients "
+         f"{base['fwmark_same']}/20 -> {hooks['fwmark_same']}/20 (baseline -> lvs-hooks)")

@@ -49,3 +49,9 @@ def test_templates_of_gone_services_are_left_alone():
     counts = {("10.0.0.20", ("UDP", "10.0.0.99", 5000)): 1}
     p = plan_renewals([tpl("10.0.0.20", 1, vaddr="10.0.0.99")], counts, [UDP], refresh_below=12)
     assert not p.renew and p.no_service == 1
+
+
+def test_invalidated_templates_are_not_renewed():
+    counts = {("10.0.0.20", ("UDP", "10.0.0.100", 5000)): 1}
+    dead = tpl("10.0.0.20", 3)._replace(vport=0xFFFF, dport=0xFFFF)
+    assert plan_renewals([dead], counts, SERVICES, refresh_below=12).templates == 0

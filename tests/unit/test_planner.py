@@ -84,3 +84,12 @@ def test_fwmark_template_synced_with_port_zero_is_replaced():
     assert pt.replace and pt.dport == 8080
     bound = ConnEntry("IP", "10.0.0.30", 0, "0.0.0.7", 0, "10.1.0.21", 8080, "NONE", 50)
     assert plan([snap], live=[bound]).skipped == {P.SKIP_PRESENT: 1}
+
+
+def test_templates_the_kernel_invalidated_are_skipped_and_not_present():
+    # ip_vs_check_template rehashes an unusable template with ports 0xffff until it expires
+    dead = ConnEntry("IP", "10.0.0.30", 0, "0.0.0.7", 0xFFFF, "10.1.0.21", 0xFFFF, "NONE", 50)
+    snap = ConnEntry("IP", "10.0.0.30", 0, "0.0.0.7", 0, "10.1.0.21", 0, "NONE", 200)
+    p = plan([dead, snap], live=[dead])
+    assert p.skipped == {P.SKIP_INVALIDATED: 1}
+    assert [(t.caddr, t.replace) for t in p.planned] == [("10.0.0.30", False)]
