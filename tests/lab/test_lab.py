@@ -197,6 +197,7 @@ def test_reseed_1000_templates_after_reboot(request, lab):
     assert b["daemon_started"] is True and b["verified"] == 1000
     assert r["b_daemons_before"] == r["b_daemons_after"]
     assert "master sync daemon" in r["b_daemons_after"]
+    assert r["netlink_ok"] is True  # timeouts set/get and every daemon attribute, per ipvsadm
     show(request, f"\n[lab tier] reseed 1,000: {rs['verified']} verified in {rs['ms']:.0f} ms "
          f"(send+verify {rs['ms_send_verify']:.0f} ms, {rs['datagrams']} datagrams); timeouts "
          f"off by at most {r['check']['timeout_worst_off_s']} s; with a temporary backup daemon "

@@ -101,6 +101,23 @@ check_b=$(nsx dir1 "$LAB_PYTHON" "$LAB_DIR/tplcheck.py" --proc "/proc/${LAB_ANCH
           --snapshot "$SNAPFILE"); check_b_rc=$?
 echo "check B: $check_b"
 
+lab_step "C. lvs-hooks' own netlink: timeouts set/get, a daemon with every attribute, read by ipvsadm"
+nsx dir1 env PYTHONPATH="$LAB_PROJECT" "$LAB_PYTHON" - <<'PY' > "$LAB_TMP/netlink.txt" || lab_die "netlink checks"
+from lvs_hooks.kernel.netlink import IPVS
+with IPVS() as i:
+    i.set_timeouts(901, 121, 301)
+    print("timeouts", i.timeouts())
+    i.stop_daemon("master")
+    i.start_daemon("master", "sync0", 77, maxlen=1000, group="224.0.0.82", port=8850, ttl=3)
+    print("daemons", i.daemons())
+PY
+cat "$LAB_TMP/netlink.txt"
+ipvsadm_view=$(nsx dir1 sh -c 'ipvsadm -L --timeout; ipvsadm -L --daemon')
+echo "$ipvsadm_view"
+netlink_ok=false
+[[ $ipvsadm_view == *"901 121 301"* && $ipvsadm_view == *"syncid=77, maxlen=1000, group=224.0.0.82, port=8850, ttl=3"* ]] \
+    && netlink_ok=true
+
 json_str() { "$LAB_PYTHON" -c 'import json, sys; print(json.dumps(sys.argv[1]))' "$1"; }
 cat > "$LAB_OUT/reseed_core.json" <<EOF
 {"templates_made": $N,
@@ -112,7 +129,8 @@ cat > "$LAB_OUT/reseed_core.json" <<EOF
  "b_reseed": $reseed_b,
  "b_check": $check_b,
  "b_daemons_before": $(json_str "$daemons_before"),
- "b_daemons_after": $(json_str "$daemons_after")}
+ "b_daemons_after": $(json_str "$daemons_after"),
+ "netlink_ok": $netlink_ok}
 EOF
 fail=0
 [ "$check_rc" = 0 ] || { lab_log "FAIL A: templates not all back on their real servers"; fail=1; }
@@ -120,5 +138,6 @@ fail=0
 [ "$check_b_rc" = 0 ] || { lab_log "FAIL B: templates not all back"; fail=1; }
 [ "$daemons_before" = "$daemons_after" ] || { lab_log "FAIL B: sync daemons changed"; fail=1; }
 [[ $reseed_b == *'"daemon_started": true'* ]] || { lab_log "FAIL B: no temporary backup daemon"; fail=1; }
+[ "$netlink_ok" = true ] || { lab_log "FAIL C: netlink timeouts/daemon attributes"; fail=1; }
 [ $fail = 0 ] && lab_log "RESEED CORE PASS"
 exit $fail
