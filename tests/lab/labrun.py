@@ -163,6 +163,7 @@ def write_manifest(run_dir: str, a: argparse.Namespace, names: List[str], limits
         f"LAB_PROJECT={q(PROJECT)}",
         f"LAB_DIR={q(HERE)}",
         f"LAB_LVS_HOOKS_CMD={q(a.lvs_hooks or '')}",
+        "LAB_HOST_TMP=(" + " ".join(q(d) for d in host_tmp_dirs(a)) + ")",
         f"LAB_MODE={'shell' if a.shell else 'run'}",
         "LAB_SCENARIOS=(" + " ".join(q(n) for n in names) + ")",
         "LAB_TIMEOUTS=(" + " ".join(str(t) for t in limits) + ")",
@@ -170,6 +171,23 @@ def write_manifest(run_dir: str, a: argparse.Namespace, names: List[str], limits
     ]
     with open(os.path.join(run_dir, "manifest.sh"), "w") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def host_tmp_dirs(a: argparse.Namespace) -> List[str]:
+    """The top directories under the host's /tmp that the guest needs to see: the checkout, the
+    interpreter (a virtualenv) and an --lvs-hooks command may live there (CI clones anywhere),
+    but the guest mounts a fresh tmpfs on /tmp. They are shared read-only (9p "hosttmp") and
+    mounted back at their own paths by stage2.sh."""
+    dirs = []
+    for path in (PROJECT, a.python, (shlex.split(a.lvs_hooks)[0] if a.lvs_hooks else "")):
+        real = os.path.realpath(path) if path else ""
+        for p in {path, real}:
+            parts = p.split("/")
+            if len(parts) > 2 and parts[1] == "tmp" and parts[2]:
+                top = "/tmp/" + parts[2]
+                if top not in dirs:
+                    dirs.append(top)
+    return dirs
 
 
 def qemu_command(art: str, run_dir: str, a: argparse.Namespace, accel: str) -> List[str]:
@@ -184,6 +202,8 @@ def qemu_command(art: str, run_dir: str, a: argparse.Namespace, accel: str) -> L
         "-append", kargs,
         "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
         "-virtfs", f"local,path={run_dir},mount_tag=lab,security_model=none",
+        *(["-virtfs", "local,path=/tmp,mount_tag=hosttmp,security_model=none,readonly=on,"
+           "multidevs=remap"] if host_tmp_dirs(a) else []),
     ]
 
 

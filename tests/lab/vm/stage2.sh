@@ -37,6 +37,24 @@ poweroff_now() {
 # shellcheck source=/dev/null
 . /lab/manifest.sh || { echo "LAB: manifest missing"; poweroff_now; }
 
+# The host's /tmp directories the run needs (the checkout, the interpreter, an --lvs-hooks
+# command may be there: CI clones anywhere), mounted back at their paths over the guest's own
+# /tmp tmpfs; again after each scenario's fresh /tmp.
+mount_host_tmp() {
+    local d
+    [ ${#LAB_HOST_TMP[@]} -gt 0 ] || return 0
+    if ! mountpoint -q /run/hosttmp; then
+        mkdir -p /run/hosttmp
+        mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 hosttmp \
+            /run/hosttmp || { echo "LAB: hosttmp mount failed"; return 1; }
+    fi
+    for d in "${LAB_HOST_TMP[@]}"; do
+        mkdir -p "$d" && mount --bind "/run/hosttmp/${d#/tmp/}" "$d" \
+            || echo "LAB: cannot mount host $d"
+    done
+}
+mount_host_tmp
+
 # `lvs-hooks` on PATH: the checkout the runner lives in, run by the runner's interpreter, unless
 # the runner was given another command (--lvs-hooks, e.g. from an unpacked RPM).
 mkdir -p /usr/local/bin
@@ -95,6 +113,7 @@ cleanup() { # cgroup-dir
     # a fresh /tmp for the next scenario
     umount -l /tmp 2>/dev/null
     mount -t tmpfs tmpfs /tmp
+    mount_host_tmp
     local t1=$EPOCHREALTIME
     echo "LAB: cleanup $(( (${t1/./} - ${t0/./}) / 1000 )) ms (processes $(( (${t_kill/./} - ${t0/./}) / 1000 )) ms, ${#links[@]} root links)"
 }
