@@ -58,3 +58,20 @@ class LockTimeout(LvsHooksError):
     """Another transition held the transition lock longer than this event could wait."""
 
     exit_code = 7
+
+
+class FirewallError(LvsHooksError):
+    """The firewall tool (iptables-restore, nft) is missing or refused a batch of loop-protection
+    rules; the batch is atomic, so the rules in the kernel are the ones from before."""
+
+    exit_code = 8
+
+
+class PeerMacUnknown(FirewallError):
+    """A rule needs a peer director's MAC address and it is neither configured nor learned."""
+
+
+class RulesDrift(LvsHooksError):
+    """The loop-protection rules in the kernel differ from what the director's role needs."""
+
+    exit_code = 9
