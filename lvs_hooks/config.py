@@ -725,6 +725,96 @@ class KeeperConfig:
     )
 
 
+def is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def is_mac_address(text: str) -> bool:
+    """An Ethernet address written as six colon-separated hex pairs ("52:54:00:12:34:56")."""
+    return re.match(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$", text) is not None
+
+
+@dataclass(frozen=True)
+class RuleServiceConfig:
+    """One virtual service of a director that is also a real server (DR, VIP on lo)."""
+
+    vip: str = setting(
+        doc="The service's virtual address.",
+        check=is_ip_address,
+        allowed="an IPv4 or IPv6 address",
+    )
+    port: int = setting(0, "The service's port; 0: every port of the protocol.", ge=0, le=65535)
+    protocol: str = setting("tcp", "The service's protocol.", choices=("tcp", "udp", "sctp"))
+    mode: str = setting(
+        "fwmark",
+        "fwmark: mark packets to the service that do not come from a peer director (the same "
+        "rules in every state; keepalived balances `virtual_server fwmark N`). redirect: on "
+        "BACKUP and FAULT send every packet to the service to the local stack (REDIRECT), on "
+        "MASTER only those from a peer director; keepalived keeps `virtual_server VIP PORT`, the "
+        "real server must listen on the address of the interface the packets come in by (e.g. "
+        "on 0.0.0.0). none: no rule.",
+        choices=("fwmark", "redirect", "none"),
+    )
+    fwmark: int = setting(
+        0,
+        "The mark set in fwmark mode: the N of keepalived's `virtual_server fwmark N`.",
+        ge=0,
+        le=0xFFFFFFFF,
+    )
+
+
+@dataclass(frozen=True)
+class RulesConfig:
+    """Loop protection for directors that are also real servers in DR mode: every director has
+    the virtual servers loaded and the VIP on lo, so a backup re-balances what the master sent
+    it, possibly back to the master, and the packet goes round ("ping-pong"). `lvs-hooks rules`
+    installs the rules, the keepalived transitions swap them (first step, before anything else),
+    and lvs-hooks-rules.service restores the backup-role rules at boot, before keepalived."""
+
+    services: Tuple[RuleServiceConfig, ...] = setting(
+        (),
+        "The services to protect, each a mapping, e.g. {vip: 10.0.0.100, port: 80, protocol: "
+        "tcp, mode: fwmark, fwmark: 1} or {vip: 10.0.0.100, port: 443, mode: redirect}. Empty: "
+        "no rules (the firewall step of a transition does nothing).",
+    )
+    peers: Tuple[str, ...] = setting(
+        (),
+        "Addresses of the other directors on the network the real servers are on. Their MAC "
+        "addresses, which the rules match (packets a peer director forwarded to this one), are "
+        "taken from the neighbour table, or from the last ones learned when it has none. Needed "
+        "by fwmark mode and by redirect mode's MASTER rules.",
+        check=is_ip_address,
+        allowed="IPv4 or IPv6 addresses",
+    )
+    peer_macs: Tuple[str, ...] = setting(
+        (),
+        "MAC addresses of the other directors, given here rather than learned: the surest "
+        "choice, as a rebooted director may find its neighbour table empty.",
+        check=is_mac_address,
+        allowed="MAC addresses like 52:54:00:12:34:56",
+    )
+    backend: str = setting(
+        "auto",
+        "Firewall tool. auto: nft when iptables is the nf_tables flavour or absent, else "
+        "iptables (legacy). nft works on the table inet lvs_hooks; the iptables flavours on "
+        "chains LVS-HOOKS-* jumped to from mangle and nat PREROUTING. The rules are never "
+        "mixed with the user's.",
+        choices=("auto", "nft", "iptables", "iptables-nft", "iptables-legacy"),
+    )
+    backup_only: bool = setting(
+        False,
+        "Also set net.ipv4.vs.backup_only: 1 on BACKUP and FAULT, 0 on MASTER. The kernel then "
+        "balances nothing while a backup sync daemon runs. Only fits when keepalived runs one "
+        "sync daemon at a time (lvs_sync_daemon with a VRRP instance); with both daemons always "
+        "running it is a role switch like redirect mode, with its failback window. See "
+        "`lvs-hooks rules show`.",
+    )
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; every key has a default that works for one sync interface."""
@@ -738,6 +828,7 @@ class Config:
     master: MasterRoleConfig = section(MasterRoleConfig)
     backup: BackupRoleConfig = section(BackupRoleConfig)
     keeper: KeeperConfig = section(KeeperConfig)
+    rules: RulesConfig = section(RulesConfig)
 
 
 # --------------------------------------------------------------------------------------------
