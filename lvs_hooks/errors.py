@@ -75,3 +75,10 @@ class RulesDrift(LvsHooksError):
     """The loop-protection rules in the kernel differ from what the director's role needs."""
 
     exit_code = 9
+
+
+class KeepalivedConfError(LvsHooksError):
+    """keepalived.conf (or a file it includes) is missing, unreadable or malformed: unmatched
+    braces or quotes, an include loop. The message names the file and the line."""
+
+    exit_code = 2
