@@ -795,7 +795,7 @@ class RulesConfig:
         "MAC addresses of the other directors, given here rather than learned: the surest "
         "choice, as a rebooted director may find its neighbour table empty.",
         check=is_mac_address,
-        allowed="MAC addresses like 52:54:00:12:34:56",
+        allowed='MAC addresses in quotes ("52:54:00:12:34:56"; unquoted, YAML may read a number)',
     )
     backend: str = setting(
         "auto",
