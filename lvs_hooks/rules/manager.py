@@ -1,0 +1,403 @@
+"""Apply, verify, remove and show the loop-protection rules: the config and the kernel, joined.
+
+Every change follows one recipe, under `<run_dir>/rules.lock` (the transitions, the boot unit
+and a person at the command line may all apply at once):
+
+    read what the kernel has -> plan (pure) -> one atomic batch per table -> read back
+    -> check that the kernel now has exactly the plan -> record (state file) -> backup_only
+
+The record is written only after the read-back agrees: a refused batch leaves both the kernel
+and the record as they were.
+"""
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from lvs_hooks.errors import FirewallError, KernelError, PeerMacUnknown, UsageError
+from lvs_hooks.rules.model import (
+    RuleSet,
+    ServiceSpec,
+    build_rule_set,
+    needs_peer_macs,
+    role_of,
+    services_from_config,
+)
+from lvs_hooks.rules.peers import PeerMacs, resolve_peer_macs
+from lvs_hooks.rules.select import Backend, choose_backend
+from lvs_hooks.rules.state import Applied, RulesState, StateFile
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "rules.lock"
+LOCK_TIMEOUT = 30.0
+BACKUP_ONLY = "sys/net/ipv4/vs/backup_only"
+ALL_FAMILIES = (4, 6)
+
+
+class RulesManager:
+    """The rules of one director, from its config. `backend` (tests) skips the selection."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        backend: Optional[Backend] = None,
+        peer_resolver=resolve_peer_macs,
+        boot_id: Optional[str] = None,
+    ):
+        self.cfg = cfg
+        self.rcfg = cfg.rules
+        self.services: List[ServiceSpec] = services_from_config(self.rcfg)
+        self._backend = backend
+        self._backend_why = "given" if backend is not None else ""
+        self._resolve = peer_resolver
+        self.state_file = StateFile(cfg.paths.state_dir, boot_id)
+        self.run_dir = Path(cfg.paths.run_dir)
+
+    # -- the pieces
+
+    @property
+    def protected(self) -> List[ServiceSpec]:
+        return [s for s in self.services if s.mode != "none"]
+
+    @property
+    def configured(self) -> bool:
+        """Whether the config asks for anything (rules or backup_only)."""
+        return bool(self.protected) or self.rcfg.backup_only
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend, self._backend_why = choose_backend(self.rcfg.backend)
+        return self._backend
+
+    def _lock(self):
+        import filelock
+
+        os.makedirs(self.run_dir, 0o700, exist_ok=True)
+        return filelock.FileLock(str(self.run_dir / LOCK_NAME), timeout=LOCK_TIMEOUT)
+
+    def peer_macs(self, state: RulesState) -> PeerMacs:
+        if not needs_peer_macs(self.services):
+            return PeerMacs()
+        return self._resolve(self.rcfg.peers, self.rcfg.peer_macs, state.learned)
+
+    def ruleset(self, state: RulesState) -> RuleSet:
+        return build_rule_set(self.services, self.peer_macs(state).macs)
+
+    def _families(self, ruleset: RuleSet, state: RulesState) -> List[int]:
+        fams = {r.family for r in ruleset.rules()}
+        if state.applied is not None and state.applied.backend == self.backend.name:
+            fams.update(state.applied.families)
+        else:
+            fams.update(ALL_FAMILIES)  # nothing known of this boot: look everywhere
+        return sorted(fams)
+
+    # -- apply
+
+    def needs_kernel(self, state: RulesState) -> bool:
+        """Whether a firewall call is needed at all: rules configured, or some applied earlier
+        during this boot (the config may have dropped them)."""
+        return bool(self.protected) or state.applied is not None
+
+    def apply(self, state_name: str, dry_run: bool = False) -> Dict[str, Any]:
+        """Make the kernel hold the rules of `state_name` (master, backup or fault)."""
+        role = role_of(state_name)
+        t0 = time.monotonic()
+        with self._lock():
+            state = self.state_file.load()
+            report: Dict[str, Any] = {"role": role, "changes": [], "rules": 0}
+            if self.needs_kernel(state):
+                self._apply_rules(role, state, dry_run, report)
+            if self.rcfg.backup_only and not dry_run:
+                report["backup_only"] = self._set_backup_only(role)
+            elif self.rcfg.backup_only:
+                report["backup_only"] = f"would set {1 if role == 'backup' else 0}"
+        report["ms"] = round((time.monotonic() - t0) * 1000, 1)
+        return report
+
+    def _apply_rules(self, role: str, state: RulesState, dry_run: bool, report: Dict) -> None:
+        peers = self.peer_macs(state)
+        ruleset = build_rule_set(self.services, peers.macs)
+        backend = self.backend
+        families = self._families(ruleset, state)
+        live = backend.read(families)
+        recorded = state.recorded_text(backend.name)
+        target = ruleset if not ruleset.empty else None
+        plans = backend.plan(target, role, live, recorded)
+        report.update(
+            backend=backend.name,
+            changes=[c for p in plans for c in p.changes],
+            rules=len(ruleset.rules()),
+            peer_macs={m: peers.sources[m] for m in peers.macs},
+        )
+        if dry_run:
+            report["batch"] = backend.batch_text(plans)
+            return
+        t_send = time.monotonic()
+        if plans:
+            backend.send(plans)
+        report["ms_kernel"] = round((time.monotonic() - t_send) * 1000, 1)
+        after = backend.read(families)
+        kernel_text = backend.record(after)
+        left = backend.plan(target, role, after, kernel_text)
+        if left:
+            raise FirewallError(
+                "the kernel accepted the rules but then showed otherwise (another tool changing "
+                f"them?): {'; '.join(c for p in left for c in p.changes)}"
+            )
+        state.learned.update(peers.learned)
+        # Only what the kernel shows otherwise than we render it needs remembering.
+        rendered = backend.rendered(ruleset)
+        kernel_text = {k: v for k, v in kernel_text.items() if rendered.get(k) != v}
+        state.applied = (
+            Applied(
+                role,
+                backend.name,
+                time.time(),
+                sorted({r.family for r in ruleset.rules()}),
+                kernel_text,
+            )
+            if target is not None
+            else None
+        )
+        self.state_file.save(state)
+        log.info(
+            "rules %s: %s; %d rules (%s, %.0f ms in the kernel)",
+            role,
+            ", ".join(report["changes"]) or "already in place",
+            report["rules"],
+            backend.name,
+            report["ms_kernel"],
+        )
+
+    # -- remove
+
+    def remove(self, dry_run: bool = False) -> Dict[str, Any]:
+        t0 = time.monotonic()
+        with self._lock():
+            state = self.state_file.load()
+            backend = self.backend
+            live = backend.read(ALL_FAMILIES)
+            plans = backend.plan(None, "backup", live, {})
+            report: Dict[str, Any] = {
+                "backend": backend.name,
+                "changes": [c for p in plans for c in p.changes],
+            }
+            if dry_run:
+                report["batch"] = backend.batch_text(plans)
+            else:
+                if plans:
+                    backend.send(plans)
+                state.applied = None
+                self.state_file.save(state)
+                log.info("rules removed: %s", ", ".join(report["changes"]) or "none were there")
+        report["ms"] = round((time.monotonic() - t0) * 1000, 1)
+        return report
+
+    # -- verify
+
+    def verify(self, state_name: Optional[str] = None) -> Dict[str, Any]:
+        """What differs between the kernel and what the role needs (empty `drift`: nothing).
+
+        The role: the one given, else the one last applied during this boot."""
+        state = self.state_file.load()
+        if state_name is None:
+            if state.applied is None:
+                if not self.configured:
+                    return {"role": None, "drift": [], "ok": True, "note": "nothing configured"}
+                raise UsageError("rules verify: no role applied since boot; name one with --role")
+            state_name = state.applied.role
+        role = role_of(state_name)
+        drift: List[str] = []
+        report: Dict[str, Any] = {"role": role}
+        if self.needs_kernel(state) or self.protected:
+            ruleset = self.ruleset(state)
+            backend = self.backend
+            live = backend.read(ALL_FAMILIES)
+            target = ruleset if not ruleset.empty else None
+            plans = backend.plan(target, role, live, state.recorded_text(backend.name))
+            drift.extend(c for p in plans for c in p.changes)
+            report["backend"] = backend.name
+            report["rules"] = len(ruleset.rules())
+        if self.rcfg.backup_only:
+            want = 1 if role == "backup" else 0
+            have = self._read_backup_only()
+            if have != want:
+                drift.append(f"net.ipv4.vs.backup_only is {have}, role {role} needs {want}")
+        report["drift"] = drift
+        report["ok"] = not drift
+        return report
+
+    # -- show
+
+    def show(self) -> Dict[str, Any]:
+        state = self.state_file.load()
+        report: Dict[str, Any] = {
+            "services": [
+                {"service": s.describe(), "mode": s.mode, "fwmark": s.fwmark or None}
+                for s in self.services
+            ],
+            "applied": (
+                {
+                    "role": state.applied.role,
+                    "backend": state.applied.backend,
+                    "at": state.applied.at,
+                }
+                if state.applied
+                else None
+            ),
+            "notes": self._notes(),
+        }
+        try:
+            peers = self.peer_macs(state)
+            report["peer_macs"] = [{"mac": m, "source": peers.sources[m]} for m in peers.macs]
+            ruleset = build_rule_set(self.services, peers.macs)
+        except PeerMacUnknown as e:
+            report["peer_macs_error"] = e.format_message()
+            ruleset = None
+        try:
+            backend = self.backend
+            report["backend"] = backend.name
+            report["backend_why"] = self._backend_why
+            live = backend.read(ALL_FAMILIES)
+            report["kernel_role"] = backend.active_role(live)
+            report["kernel_rules"] = backend.rules_listing(live)
+            if ruleset is not None and state.applied is not None:
+                target = ruleset if not ruleset.empty else None
+                plans = backend.plan(
+                    target, state.applied.role, live, state.recorded_text(backend.name)
+                )
+                report["drift"] = [c for p in plans for c in p.changes]
+        except FirewallError as e:
+            report["backend_error"] = e.format_message()
+        report["backup_only"] = self.backup_only_advice()
+        return report
+
+    def _notes(self) -> List[str]:
+        notes = []
+        redirect = [s for s in self.services if s.mode == "redirect"]
+        if redirect and not (self.rcfg.peers or self.rcfg.peer_macs):
+            notes.append(
+                "redirect without peers: on MASTER nothing is redirected, so during a failback "
+                "(this director preempts while the peer still forwards as master) packets can "
+                "loop until the peer's BACKUP transition has run; set rules.peers"
+            )
+        if redirect:
+            notes.append(
+                "redirect: the real server must accept connections on the address of the "
+                "interface the packets come in by (REDIRECT rewrites the VIP to it), e.g. listen "
+                "on 0.0.0.0"
+            )
+        return notes
+
+    # -- net.ipv4.vs.backup_only
+
+    def _backup_only_path(self) -> str:
+        return os.path.join(self.cfg.paths.proc_root, BACKUP_ONLY)
+
+    def _read_backup_only(self) -> Optional[int]:
+        try:
+            with open(self._backup_only_path()) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _set_backup_only(self, role: str) -> str:
+        want = 1 if role == "backup" else 0
+        have = self._read_backup_only()
+        if have == want:
+            return f"already {want}"
+        try:
+            with open(self._backup_only_path(), "w") as f:
+                f.write(f"{want}\n")
+        except FileNotFoundError:
+            raise KernelError(
+                "net.ipv4.vs.backup_only: no such sysctl (is ip_vs loaded here?)"
+            ) from None
+        except OSError as e:
+            raise KernelError(f"net.ipv4.vs.backup_only={want}: {e.strerror or e}") from None
+        log.info("net.ipv4.vs.backup_only %s -> %d (%s)", have, want, role)
+        return f"{have} -> {want}"
+
+    def backup_only_advice(self) -> Dict[str, Any]:
+        daemons: Optional[List[str]]
+        try:
+            from lvs_hooks.kernel.netlink import IPVS
+
+            with IPVS() as ipvs:
+                daemons = sorted(d.state for d in ipvs.daemons())
+        except (KernelError, OSError, ImportError):
+            daemons = None
+        return advise_backup_only(self._read_backup_only(), daemons, self.rcfg.backup_only)
+
+
+def advise_backup_only(
+    value: Optional[int], daemons: Optional[Sequence[str]], configured: bool
+) -> Dict[str, Any]:
+    """Whether net.ipv4.vs.backup_only fits this director, in words (pure).
+
+    The kernel ignores IPVS traffic while the sysctl is 1 AND a backup sync daemon runs. That
+    protects a backup only when keepalived runs one daemon at a time (lvs_sync_daemon with a
+    VRRP instance: backup daemon on BACKUP, master daemon on MASTER). With both daemons always
+    running it would switch off the master too.
+    """
+    out: Dict[str, Any] = {
+        "value": value,
+        "daemons": list(daemons) if daemons is not None else None,
+        "configured": configured,
+    }
+    if value is None:
+        out["fits"] = None
+        out["advice"] = "net.ipv4.vs.backup_only is not available here (ip_vs not loaded)"
+        return out
+    if daemons is None:
+        out["fits"] = None
+        out["advice"] = "the sync daemons cannot be read (IPVS netlink unavailable)"
+        return out
+    if "master" in daemons and "backup" in daemons:
+        out["fits"] = False
+        out["advice"] = (
+            "both sync daemons run (keepalived's lvs_sync_daemon without a VRRP instance, or "
+            "daemons started by hand): a fixed backup_only=1 would switch IPVS off on the MASTER "
+            "too, so it does not fit. rules.backup_only: true still works as a role switch (1 on "
+            "BACKUP and FAULT, 0 on MASTER, set by the firewall step), but then protects no more "
+            "than redirect mode without peers: nothing during a failback until the old master's "
+            "BACKUP step has run. The fwmark or redirect rules are the protection here."
+        )
+    elif daemons:
+        out["fits"] = True
+        out["advice"] = (
+            f"one sync daemon at a time ({daemons[0]} now: keepalived's lvs_sync_daemon with a "
+            "VRRP instance): backup_only=1 switches IPVS off while the backup daemon runs, a "
+            "second guard beside the rules. Not as a fixed setting: lvs-hooks' MASTER reseed "
+            "runs a backup daemon for a moment, and the master would then hand every packet, "
+            "established connections too, to its own real server. Set rules.backup_only: true "
+            "(the firewall step sets 1 on BACKUP and FAULT, 0 on MASTER; on BACKUP it acts from "
+            "that step, a moment after keepalived started the backup daemon)."
+        )
+    else:
+        out["fits"] = None
+        out["advice"] = "no sync daemon runs: backup_only has no effect now"
+    return out
+
+
+def transition_step(cfg: Any, state_name: str):
+    """The firewall step of a keepalived transition: (summary, figures)."""
+    role = role_of(state_name)
+    mgr = RulesManager(cfg)
+    if not mgr.configured and not mgr.needs_kernel(mgr.state_file.load()):
+        return "no firewall rules configured", {"role": role, "rules": 0}
+    r = mgr.apply(role)
+    figures = {k: r.get(k) for k in ("role", "backend", "changes", "rules", "ms", "ms_kernel")}
+    if "backup_only" in r:
+        figures["backup_only"] = r["backup_only"]
+    done = ", ".join(r["changes"]) or "already in place"
+    extra = f", backup_only {r['backup_only']}" if "backup_only" in r else ""
+    return (
+        f"{role} rules: {done}; {r['rules']} rules ({r.get('backend', 'no backend')}), "
+        f"{r['ms']:.0f} ms{extra}",
+        figures,
+    )
