@@ -2,5 +2,6 @@
 
 from lvs_hooks.commands import (  # noqa: F401
     notify,
+    rules,
     templates,
 )
