@@ -63,7 +63,7 @@ def plan_transition(event: Event, app: Any) -> Plan:
         role = cfg.master
         return Plan(
             [
-                Step("firewall", lambda: firewall_step("master")),
+                Step("firewall", lambda: firewall_step("master", app)),
                 Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
                 Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
                 Step("reseed", lambda: reseed_step(app, event)),
@@ -73,7 +73,7 @@ def plan_transition(event: Event, app: Any) -> Plan:
         role = cfg.backup
         return Plan(
             [
-                Step("firewall", lambda: firewall_step("backup")),
+                Step("firewall", lambda: firewall_step("backup", app)),
                 Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
                 Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
                 Step("snapshot", lambda: snapshot_step(app)),
@@ -87,10 +87,13 @@ def plan_transition(event: Event, app: Any) -> Plan:
 # -- the steps
 
 
-def firewall_step(role: str) -> StepResult:
-    # Placeholder until the firewall rules (loop protection) land: a step of its own already,
-    # so that the order of the sequence and the journal format do not change then.
-    return "no firewall rules configured", {"role": role, "rules": 0}
+def firewall_step(role: str, app: Any = None) -> StepResult:
+    """The loop-protection rules of the role (lvs_hooks.rules): one atomic swap. Without
+    `app`, the built-in defaults (no rules)."""
+    from lvs_hooks.config import Config
+    from lvs_hooks.rules.manager import transition_step
+
+    return transition_step(app.config if app is not None else Config(), role)
 
 
 def _read_sysctl(path: str) -> List[str]:
