@@ -1,0 +1,230 @@
+"""The RPM, unit tier (no root needed; about 20 s, the first run also downloads the bundled
+wheels): packaging/build-rpm builds it, packaging/check_rpm.py checks it, and its payload runs.
+
+The packaged wrapper runs at its real path (the payload overlaid on /usr in a mount namespace),
+once with a Python 3.9 as /usr/bin/python3.9 (EL9's python3, EL8's python39) and once with the
+host's /usr/bin/python3.11 (EL8/EL9's python3.11 package) when there is no 3.9 to prefer.
+Everything it could import besides the bundled dependencies is poisoned: packages named click,
+filelock, pyroute2, yaml and lvs_hooks that abort the process wait in every site-packages
+directory of the interpreter, in the current directory and on PYTHONPATH. A run that works
+imported only what the RPM bundles.
+
+The host kernel has no IPVS: what needs it (status, snapshot, reseed past its plan's input)
+must stop with exit 4 and the one-line "IPVS is not available" error; the lab runs the same
+payload against a real kernel (tests/lab/scenarios/seed000-rpm.sh).
+"""
+
+import json
+import os
+import subprocess
+
+import pytest
+from rpmtest import ns_run, real_interpreter
+
+from lvs_hooks import __version__
+from lvs_hooks.kernel.conntable import CONN_HEADER, SYNC_HEADER
+from lvs_hooks.kernel.model import ConnEntry, Destination, Service
+from lvs_hooks.snapshot import Snapshot, SnapshotStore
+
+WRAPPERS = ("/usr/sbin/lvs-hooks", "/usr/libexec/keepalived/lvs-hooks")
+NO_IPVS = "Error: IPVS is not available: the ip_vs module is not loaded"
+POISONED = ("click", "filelock", "pyroute2", "yaml", "lvs_hooks")
+SVC = Service(4, "UDP", "10.0.0.100", 5000, persistent=True, timeout=360,
+              destinations=(Destination("10.1.0.11", 5000),))
+TPL = ConnEntry("UDP", "10.0.0.20", 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 300)
+
+
+def test_check_rpm_passes(built_rpm):
+    from check_rpm import run_checks
+
+    c, summary = run_checks(built_rpm)
+    assert not c.failed, "\n".join(f"{n}: {d}" for n, _ok, d in c.failed)
+    assert summary["checks"] > 100
+    # small enough to copy around: the four bundled dependencies are most of it
+    assert summary["rpm_bytes"] < 1_500_000, summary
+    print(json.dumps(summary, indent=2))
+
+
+class Packaged:
+    """Runs the packaged wrapper with one interpreter, everything else poisoned."""
+
+    def __init__(self, rpm_root: str, py_layer, site_dirs, poison: str, version: str):
+        self.overlays = {"/usr": [*([py_layer] if py_layer else []), os.path.join(rpm_root, "usr")]}
+        for d in site_dirs:
+            self.overlays[d] = [poison]
+        self.poison = poison
+        self.version = version
+
+    def __call__(self, *args: str, wrapper: str = WRAPPERS[0],
+                 shell_trace: bool = False) -> subprocess.CompletedProcess:
+        env = {
+            "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+            "PYTHONPATH": self.poison,
+            "PYTHONHOME": "/nonexistent",  # would stop the interpreter if it were honoured
+            "PYTHONSTARTUP": os.path.join(self.poison, "lvs_hooks", "__init__.py"),
+            "LANG": "C",
+        }
+        cmd = ["/bin/sh", "-x", wrapper] if shell_trace else [wrapper]
+        return ns_run(self.overlays, [*cmd, *args], cwd=self.poison, env=env)
+
+
+def _site_dirs(exe: str) -> list:
+    code = ("import site, sys; print('\\n'.join(site.getsitepackages() + "
+            "[site.getusersitepackages()]))")
+    out = subprocess.run([exe, "-I", "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return sorted({os.path.realpath(d) for d in out if os.path.isdir(d)})
+
+
+def _poison(d) -> str:
+    for name in POISONED:
+        (d / name).mkdir()
+        (d / name / "__init__.py").write_text(
+            f"import os, sys\nsys.stderr.write('POISON: {name} imported from ' + __file__ + "
+            f"'\\n')\nos._exit(99)\n")
+    return str(d)
+
+
+@pytest.fixture(scope="module", params=["3.9", "3.11"])
+def packaged(request, rpm_root, can_unshare, tmp_path_factory) -> Packaged:
+    version = request.param
+    system = f"/usr/bin/python{version}"
+    py_layer = None
+    if version == "3.9":
+        exe = system if os.path.exists(system) else real_interpreter("3.9")
+        if exe is None:
+            pytest.skip("no Python 3.9 on this machine to stand in for EL's")
+        if exe != system:
+            layer = tmp_path_factory.mktemp("py39")
+            os.makedirs(layer / "usr" / "bin")
+            os.symlink(exe, layer / "usr" / "bin" / "python3.9")
+            py_layer = str(layer / "usr")
+    else:
+        if not os.path.exists(system):
+            pytest.skip(f"no {system} on this machine")
+        if os.path.exists("/usr/bin/python3.9"):
+            pytest.skip("/usr/bin/python3.9 exists here: the wrapper prefers it")
+        exe = system
+    poison = _poison(tmp_path_factory.mktemp("poison"))
+    return Packaged(rpm_root, py_layer, _site_dirs(exe), poison, version)
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    """A config with state, run and a fake /proc under tmp_path; returns (path, store)."""
+    proc = tmp_path / "proc" / "net"
+    proc.mkdir(parents=True)
+    line = b"UDP 0A000014 0000 0A000064 1388 0A01000B 1388 ASSURED         300\n"
+    (proc / "ip_vs_conn").write_bytes(CONN_HEADER + b"\n" + line)
+    (proc / "ip_vs_conn_sync").write_bytes(SYNC_HEADER + b"\n" + line[:-1] + b" LOCAL\n")
+    path = tmp_path / "lvs-hooks.yaml"
+    path.write_text(f"paths:\n  state_dir: {tmp_path / 'state'}\n  run_dir: {tmp_path / 'run'}\n"
+                    f"  proc_root: {tmp_path / 'proc'}\n")
+    return str(path), SnapshotStore(tmp_path / "state", keep=5)
+
+
+def test_poison_is_armed(packaged):
+    """Control: the same interpreter without the wrapper's flags does import the poison (from
+    site-packages and from the current directory), so the runs above would have shown it."""
+    py = f"/usr/bin/python{packaged.version}"
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C"}
+    for mod in ("yaml", "click"):
+        r = ns_run(packaged.overlays, [py, "-c", f"import {mod}"], cwd="/", env=env)
+        assert r.returncode == 99 and f"POISON: {mod} imported from " in r.stderr, r.stderr
+        assert "site-packages" in r.stderr or "dist-packages" in r.stderr, r.stderr
+    r = ns_run(packaged.overlays, [py, "-c", "import click"], cwd=packaged.poison, env=env)
+    assert r.returncode == 99 and f"POISON: click imported from {packaged.poison}" in r.stderr
+
+
+def _ok_python(r: subprocess.CompletedProcess) -> None:
+    assert "POISON" not in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_version(packaged, wrapper):
+    r = packaged("--version", wrapper=wrapper)
+    _ok_python(r)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"lvs-hooks, version {__version__}"
+
+
+def test_wrapper_chooses_the_interpreter(packaged):
+    """The same wrapper file traced by sh -x: which interpreter it executes, with which flags."""
+    r = packaged("--version", shell_trace=True)
+    _ok_python(r)
+    assert r.returncode == 0, r.stderr
+    execs = [ln for ln in r.stderr.splitlines() if ln.startswith("+ exec ")]
+    assert len(execs) == 1, r.stderr
+    assert execs[0].startswith(f"+ exec /usr/bin/python{packaged.version} -I -S -B -c "), execs
+
+
+def test_status_against_fake_proc_needs_ipvs(packaged, cfg):
+    """status asks IPVS over netlink first: without the module it stops there, exit 4."""
+    r = packaged("--config", cfg[0], "status")
+    _ok_python(r)
+    assert r.returncode == 4, r.stderr
+    assert r.stderr.strip().splitlines()[-1] == NO_IPVS
+    assert r.stdout == ""
+
+
+def test_debug_traceback_shows_bundled_modules(packaged, cfg):
+    r = packaged("--debug", "--config", cfg[0], "status")
+    _ok_python(r)
+    assert r.returncode == 4
+    tb = r.stderr
+    assert 'File "/usr/lib/lvs-hooks/lvs_hooks/kernel/netlink.py"' in tb, tb
+    assert 'File "/usr/lib/lvs-hooks/vendor/pyroute2/' in tb, tb
+    assert "site-packages" not in tb and "dist-packages" not in tb, tb
+
+
+def test_snapshot_list_reads_generations(packaged, cfg):
+    path, store = cfg
+    store.save(Snapshot.capture([SVC], [TPL], captured_at=1_700_000_000.0))
+    newest = store.save(Snapshot.capture([SVC], [TPL, TPL], captured_at=1_700_000_100.0))
+    newest.write_bytes(newest.read_bytes()[:-20])  # truncated
+    r = packaged("--config", path, "snapshot", "--list", "--json")
+    _ok_python(r)
+    assert r.returncode == 0, r.stderr
+    assert [(g["templates"], g["ok"]) for g in json.loads(r.stdout)] == [(2, False), (1, True)]
+    human = packaged("--config", path, "snapshot", "--list")
+    assert human.returncode == 0 and "REFUSED" in human.stdout
+
+
+def test_snapshot_needs_ipvs(packaged, cfg, tmp_path):
+    r = packaged("--config", cfg[0], "snapshot")
+    _ok_python(r)
+    assert r.returncode == 4 and r.stderr.strip().splitlines()[-1] == NO_IPVS
+    assert not list(tmp_path.glob("state/snapshot-*"))
+
+
+def test_reseed_dry_run(packaged, cfg, tmp_path):
+    """The snapshot is read and verified first (exit 3 for a bad one), then the plan needs the
+    live services: exit 4 here."""
+    path, store = cfg
+    good = store.save(Snapshot.capture([SVC], [TPL], captured_at=1_700_000_000.0))
+    r = packaged("--config", path, "reseed", "--dry-run", "--from", str(good))
+    _ok_python(r)
+    assert r.returncode == 4 and r.stderr.strip().splitlines()[-1] == NO_IPVS, r.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}\n{}\n')
+    r = packaged("--config", path, "reseed", "--dry-run", "--from", str(bad))
+    assert r.returncode == 3, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("Error: ") and str(bad) in r.stderr
+
+
+def test_config_errors_name_the_key(packaged, cfg, tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("sync:\n  sycnid: 3\n")
+    r = packaged("--config", str(bad), "status")
+    _ok_python(r)
+    assert r.returncode == 2 and "sync.sycnid" in r.stderr, r.stderr
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("sync: [1,\n")
+    r = packaged("--config", str(broken), "status")
+    assert r.returncode == 2 and "YAML syntax error" in r.stderr, r.stderr
+
+
+def test_history_without_transitions(packaged, cfg):
+    r = packaged("--config", cfg[0], "history")
+    _ok_python(r)
+    assert r.returncode == 0 and "no transitions recorded" in r.stdout, r.stderr
