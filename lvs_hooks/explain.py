@@ -1,0 +1,598 @@
+"""`lvs-hooks explain`: why each persistence template exists and when it ends.
+
+The kernel facts behind every sentence (../shared/DESIGN.md, net/netfilter/ipvs/ip_vs_conn.c):
+
+- A template gets its timeout when it is made: the service's persistence_timeout when the kernel
+  schedules a client's first connection (LOCAL), the timeout carried by the sync message when it
+  comes from a master daemon (SYNC; protocol v1), 180 s for a version-0 message, or whatever
+  value was injected (lvs-hooks reseed and keeper inject through the sync path: SYNC too).
+- Every new connection scheduled through the template restarts its timer at that timeout.
+  Packets of existing connections do not.
+- When the timer fires while the template still controls connections, ip_vs_conn_expire re-arms
+  it with a hard-coded 60 s and sets its timeout to 60 s for good (every kernel version).
+- Otherwise it is removed, and the client's next connection is scheduled afresh. A template
+  that is not ASSURED goes already with its last connection.
+- Connections that came by sync are never linked to a template (ip_vs_proc_conn): a synced
+  template controls only connections this director scheduled itself through it.
+
+/proc/net/ip_vs_conn shows the time left in whole seconds, rounded down; which of these timeouts
+a template holds is not shown and is inferred here, saying so where it cannot be told.
+
+`explain` is pure (plain values in, a JSON-ready report out); `build_explanation` reads the
+kernel; `render_explanation` prints it.
+"""
+
+import ipaddress
+import json
+import math
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+from lvs_hooks.kernel.model import ConnEntry, Service
+
+REARM_SECONDS = 60  # ip_vs_conn_expire: cp->timeout = 60*HZ
+SYNC_V0_TEMPLATE_SECONDS = 180  # ip_vs_proc_conn: a v0 message carries no timeout
+SYNC_V1_SINCE = (2, 6, 38)  # protocol version 1 (timeouts, fwmark, IPv6 in sync messages)
+
+# The kernel's fixed TCP state timeouts (ip_vs_proto_tcp.c tcp_timeouts); `ipvsadm --set`
+# changes ESTABLISHED (tcp), FIN_WAIT (tcpfin) and UDP only.
+TCP_STATE_TIMEOUTS = {
+    "NONE": 2,
+    "SYN_SENT": 120,
+    "SYN_RECV": 60,
+    "TIME_WAIT": 120,
+    "CLOSE": 10,
+    "CLOSE_WAIT": 60,
+    "LAST_ACK": 30,
+    "LISTEN": 120,
+    "SYNACK": 120,
+}
+
+INJECTIONS_FILE = "injected.json"
+
+Key = Tuple[str, str, str, int, str, int]
+
+
+def template_key(e) -> Key:
+    """How a template shows in the table: protocol, client, virtual address, port, real server."""
+    return (e.protocol, e.caddr, e.vaddr, e.vport, e.daddr, e.dport)
+
+
+@dataclass(frozen=True)
+class Injection:
+    """lvs-hooks put this template into the kernel itself (reseed or keeper) at `at` with
+    `timeout` seconds."""
+
+    at: float
+    timeout: int
+    by: str
+
+
+# ---- the ledger of injected templates ---------------------------------------------------------
+# The kernel cannot tell a template injected by lvs-hooks from one a peer's master daemon sent:
+# both arrive through the backup daemon (origin SYNC). Whoever injects records it here, and
+# explain names the origin from it.
+
+
+def _key_text(k: Key) -> str:
+    return "|".join(str(x) for x in k)
+
+
+def record_injections(
+    run_dir: str, keys_timeouts: Iterable[Tuple[Key, int]], by: str, now: Optional[float] = None
+) -> None:
+    """Add injected templates to `<run_dir>/injected.json` (entries long expired are dropped)."""
+    from lvs_hooks.atomicfile import write_atomic
+
+    now = time.time() if now is None else now
+    path = os.path.join(run_dir, INJECTIONS_FILE)
+    current = _read_ledger(path)
+    kept = {k: v for k, v in current.items() if v.get("at", 0) + v.get("timeout", 0) + 3600 > now}
+    for key, timeout in keys_timeouts:
+        kept[_key_text(key)] = {"at": now, "timeout": int(timeout), "by": by}
+    os.makedirs(run_dir, mode=0o700, exist_ok=True)
+    write_atomic(path, json.dumps(kept, sort_keys=True).encode(), 0o600)
+
+
+def load_injections(run_dir: str) -> Dict[Key, Injection]:
+    """The ledger, keyed like template_key(); empty when there is none or it is unreadable."""
+    out: Dict[Key, Injection] = {}
+    for text, v in _read_ledger(os.path.join(run_dir, INJECTIONS_FILE)).items():
+        parts = text.split("|")
+        if len(parts) != 6:
+            continue
+        try:
+            key = (parts[0], parts[1], parts[2], int(parts[3]), parts[4], int(parts[5]))
+            out[key] = Injection(float(v["at"]), int(v["timeout"]), str(v.get("by", "lvs-hooks")))
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
+def _read_ledger(path: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+# ---- kernel versions --------------------------------------------------------------------------
+
+
+def parse_release(release: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """(6, 1, 0) for "6.1.0-56-amd64", (2, 6, 32) for "2.6.32-71.el6.x86_64"."""
+    if not release:
+        return None
+    m = re.match(r"^(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not m:
+        return None
+    return tuple(int(x) for x in m.groups() if x is not None)
+
+
+def kernel_notes(release: Optional[str], sysctls: Mapping[str, str], has_origin: bool) -> List[str]:
+    """What of the explanation depends on this kernel, said once per report."""
+    notes = [
+        f"re-arm at {REARM_SECONDS} s while a template controls connections: every kernel "
+        "version (ip_vs_conn_expire)"
+    ]
+    version = parse_release(release)
+    if version is not None and version < SYNC_V1_SINCE:
+        notes.append(
+            f"kernel {release} speaks sync protocol version 0 only (version 1 came with "
+            f"Linux 2.6.38): a backup gives every synced template {SYNC_V0_TEMPLATE_SECONDS} s, "
+            "and fwmark and IPv6 templates are not synced at all"
+        )
+    elif sysctls.get("sync_version", "").strip() == "0":
+        notes.append(
+            "net.ipv4.vs.sync_version is 0 here: as master this director sends version-0 "
+            f"messages, which give templates {SYNC_V0_TEMPLATE_SECONDS} s on its backups"
+        )
+    elif release:
+        notes.append(
+            f"kernel {release}: sync protocol version 1, a synced template gets the timeout "
+            "the master sends (its own timer value)"
+        )
+    if not has_origin:
+        notes.append(
+            "no /proc/net/ip_vs_conn_sync on this kernel: whether a template was made here "
+            "(LOCAL) or came by sync (SYNC) cannot be read"
+        )
+    return notes
+
+
+# ---- the explanation (pure) -------------------------------------------------------------------
+
+
+def _masked(addr: str, svc: Optional[Service]) -> str:
+    """A client address as the service's persistence netmask keys its templates."""
+    if svc is None or not svc.netmask:
+        return addr
+    try:
+        ip = ipaddress.ip_address(addr)
+        if ip.version == 4:
+            if ":" in svc.netmask:
+                return addr
+            mask = int(ipaddress.IPv4Address(svc.netmask))
+            return str(ipaddress.IPv4Address(int(ip) & mask))
+        return str(ipaddress.ip_network(f"{addr}/{int(svc.netmask)}", strict=False).network_address)
+    except ValueError:
+        return addr
+
+
+def conn_timeout(c: ConnEntry, timeouts: Optional[Mapping[str, int]]) -> Tuple[Optional[int], str]:
+    """The timeout a connection entry is restarted with by its packets, and its name."""
+    t = timeouts or {}
+    if c.protocol == "UDP":
+        return t.get("udp"), "udp timeout"
+    if c.protocol == "TCP":
+        if c.state == "ESTABLISHED":
+            return t.get("tcp"), "tcp timeout (ESTABLISHED)"
+        if c.state == "FIN_WAIT":
+            return t.get("tcpfin"), "tcpfin timeout (FIN_WAIT)"
+        if c.state in TCP_STATE_TIMEOUTS:
+            return TCP_STATE_TIMEOUTS[c.state], f"the kernel's fixed {c.state} timeout"
+    return None, f"{c.protocol} {c.state}"
+
+
+def controlled_connections(
+    t: ConnEntry,
+    conns: Sequence[ConnEntry],
+    svc: Optional[Service],
+    address_service_keys: Iterable[Tuple],
+) -> Tuple[List[ConnEntry], List[ConnEntry]]:
+    """(connections this template controls, synced connections of the same client that it
+    does not control).
+
+    The table does not show the link; it is the connections of the template's client (masked
+    by the persistence netmask) to its service and real server. Connections that came by sync
+    are never linked; without an Origin column every match counts as linked.
+    """
+    addr_keys = set(address_service_keys)
+    linked: List[ConnEntry] = []
+    synced: List[ConnEntry] = []
+    fwmark = t.fwmark
+    for c in conns:
+        if c.is_template or c.daddr != t.daddr or _masked(c.caddr, svc) != t.caddr:
+            continue
+        if fwmark:
+            # a fwmark connection shows the packet's protocol, address and port, not the mark
+            if c.af != t.af or c.service_key() in addr_keys:
+                continue
+        elif c.protocol != t.protocol or c.vaddr != t.vaddr or (t.vport and c.vport != t.vport):
+            continue
+        (synced if c.origin == "SYNC" else linked).append(c)
+    return linked, synced
+
+
+def _role(daemons: Sequence) -> str:
+    states = {getattr(d, "state", "") for d in daemons}
+    if "master" in states and "backup" in states:
+        return "both"
+    if "master" in states:
+        return "master"
+    if "backup" in states:
+        return "backup"
+    return "none"
+
+
+def _timeout_source(
+    t: ConnEntry,
+    origin: str,
+    svc: Optional[Service],
+    linked: Sequence[ConnEntry],
+    injection: Optional[Injection],
+    v0_only: bool,
+) -> Tuple[str, Optional[int], str]:
+    """(code, seconds or None, sentence): which timeout the template holds."""
+    e = t.expires
+    p = svc.timeout if svc is not None and svc.persistent else None
+    if injection is not None:
+        return (
+            "injected",
+            injection.timeout,
+            f"injected by lvs-hooks ({injection.by}) with {injection.timeout} s: the injected "
+            "value sticks, a new connection restarts it at that, not at persistence_timeout",
+        )
+    if origin == "SYNC" and v0_only:
+        return (
+            "sync_v0",
+            SYNC_V0_TEMPLATE_SECONDS,
+            f"{SYNC_V0_TEMPLATE_SECONDS} s: a version-0 sync message carries no timeout",
+        )
+    if p is None:
+        if svc is None:
+            return "unknown", None, "unknown: no virtual service of this template exists now"
+        return "unknown", None, f"unknown: {svc.describe()} is not persistent now"
+    if p < e <= REARM_SECONDS:
+        return (
+            "rearm",
+            REARM_SECONDS,
+            f"{REARM_SECONDS} s since a re-arm: its {p} s persistence_timeout ran out while it "
+            "still controlled connections" + (" on the master" if origin == "SYNC" else ""),
+        )
+    if e <= p:
+        if e <= REARM_SECONDS < p:
+            return (
+                "persistence_or_rearm",
+                None,
+                f"either the last minute of its {p} s persistence_timeout or a {REARM_SECONDS} s "
+                "re-arm (the kernel does not show which)",
+            )
+        if origin == "SYNC":
+            return (
+                "sync",
+                p,
+                f"the timeout the master sent: its persistence_timeout {p} s (or {REARM_SECONDS}"
+                " s once re-armed there)",
+            )
+        return "persistence_timeout", p, f"the service's persistence_timeout {p} s"
+    if origin == "SYNC":
+        if e <= SYNC_V0_TEMPLATE_SECONDS:
+            return (
+                "sync",
+                None,
+                f"{e} s left, more than this service's persistence_timeout {p} s: a version-0 "
+                f"message ({SYNC_V0_TEMPLATE_SECONDS} s), a master with another "
+                "persistence_timeout, or an injected value",
+            )
+        return (
+            "sync",
+            None,
+            f"{e} s left, more than this service's persistence_timeout {p} s: a master with "
+            "another persistence_timeout, or an injected value",
+        )
+    return (
+        "unknown",
+        None,
+        f"{e} s left, more than the service's persistence_timeout {p} s: the service's "
+        "timeout was lowered after the template was made",
+    )
+
+
+def _when(ts: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(ts))
+
+
+def explain_template(
+    t: ConnEntry,
+    conns: Sequence[ConnEntry],
+    services_by_key: Mapping[Tuple, Service],
+    address_service_keys: Sequence[Tuple],
+    timeouts: Optional[Mapping[str, int]],
+    now: float,
+    role: str,
+    injection: Optional[Injection] = None,
+    v0_only: bool = False,
+) -> dict:
+    """One template: why it exists, which timeout it holds, when it ends and what then."""
+    svc = services_by_key.get(t.service_key())
+    origin = t.origin or "?"
+    linked, synced = controlled_connections(t, conns, svc, address_service_keys)
+    e = t.expires
+    # /proc rounds down: the timer fires within the second after now + e
+    end = now + e + 0.5
+    code, seconds, timeout_text = _timeout_source(t, origin, svc, linked, injection, v0_only)
+
+    if injection is not None:
+        origin_code = "injected"
+        origin_text = (
+            f"injected by lvs-hooks ({injection.by}) at {_when(injection.at)} through the "
+            "local sync path (the kernel shows SYNC)"
+        )
+    elif origin == "LOCAL":
+        origin_code = "LOCAL"
+        origin_text = "made here when this director scheduled the client's first connection"
+    elif origin == "SYNC":
+        origin_code = "SYNC"
+        origin_text = (
+            "received by this director's backup sync daemon: sent by a master daemon, or "
+            "injected (lvs-hooks reseed or keeper; the kernel does not tell them apart)"
+        )
+    else:
+        origin_code = "unknown"
+        origin_text = "made here or received by sync (this kernel does not say)"
+
+    conn_reports = []
+    live_ends = []
+    for c in linked:
+        tmo, name = conn_timeout(c, timeouts)
+        conn_reports.append(
+            {
+                "connection": f"{c.protocol} {c.caddr}:{c.cport} -> {c.vaddr}:{c.vport}",
+                "state": c.state,
+                "expires_s": c.expires,
+                "timeout_s": tmo,
+                "timeout_source": name,
+                "origin": c.origin,
+            }
+        )
+        live_ends.append(c.expires)
+    sched = svc.scheduler if svc is not None and svc.scheduler else "the scheduler"
+
+    if t.is_invalidated:
+        then, then_text, final_end = (
+            "removed",
+            "removed: the kernel invalidated it (its real server is gone, or it never bound to "
+            "one); it is never used again",
+            end,
+        )
+    elif live_ends and max(live_ends) > e:
+        last = max(live_ends)
+        rounds = math.ceil((last - e) / REARM_SECONDS)
+        then = "re-armed"
+        then_text = (
+            f"re-armed with {REARM_SECONDS} s: it still controls {len(linked)} "
+            f"connection{'s' if len(linked) != 1 else ''} then (the last one has {last} s left); "
+            f"from then on it keeps {REARM_SECONDS} s, and a new connection of this client "
+            f"restarts it at {REARM_SECONDS} s, not at persistence_timeout"
+        )
+        # if no packet refreshes the connections: removed at the first re-arm after the last ends
+        final_end = end + rounds * REARM_SECONDS
+    elif linked and t.state != "ASSURED":
+        last = max(live_ends)
+        then = "removed"
+        then_text = (
+            f"removed with its last connection, in about {last} s: a template that is not "
+            "ASSURED goes as soon as it controls nothing"
+        )
+        end = now + last + 0.5
+        final_end = end
+    else:
+        then = "removed"
+        then_text = (
+            "removed: it controls no connection then; the client's next connection is "
+            f"scheduled afresh ({sched}) and may go to another real server"
+        )
+        if linked:
+            then_text += (
+                f" (its {len(linked)} connection{'s' if len(linked) != 1 else ''} end first if "
+                "no more packets come: a packet restarts a connection at its timeout, and one "
+                f"still alive when the template runs out re-arms it with {REARM_SECONDS} s)"
+            )
+        final_end = end
+    if origin == "SYNC" and role in ("backup", "both"):
+        then_text += (
+            "; unless the master re-sends it first: a master sends the template with every "
+            "packet of a connection it controls, which restarts it here"
+        )
+    if origin == "SYNC" and role == "master" and synced:
+        then_text += (
+            f"; the client's {len(synced)} synced connection{'s' if len(synced) != 1 else ''} "
+            "do not hold it (synced connections are never linked): lvs-hooks' keeper renews "
+            "it while they live"
+        )
+
+    svc_text = svc.describe() if svc is not None else _service_text(t)
+    return {
+        "client": t.caddr,
+        "service": svc_text,
+        "real_server": f"{t.daddr}:{t.dport}",
+        "protocol": t.protocol,
+        "state": t.state,
+        "origin": origin_code,
+        "origin_text": origin_text,
+        "expires_s": e,
+        "timeout_source": code,
+        "timeout_s": seconds,
+        "timeout_text": timeout_text,
+        "persistence_timeout": svc.timeout if svc is not None and svc.persistent else None,
+        "predicted_end": round(end, 1),
+        "predicted_end_in_s": round(end - now, 1),
+        "then": then,
+        "then_text": then_text,
+        "end_if_idle": round(final_end, 1),
+        "controls": conn_reports,
+        "synced_connections_not_linked": len(synced),
+        "key": list(template_key(t)),
+    }
+
+
+def _service_text(t: ConnEntry) -> str:
+    if t.fwmark:
+        return f"FWM {t.fwmark}"
+    return f"{t.protocol} {t.vaddr}:{t.vport}"
+
+
+def explain(
+    entries: Iterable[ConnEntry],
+    services: Sequence[Service],
+    timeouts: Optional[Mapping[str, int]],
+    now: float,
+    release: Optional[str] = None,
+    sysctls: Optional[Mapping[str, str]] = None,
+    daemons: Sequence = (),
+    injections: Optional[Mapping[Key, Injection]] = None,
+    client: Optional[str] = None,
+    has_origin: bool = True,
+) -> dict:
+    """The report for every template (or the templates of `client`), JSON-ready."""
+    sysctls = sysctls or {}
+    injections = injections or {}
+    templates: List[ConnEntry] = []
+    conns: List[ConnEntry] = []
+    for e in entries:
+        (templates if e.is_template else conns).append(e)
+    by_key = {s.key(): s for s in services}
+    addr_keys = [s.key() for s in services if not s.fwmark]
+    version = parse_release(release)
+    v0_only = version is not None and version < SYNC_V1_SINCE
+    role = _role(daemons)
+    chosen = templates
+    if client:
+        chosen = [
+            t
+            for t in templates
+            if t.caddr == client or t.caddr == _masked(client, by_key.get(t.service_key()))
+        ]
+    reports = []
+    for t in sorted(chosen, key=lambda x: (x.caddr, x.vaddr, x.vport, x.daddr)):
+        inj = injections.get(template_key(t)) if t.origin != "LOCAL" else None
+        if inj is not None and t.expires > inj.timeout:
+            inj = None  # more time left than was injected: a master's message replaced it since
+        reports.append(
+            explain_template(t, conns, by_key, addr_keys, timeouts, now, role, inj, v0_only)
+        )
+    return {
+        "now": round(now, 1),
+        "client": client,
+        "templates": reports,
+        "templates_total": len(templates),
+        "connections_total": len(conns),
+        "timeouts": dict(timeouts) if timeouts else None,
+        "sync_daemons": [getattr(d, "state", "?") for d in daemons],
+        "role": role,
+        "kernel": release,
+        "kernel_notes": kernel_notes(release, sysctls, has_origin),
+    }
+
+
+# ---- I/O ----------------------------------------------------------------------------------------
+
+
+def read_vs_sysctls(proc_root: str = "/proc") -> Dict[str, str]:
+    """net.ipv4.vs.* of this network namespace (empty when IPVS is not loaded)."""
+    out: Dict[str, str] = {}
+    d = os.path.join(proc_root, "sys", "net", "ipv4", "vs")
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return out
+    for name in sorted(names):
+        try:
+            with open(os.path.join(d, name)) as f:
+                out[name] = " ".join(f.read().split())
+        except OSError:
+            continue
+    return out
+
+
+def build_explanation(cfg, client: Optional[str] = None) -> dict:
+    """Read the kernel (services, daemons, timeouts, the table with origins) and explain."""
+    from lvs_hooks.kernel.conntable import read_conn_table
+    from lvs_hooks.kernel.netlink import IPVS
+
+    proc_root = cfg.paths.proc_root
+    with IPVS() as ipvs:
+        services = ipvs.services()
+        daemons = ipvs.daemons()
+        timeouts = ipvs.timeouts()
+    has_origin = os.path.exists(os.path.join(proc_root, "net", "ip_vs_conn_sync"))
+    table = read_conn_table(proc_root, sync=has_origin)
+    now = time.time()  # Expires are counted from the moment the table was read
+    return explain(
+        table.entries,
+        services,
+        {"tcp": timeouts.tcp, "tcpfin": timeouts.tcpfin, "udp": timeouts.udp},
+        now,
+        release=os.uname().release,
+        sysctls=read_vs_sysctls(proc_root),
+        daemons=daemons,
+        injections=load_injections(cfg.paths.run_dir),
+        client=client,
+        has_origin=has_origin,
+    )
+
+
+def render_explanation(r: dict) -> str:
+    lines: List[str] = []
+    t = r.get("timeouts")
+    tm = f"tcp {t['tcp']} tcpfin {t['tcpfin']} udp {t['udp']}" if t else "unknown"
+    lines.append(
+        f"{len(r['templates'])} of {r['templates_total']} templates"
+        + (f" of client {r['client']}" if r.get("client") else "")
+        + f"; {r['connections_total']} connections; timeouts {tm}; "
+        f"sync daemons: {', '.join(r['sync_daemons']) or 'none'}"
+    )
+    for x in r["templates"]:
+        lines.append("")
+        lines.append(
+            f"{x['client']} -> {x['service']} -> {x['real_server']}  {x['state']}  {x['origin']}"
+        )
+        lines.append(f"  origin:  {x['origin_text']}")
+        lines.append(f"  timeout: {x['timeout_text']}")
+        lines.append(
+            f"  ends in {x['predicted_end_in_s']:.0f} s (at {_when(x['predicted_end'])}): "
+            f"{x['then_text']}"
+        )
+        if x["then"] == "re-armed":
+            lines.append(
+                f"  if no packet refreshes its connections: gone at {_when(x['end_if_idle'])}"
+            )
+        n = len(x["controls"])
+        lines.append(f"  controls {n} connection{'s' if n != 1 else ''}" + (":" if n else ""))
+        for c in x["controls"]:
+            tmo = f"{c['timeout_s']} s" if c["timeout_s"] is not None else "?"
+            lines.append(
+                f"    {c['connection']} {c['state']}, {c['expires_s']} s left "
+                f"({c['timeout_source']} {tmo})"
+            )
+    if not r["templates"]:
+        lines.append("no templates" + (f" of client {r['client']}" if r.get("client") else ""))
+    lines.append("")
+    lines.extend(f"kernel: {n}" for n in r["kernel_notes"])
+    return "\n".join(lines)

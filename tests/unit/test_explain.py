@@ -1,0 +1,221 @@
+"""explain: origin, timeout source, predicted end and what then, for each kind of template
+(the kernel's rules from ../shared/DESIGN.md; the lab checks the predictions on a real kernel:
+tests/lab/scenarios/explain.sh)."""
+
+from click.testing import CliRunner
+
+from lvs_hooks.cli import cli
+from lvs_hooks.explain import (
+    Injection,
+    conn_timeout,
+    explain,
+    kernel_notes,
+    load_injections,
+    parse_release,
+    record_injections,
+    render_explanation,
+    template_key,
+)
+from lvs_hooks.kernel.model import ConnEntry, Destination, Service
+from lvs_hooks.kernel.netlink import SyncDaemon
+
+VIP = "10.0.0.100"
+TIMEOUTS = {"tcp": 900, "tcpfin": 120, "udp": 300}
+NOW = 1_700_000_000.0
+
+
+def svc(proto="UDP", timeout=360, netmask="", port=5000):
+    return Service(4, proto, VIP, port, scheduler="wrr", persistent=True, timeout=timeout,
+                   netmask=netmask, destinations=(Destination("10.1.0.11", 5000),))
+
+
+def tpl(client="10.0.0.20", expires=100, origin="LOCAL", proto="UDP", state="ASSURED",
+        vport=5000):
+    return ConnEntry(proto, client, 0, VIP, vport, "10.1.0.11", 5000, state, expires,
+                     origin=origin)
+
+
+def conn(client="10.0.0.20", expires=200, origin="LOCAL", proto="UDP", state="UDP", cport=40000):
+    return ConnEntry(proto, client, cport, VIP, 5000, "10.1.0.11", 5000, state, expires,
+                     origin=origin)
+
+
+def one(entries, services=None, **kw):
+    r = explain(entries, services if services is not None else [svc()], TIMEOUTS, NOW, **kw)
+    assert len(r["templates"]) == 1, r
+    return r["templates"][0]
+
+
+def test_local_without_connections_is_removed_at_its_timer():
+    x = one([tpl(expires=100)])
+    assert (x["origin"], x["timeout_source"], x["timeout_s"]) == ("LOCAL", "persistence_timeout",
+                                                                  360)
+    assert x["then"] == "removed" and x["predicted_end"] == NOW + 100.5
+    assert x["predicted_end_in_s"] == 100.5 and x["end_if_idle"] == x["predicted_end"]
+    assert "scheduled afresh (wrr)" in x["then_text"]
+    assert x["controls"] == []
+
+
+def test_a_live_connection_rearms_it_with_60_s():
+    x = one([tpl(expires=40), conn(expires=290)])
+    assert x["then"] == "re-armed"
+    assert x["predicted_end"] == NOW + 40.5
+    # re-armed at 40, 100, 160, 220, 280; the connection ends at 290; removed at 340
+    assert x["end_if_idle"] == NOW + 340.5
+    assert x["controls"][0]["timeout_source"] == "udp timeout"
+    assert x["controls"][0]["timeout_s"] == 300
+    # between 0 and 60 s left of a 360 s persistence: which timeout it holds cannot be told
+    assert x["timeout_source"] == "persistence_or_rearm" and x["timeout_s"] is None
+
+
+def test_connections_that_end_first_leave_it_to_its_timer():
+    x = one([tpl(expires=100), conn(expires=30)])
+    assert x["then"] == "removed" and x["predicted_end"] == NOW + 100.5
+    assert "end first if no more packets come" in x["then_text"]
+
+
+def test_more_left_than_persistence_but_at_most_60_is_a_rearm():
+    x = one([tpl(expires=45), conn(expires=250)], [svc(timeout=20)])
+    assert (x["timeout_source"], x["timeout_s"]) == ("rearm", 60)
+    assert "20 s persistence_timeout ran out" in x["timeout_text"]
+
+
+def test_not_assured_goes_with_its_last_connection():
+    x = one([tpl(expires=300, state="NONE"), conn(expires=12)])
+    assert x["then"] == "removed" and x["predicted_end"] == NOW + 12.5
+    assert "not ASSURED" in x["then_text"]
+
+
+def test_synced_connections_are_never_linked():
+    x = one([tpl(expires=100, origin="SYNC"), conn(expires=250, origin="SYNC")],
+            daemons=[SyncDaemon("master", "eth1", 51)])
+    assert x["controls"] == [] and x["synced_connections_not_linked"] == 1
+    assert x["then"] == "removed"
+    assert "never linked" in x["then_text"] and "keeper" in x["then_text"]
+    # a connection this director scheduled itself through the synced template is linked
+    x = one([tpl(expires=100, origin="SYNC"), conn(expires=250, origin="LOCAL")],
+            daemons=[SyncDaemon("master", "eth1", 51)])
+    assert x["then"] == "re-armed" and len(x["controls"]) == 1
+
+
+def test_sync_on_a_backup_may_be_refreshed_by_the_master():
+    x = one([tpl(expires=100, origin="SYNC")], daemons=[SyncDaemon("backup", "eth1", 51)])
+    assert x["origin"] == "SYNC" and x["timeout_source"] == "sync"
+    assert "the master re-sends it" in x["then_text"]
+    assert "persistence_timeout 360 s" in x["timeout_text"]
+
+
+def test_version_0_kernel_gives_180_s():
+    r = explain([tpl(expires=150, origin="SYNC")], [svc()], TIMEOUTS, NOW,
+                release="2.6.32-71.el6.x86_64")
+    x = r["templates"][0]
+    assert (x["timeout_source"], x["timeout_s"]) == ("sync_v0", 180)
+    assert any("version 0 only" in n for n in r["kernel_notes"])
+
+
+def test_more_than_persistence_on_a_synced_template():
+    x = one([tpl(expires=150, origin="SYNC")], [svc(timeout=60)])
+    assert x["timeout_source"] == "sync" and "version-0" in x["timeout_text"]
+
+
+def test_injected_template_from_the_ledger(tmp_path):
+    t = tpl(expires=25, origin="SYNC")
+    record_injections(str(tmp_path), [(template_key(t), 30)], "reseed", now=NOW - 5)
+    ledger = load_injections(str(tmp_path))
+    assert ledger == {template_key(t): Injection(NOW - 5, 30, "reseed")}
+    x = one([t], injections=ledger)
+    assert (x["origin"], x["timeout_source"], x["timeout_s"]) == ("injected", "injected", 30)
+    assert "sticks" in x["timeout_text"] and x["predicted_end"] == NOW + 25.5
+    # more time left than was injected: a master's message replaced it since
+    x = one([tpl(expires=200, origin="SYNC")], injections=ledger)
+    assert x["origin"] == "SYNC"
+    # a LOCAL template is never the injected one
+    x = one([tpl(expires=20, origin="LOCAL")], injections=ledger)
+    assert x["origin"] == "LOCAL"
+
+
+def test_ledger_drops_old_entries_and_survives_garbage(tmp_path):
+    old = tpl(client="10.0.0.30")
+    record_injections(str(tmp_path), [(template_key(old), 30)], "keeper", now=NOW - 10000)
+    record_injections(str(tmp_path), [(template_key(tpl()), 30)], "reseed", now=NOW)
+    assert list(load_injections(str(tmp_path))) == [template_key(tpl())]
+    (tmp_path / "injected.json").write_text("{not json")
+    assert load_injections(str(tmp_path)) == {}
+    assert load_injections(str(tmp_path / "absent")) == {}
+
+
+def test_client_filter_and_persistence_netmask():
+    s = svc(netmask="255.255.255.0")
+    entries = [tpl(client="10.0.0.0", expires=100), tpl(client="10.9.0.0", expires=100),
+               conn(client="10.0.0.77", expires=200)]
+    r = explain(entries, [s], TIMEOUTS, NOW, client="10.0.0.77")
+    assert [x["client"] for x in r["templates"]] == ["10.0.0.0"]
+    assert r["templates"][0]["then"] == "re-armed"  # the /24's connection holds it
+    assert r["templates_total"] == 2
+
+
+def test_fwmark_template_controls_the_marked_connections():
+    fw = Service(4, None, None, 0, fwmark=1, persistent=True, timeout=300,
+                 destinations=(Destination("10.1.0.11", 5000),))
+    t = ConnEntry("IP", "10.0.0.20", 0, "0.0.0.1", 0, "10.1.0.11", 5000, "ASSURED", 50,
+                  origin="LOCAL")
+    marked = ConnEntry("TCP", "10.0.0.20", 4242, "10.0.0.102", 443, "10.1.0.11", 5000,
+                       "ESTABLISHED", 800, origin="LOCAL")
+    other = ConnEntry("UDP", "10.0.0.20", 4243, VIP, 5000, "10.1.0.11", 5000, "UDP", 800,
+                      origin="LOCAL")
+    r = explain([t, marked, other], [fw, svc()], TIMEOUTS, NOW)
+    x = r["templates"][0]
+    assert x["service"] == "FWM 1" and x["then"] == "re-armed"
+    assert [c["connection"] for c in x["controls"]] == ["TCP 10.0.0.20:4242 -> 10.0.0.102:443"]
+    assert x["controls"][0]["timeout_s"] == 900
+
+
+def test_invalidated_template():
+    t = ConnEntry("UDP", "10.0.0.20", 0, VIP, 0xFFFF, "10.1.0.11", 0xFFFF, "ASSURED", 30,
+                  origin="SYNC")
+    x = one([t], [])
+    assert x["then"] == "removed" and "invalidated" in x["then_text"]
+    assert x["timeout_source"] == "unknown"
+
+
+def test_connection_timeouts():
+    assert conn_timeout(conn(proto="TCP", state="ESTABLISHED"), TIMEOUTS) == (
+        900, "tcp timeout (ESTABLISHED)")
+    assert conn_timeout(conn(proto="TCP", state="FIN_WAIT"), TIMEOUTS)[0] == 120
+    assert conn_timeout(conn(proto="TCP", state="TIME_WAIT"), TIMEOUTS)[0] == 120
+    assert conn_timeout(conn(proto="TCP", state="CLOSE"), TIMEOUTS)[0] == 10
+    assert conn_timeout(conn(), TIMEOUTS) == (300, "udp timeout")
+
+
+def test_kernel_notes():
+    assert parse_release("6.1.0-56-amd64") == (6, 1, 0)
+    assert parse_release("2.6.32-71.el6.x86_64") == (2, 6, 32)
+    assert parse_release(None) is None and parse_release("weird") is None
+    notes = kernel_notes("6.1.0-56-amd64", {"sync_version": "0"}, has_origin=False)
+    assert any("sync_version is 0" in n for n in notes)
+    assert any("ip_vs_conn_sync" in n for n in notes)
+    assert any("every kernel version" in n for n in notes)
+    notes = kernel_notes("6.1.0-56-amd64", {"sync_version": "1"}, has_origin=True)
+    assert any("version 1" in n for n in notes)
+
+
+def test_render_answers_the_seed000_questions():
+    """Seed 000: the 1-minute countdown on the master, the 3 minutes on the (2.6.32) backup."""
+    master = explain([tpl(expires=50), conn(expires=280)], [svc()], TIMEOUTS, NOW,
+                     release="2.6.32-71.el6.x86_64", daemons=[SyncDaemon("master", "eth0", 51)])
+    text = render_explanation(master)
+    assert "re-armed with 60 s" in text and "controls 1 connection" in text
+    backup = explain([tpl(expires=158, origin="SYNC")], [svc()], TIMEOUTS, NOW,
+                     release="2.6.32-71.el6.x86_64", daemons=[SyncDaemon("backup", "eth0", 51)])
+    text = render_explanation(backup)
+    assert "180 s: a version-0 sync message carries no timeout" in text
+    assert "no templates" in render_explanation(explain([], [], None, NOW))
+
+
+def test_cli_explain_without_ipvs_is_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"paths:\n  proc_root: {tmp_path}\n  run_dir: {tmp_path / 'run'}\n")
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "explain"])
+    assert r.exit_code == 4 and r.output.count("\n") == 1 and "IPVS" in r.output
+    r = CliRunner().invoke(cli, ["--config", str(cfg), "explain", "not-an-ip"])
+    assert r.exit_code == 2 and "CLIENT must be an IP address" in r.output
