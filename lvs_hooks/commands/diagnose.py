@@ -1,0 +1,99 @@
+"""`explain`, `doctor`, `init`: answers for the operator, from the live director and its
+configuration.
+
+    explain [CLIENT] [--json]       why each template exists, which timeout it holds, when it
+                                    ends and what happens then
+    doctor [--keepalived-conf FILE] [--json]
+                                    findings with severity, evidence and fix; exit 0 clean,
+                                    1 warnings, 2 errors
+    init [--from-keepalived FILE] [--output FILE] [--force]
+                                    a starter lvs-hooks config (derived from keepalived.conf)
+"""
+
+import ipaddress
+import os
+from typing import Optional
+
+import click
+
+from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
+from lvs_hooks.errors import UsageError
+
+
+@command("explain")
+@click.argument("client", required=False)
+@json_option
+@pass_app
+def explain_cmd(app: AppContext, client: Optional[str], as_json: bool) -> None:
+    """Why each persistence template exists and when it ends (or only CLIENT's)."""
+    from lvs_hooks.explain import build_explanation, render_explanation
+
+    if client is not None:
+        try:
+            client = str(ipaddress.ip_address(client))
+        except ValueError:
+            raise UsageError(f"CLIENT must be an IP address, got {client!r}") from None
+    emit(build_explanation(app.config, client), as_json, render_explanation)
+
+
+@command("doctor")
+@click.option(
+    "--keepalived-conf",
+    "conf_path",
+    metavar="FILE",
+    default=None,
+    help="keepalived's configuration (default /etc/keepalived/keepalived.conf).",
+)
+@json_option
+@pass_app
+@click.pass_context
+def doctor_cmd(
+    ctx: click.Context, app: AppContext, conf_path: Optional[str], as_json: bool
+) -> None:
+    """Check keepalived.conf, the kernel and the lvs-hooks config together.
+
+    Exit code: 0 nothing found, 1 warnings, 2 errors.
+    """
+    from lvs_hooks.doctor import gather, render_report, run_checks
+
+    cfg = app.config  # a bad lvs-hooks config stops here, with its own one-line error
+    hooks_path = app.config_path if os.path.exists(app.config_path) else None
+    report = run_checks(gather(cfg, conf_path, hooks_path, proc_root=cfg.paths.proc_root))
+    emit(report, as_json, render_report)
+    ctx.exit(report["exit_code"])
+
+
+@command("init")
+@click.option(
+    "--from-keepalived",
+    "conf_path",
+    metavar="FILE",
+    default=None,
+    help="Derive the sync link, sync id and watched instance from this keepalived.conf.",
+)
+@click.option("--output", "-o", metavar="FILE", default=None, help="Write here, not to stdout.")
+@click.option("--force", is_flag=True, help="Replace an existing --output file.")
+def init_cmd(conf_path: Optional[str], output: Optional[str], force: bool) -> None:
+    """Print a starter lvs-hooks configuration."""
+    from lvs_hooks.config import dump_default_config, parse_config
+
+    if conf_path is None:
+        text = dump_default_config()
+    else:
+        from lvs_hooks.doctor import starter_config
+        from lvs_hooks.keepalived_conf import KeepalivedSetup, read_keepalived_conf
+
+        text = starter_config(KeepalivedSetup.from_conf(read_keepalived_conf(conf_path)))
+        parse_config(text, f"derived from {conf_path}")  # what we write must load
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    if os.path.exists(output) and not force:
+        raise UsageError(f"{output} exists (--force replaces it)")
+    from lvs_hooks.atomicfile import write_atomic
+
+    try:
+        write_atomic(output, text.encode(), 0o644)
+    except OSError as e:
+        raise UsageError(f"cannot write {output}: {e.strerror or e}") from None
+    click.echo(f"wrote {output}", err=True)
