@@ -39,7 +39,7 @@ def ns_run(overlays: Dict[str, Sequence[str]], cmd: Sequence[str], *, tmpfs: Seq
            upper: Optional[Dict[str, str]] = None, net: bool = False, cwd: str = "/",
            env: Optional[Dict[str, str]] = None, timeout: float = 60,
            setup: str = "") -> subprocess.CompletedProcess:
-    """Runs cmd in a new mount namespace (and network namespace with net=True) where each
+    """Runs cmd in a new mount namespace (and network and PID namespaces with net=True) where each
     overlays[TARGET] = [layer dirs, top first] is stacked over the host's TARGET (read-only, or
     writable into upper[TARGET]: an upper dir whose work dir is beside it), with tmpfs on each
     of `tmpfs`, after the shell commands of `setup`."""
@@ -60,7 +60,8 @@ def ns_run(overlays: Dict[str, Sequence[str]], cmd: Sequence[str], *, tmpfs: Seq
         lines.append(setup)
     lines.append(f"cd {shlex.quote(cwd)}")
     lines.append("exec " + " ".join(shlex.quote(c) for c in cmd))
-    prefix = _ns_prefix() + (["-n"] if net else [])
+    # with net: its own PID namespace too, so that nothing started in it outlives the run
+    prefix = _ns_prefix() + (["-n", "-p", "-f", "--mount-proc"] if net else [])
     return subprocess.run([*prefix, "sh", "-c", "\n".join(lines)], capture_output=True,
                           text=True, timeout=timeout, env=env)
 
