@@ -16,6 +16,7 @@ payload against a real kernel (tests/lab/scenarios/seed000-rpm.sh).
 
 import json
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -228,3 +229,19 @@ def test_history_without_transitions(packaged, cfg):
     r = packaged("--config", cfg[0], "history")
     _ok_python(r)
     assert r.returncode == 0 and "no transitions recorded" in r.stdout, r.stderr
+
+
+@pytest.mark.parametrize("version", ["3.9", "3.12"])
+def test_payload_compiles(version, rpm_root, tmp_path):
+    """What %post does, with the oldest and newest interpreter the wrapper may choose: every
+    module of /usr/lib/lvs-hooks (lvs_hooks and all of the bundled packages) compiles. %post
+    ignores failures, so a module of a newer syntax would only fail at import on a director."""
+    exe = real_interpreter(version)
+    if exe is None:
+        pytest.skip(f"no Python {version} on this machine")
+    tree = tmp_path / "lvs-hooks"
+    shutil.copytree(os.path.join(rpm_root, "usr", "lib", "lvs-hooks"), tree)
+    r = subprocess.run([exe, "-I", "-S", "-m", "compileall", "-q", "-f", str(tree)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(list(tree.rglob("*.pyc"))) > 300
