@@ -325,8 +325,42 @@ class IptablesBackend:
     def plan(self, ruleset, role, live, recorded) -> List[TablePlan]:
         return plan(ruleset, role, live, recorded)
 
+    @staticmethod
+    def pointer_plans(role: str, families: Sequence[int]) -> List[TablePlan]:
+        """The batch of a role swap when the rest is known to be in place: only the pointer of
+        each family (refused if a role chain is missing)."""
+        return [
+            TablePlan(
+                family,
+                "nat",
+                [
+                    "*nat",
+                    f":{CHAIN[REDIRECT]} - [0:0]",
+                    f"-A {CHAIN[REDIRECT]} {pointer_spec(role)}",
+                    "COMMIT",
+                ],
+                [f"IPv{family} nat: point {CHAIN[REDIRECT]} at {CHAIN[ROLE_CHAINS[role]]}"],
+            )
+            for family in families
+        ]
+
     def send(self, plans: Sequence[TablePlan]) -> None:
-        """One iptables-restore per table; a refused one leaves its table as it was."""
+        """One iptables-restore per table; a refused one leaves its table as it was.
+
+        Tables cannot be changed together: when several change, each batch is first checked
+        whole (`--test`: parsed and built, not committed), so that what the tool can refuse is
+        refused before any table changed; only a refusal by the kernel itself can still come
+        after an earlier table was replaced (the message names those)."""
+        if len(plans) > 1:
+            for p in plans:
+                argv = [self._tool(p.family, "restore"), "--noflush", "--test"]
+                try:
+                    self._call(argv, "\n".join(p.lines) + "\n")
+                except FirewallError as e:
+                    raise FirewallError(
+                        f"nothing changed: IPv{p.family} {p.table} batch refused: "
+                        f"{e.format_message()}"
+                    ) from None
         done: List[str] = []
         for p in plans:
             argv = [self._tool(p.family, "restore"), "--noflush", "-w", str(WAIT_SECONDS)]

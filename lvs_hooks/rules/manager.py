@@ -53,7 +53,7 @@ class RulesManager:
         self._backend = backend
         self._backend_why = "given" if backend is not None else ""
         self._resolve = peer_resolver
-        self.state_file = StateFile(cfg.paths.state_dir, boot_id)
+        self.state_file = StateFile(cfg.paths.state_dir, cfg.paths.run_dir, boot_id)
         self.run_dir = Path(cfg.paths.run_dir)
 
     # -- the pieces
@@ -123,44 +123,77 @@ class RulesManager:
         ruleset = build_rule_set(self.services, peers.macs)
         backend = self.backend
         families = self._families(ruleset, state)
-        live = backend.read(families)
         recorded = state.recorded_text(backend.name)
         target = ruleset if not ruleset.empty else None
-        plans = backend.plan(target, role, live, recorded)
         report.update(
             backend=backend.name,
-            changes=[c for p in plans for c in p.changes],
             rules=len(ruleset.rules()),
             peer_macs={m: peers.sources[m] for m in peers.macs},
         )
+        t_send = time.monotonic()
+        live = None
+        if not dry_run and self._swap_only(role, ruleset, state):
+            # The same rules as the last apply of this boot, another role: the batch is the
+            # pointer alone, sent without reading first; the read-back below checks everything
+            # and anything else found amiss is corrected by a second, planned batch.
+            plans = backend.pointer_plans(role, ruleset.redirect_families)
+            try:
+                backend.send(plans)
+                after = backend.read(families)
+                if not backend.plan(target, role, after, recorded):
+                    self._record(role, ruleset, peers, state, after, plans, t_send, report)
+                    return
+                live = after
+                log.warning("rules %s: the kernel needed more than the swap; planning", role)
+            except FirewallError as e:
+                log.warning("rules %s: swap refused (%s); planning", role, e.format_message())
+        if live is None:
+            live = backend.read(families)
+        plans = backend.plan(target, role, live, recorded)
         if dry_run:
+            report["changes"] = [c for p in plans for c in p.changes]
             report["batch"] = backend.batch_text(plans)
             return
-        t_send = time.monotonic()
         if plans:
             backend.send(plans)
-        report["ms_kernel"] = round((time.monotonic() - t_send) * 1000, 1)
         after = backend.read(families)
-        kernel_text = backend.record(after)
-        left = backend.plan(target, role, after, kernel_text)
+        left = backend.plan(target, role, after, backend.record(after))
         if left:
             raise FirewallError(
                 "the kernel accepted the rules but then showed otherwise (another tool changing "
                 f"them?): {'; '.join(c for p in left for c in p.changes)}"
             )
+        self._record(role, ruleset, peers, state, after, plans, t_send, report)
+
+    def _swap_only(self, role: str, ruleset: RuleSet, state: RulesState) -> bool:
+        a = state.applied
+        return (
+            a is not None
+            and ruleset.has_redirect
+            and a.backend == self.backend.name
+            and a.digest == ruleset.digest
+            and a.role != role
+        )
+
+    def _record(self, role, ruleset, peers, state, after, plans, t_send, report) -> None:
+        """Book what the kernel accepted (after the read-back agreed)."""
+        backend = self.backend
+        report["changes"] = [c for p in plans for c in p.changes]
+        report["ms_kernel"] = round((time.monotonic() - t_send) * 1000, 1)
         state.learned.update(peers.learned)
         # Only what the kernel shows otherwise than we render it needs remembering.
         rendered = backend.rendered(ruleset)
-        kernel_text = {k: v for k, v in kernel_text.items() if rendered.get(k) != v}
+        kernel_text = {k: v for k, v in backend.record(after).items() if rendered.get(k) != v}
         state.applied = (
             Applied(
                 role,
                 backend.name,
                 time.time(),
                 sorted({r.family for r in ruleset.rules()}),
+                ruleset.digest,
                 kernel_text,
             )
-            if target is not None
+            if not ruleset.empty
             else None
         )
         self.state_file.save(state)

@@ -163,6 +163,16 @@ class RuleSet:
     def rules(self) -> List[Rule]:
         return [r for rules in self.chains().values() for r in rules]
 
+    @property
+    def digest(self) -> str:
+        """Names the whole set, chains and order: equal digests, equal rule sets."""
+        text = ";".join(f"{c}:{','.join(r.rule_id for r in rs)}" for c, rs in self.chains().items())
+        return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+    @property
+    def redirect_families(self) -> List[int]:
+        return sorted({r.family for r in self.redirect_master + self.redirect_backup})
+
 
 # -------------------------------------------------------------------------------- builders
 

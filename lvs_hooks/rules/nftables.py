@@ -320,6 +320,21 @@ class NftBackend:
         p = plan(ruleset, role, live, recorded)
         return [p] if p is not None else []
 
+    @staticmethod
+    def pointer_plans(role: str, families: Sequence[int]) -> List[NftPlan]:
+        """The batch of a role swap when the rest is known to be in place: only the pointer
+        (refused if the table or a role chain is missing)."""
+        name = CHAIN[REDIRECT]
+        return [
+            NftPlan(
+                [
+                    {"flush": _obj("chain", name=name)},
+                    _rule_cmd(name, Wanted(None, None, pointer_expr(role))),
+                ],
+                [f"point {name} at {CHAIN[ROLE_CHAINS[role]]}"],
+            )
+        ]
+
     def send(self, plans: Sequence[NftPlan]) -> None:
         for p in plans:
             proc = self._call(["nft", "-j", "-f", "-"], json.dumps({"nftables": p.commands}))

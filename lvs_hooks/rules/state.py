@@ -1,19 +1,22 @@
-"""The rules' bookkeeping, `<state_dir>/rules.json`, written only after the kernel accepted.
+"""The rules' bookkeeping, written only after the kernel accepted a batch.
 
-- `learned`: the peer MACs last learned from the neighbour table (kept across reboots: the boot
-  unit may find the table empty).
-- `applied`: what the last successful apply left in the kernel, for this boot only: role,
-  backend, and the text the kernel shows for each rule id (another iptables or nft version may
-  print a rule otherwise than we render it; what it printed right after we wrote the rule counts
-  as equal).
+- `<state_dir>/rules-peers.json`, the peer MACs last learned from the neighbour table: kept across
+  reboots (the boot unit may find the neighbour table empty), written durably (atomicfile) and
+  only when one changed.
+- `<run_dir>/rules-applied.json`, what the last successful apply left in the kernel: role,
+  backend, a digest of the rule set, and the text the kernel shows for any rule it prints
+  otherwise than we render it (another iptables or nft version may; what it printed right after
+  we wrote the rule counts as equal). Runtime state, like the kernel's rules: a reboot forgets
+  it (the boot id guards a run_dir that is not on tmpfs). Replaced by rename on every apply,
+  without fsync: a role swap should cost no disk flush, and after a crash it is void anyway.
 
-Replaced atomically (atomicfile); a missing or damaged file is an empty record.
+A missing or damaged file is an empty record.
 """
 
 import json
 import logging
 import os
-import time
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -22,7 +25,8 @@ from lvs_hooks.atomicfile import write_atomic
 
 log = logging.getLogger(__name__)
 
-FILE_NAME = "rules.json"
+PEERS_FILE = "rules-peers.json"
+APPLIED_FILE = "rules-applied.json"
 FORMAT = 1
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
@@ -41,6 +45,7 @@ class Applied:
     backend: str
     at: float
     families: List[int] = field(default_factory=list)
+    digest: str = ""  # of the rule set (model.RuleSet.digest)
     kernel_text: Dict[str, str] = field(default_factory=dict)
 
 
@@ -55,54 +60,83 @@ class RulesState:
         return self.applied.kernel_text
 
 
+def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s unreadable (%s): ignored", path, e)
+        return None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        log.warning("%s: unknown format: ignored", path)
+        return None
+    return data
+
+
+def _replace(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a part (no durability: runtime state)."""
+    os.makedirs(path.parent, 0o700, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class StateFile:
-    def __init__(self, state_dir: str, boot_id: Optional[str] = None):
-        self.path = Path(state_dir) / FILE_NAME
+    def __init__(self, state_dir: str, run_dir: str, boot_id: Optional[str] = None):
+        self.peers_path = Path(state_dir) / PEERS_FILE
+        self.applied_path = Path(run_dir) / APPLIED_FILE
         self.boot_id = boot_id if boot_id is not None else read_boot_id()
+        self._learned_on_disk: Dict[str, str] = {}
 
     def load(self) -> RulesState:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return RulesState()
-        except (OSError, ValueError) as e:
-            log.warning("%s unreadable (%s): starting from an empty record", self.path, e)
-            return RulesState()
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            log.warning("%s: unknown format; starting from an empty record", self.path)
-            return RulesState()
+        peers = _read_json(self.peers_path) or {}
         learned = {
             str(k): str(v.get("mac"))
-            for k, v in (data.get("learned") or {}).items()
+            for k, v in (peers.get("learned") or {}).items()
             if isinstance(v, dict) and v.get("mac")
         }
+        self._learned_on_disk = dict(learned)
         applied = None
-        a = data.get("applied")
-        if isinstance(a, dict) and a.get("boot_id") == self.boot_id:
+        a = _read_json(self.applied_path)
+        if a is not None and a.get("boot_id") == self.boot_id:
             applied = Applied(
                 role=a.get("role", ""),
                 backend=a.get("backend", ""),
                 at=float(a.get("at", 0)),
                 families=[int(x) for x in a.get("families", [])],
+                digest=str(a.get("digest", "")),
                 kernel_text={str(k): str(v) for k, v in (a.get("kernel_text") or {}).items()},
             )
         return RulesState(learned, applied)
 
     def save(self, state: RulesState) -> None:
-        now = time.time()
-        body: Dict[str, Any] = {
-            "format": FORMAT,
-            "learned": {addr: {"mac": mac, "at": now} for addr, mac in state.learned.items()},
-        }
-        if state.applied is not None:
-            a = state.applied
-            body["applied"] = {
-                "boot_id": self.boot_id,
-                "role": a.role,
-                "backend": a.backend,
-                "at": a.at,
-                "families": a.families,
-                "kernel_text": a.kernel_text,
+        if state.learned != self._learned_on_disk:
+            body = {
+                "format": FORMAT,
+                "learned": {addr: {"mac": mac} for addr, mac in sorted(state.learned.items())},
             }
-        os.makedirs(self.path.parent, 0o700, exist_ok=True)
-        write_atomic(self.path, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n")
+            os.makedirs(self.peers_path.parent, 0o700, exist_ok=True)
+            write_atomic(self.peers_path, json.dumps(body, indent=1).encode() + b"\n")
+            self._learned_on_disk = dict(state.learned)
+        if state.applied is None:
+            self.applied_path.unlink(missing_ok=True)
+            return
+        a = state.applied
+        body = {
+            "format": FORMAT,
+            "boot_id": self.boot_id,
+            "role": a.role,
+            "backend": a.backend,
+            "at": a.at,
+            "families": a.families,
+            "digest": a.digest,
+            "kernel_text": a.kernel_text,
+        }
+        _replace(self.applied_path, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n")
