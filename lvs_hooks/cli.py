@@ -12,6 +12,7 @@ import click
 
 from lvs_hooks import __version__
 from lvs_hooks.errors import LvsHooksError
+from lvs_hooks.logsetup import SYSLOG_ONLY
 
 DEFAULT_CONFIG = "/etc/lvs-hooks/lvs-hooks.yaml"
 
@@ -63,7 +64,7 @@ class _Group(click.Group):
                 import traceback
 
                 traceback.print_exc()
-            log.error("%s", e.format_message())
+            log.error("%s", e.format_message(), extra=SYSLOG_ONLY)
             raise
 
 
