@@ -91,6 +91,11 @@ def render_apply(r: Dict[str, Any]) -> str:
         f" ({r.get('backend', 'no firewall call')}), {r.get('ms', 0):.0f} ms"
     )
     lines.extend(f"  {c}" for c in changes)
+    if r.get("peers_unknown"):
+        lines.append(
+            f"  warning: MAC of peer {', '.join(r['peers_unknown'])} unknown: its forwarded "
+            "packets are not guarded (set rules.peer_macs)"
+        )
     if r.get("backup_only"):
         lines.append(f"  net.ipv4.vs.backup_only: {r['backup_only']}")
     if "batch" in r:

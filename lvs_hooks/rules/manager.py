@@ -80,9 +80,13 @@ class RulesManager:
         return filelock.FileLock(str(self.run_dir / LOCK_NAME), timeout=LOCK_TIMEOUT)
 
     def peer_macs(self, state: RulesState) -> PeerMacs:
+        """fwmark rules cannot do without every peer's MAC (they would mark what a peer
+        forwards); redirect rules can (only the MASTER chain's guard against a peer that still
+        forwards is missing then), so there a peer not yet learned is left out, with a warning."""
         if not needs_peer_macs(self.services):
             return PeerMacs()
-        return self._resolve(self.rcfg.peers, self.rcfg.peer_macs, state.learned)
+        required = any(s.mode == "fwmark" for s in self.services)
+        return self._resolve(self.rcfg.peers, self.rcfg.peer_macs, state.learned, required=required)
 
     def ruleset(self, state: RulesState) -> RuleSet:
         return build_rule_set(self.services, self.peer_macs(state).macs)
@@ -130,6 +134,8 @@ class RulesManager:
             rules=len(ruleset.rules()),
             peer_macs={m: peers.sources[m] for m in peers.macs},
         )
+        if peers.missing:
+            report["peers_unknown"] = peers.missing
         t_send = time.monotonic()
         live = None
         if not dry_run and self._swap_only(role, ruleset, state):
@@ -429,6 +435,9 @@ def transition_step(cfg: Any, state_name: str):
         figures["backup_only"] = r["backup_only"]
     done = ", ".join(r["changes"]) or "already in place"
     extra = f", backup_only {r['backup_only']}" if "backup_only" in r else ""
+    if r.get("peers_unknown"):
+        figures["peers_unknown"] = r["peers_unknown"]
+        extra += f"; MAC of peer {', '.join(r['peers_unknown'])} unknown: not guarded"
     return (
         f"{role} rules: {done}; {r['rules']} rules ({r.get('backend', 'no backend')}), "
         f"{r['ms']:.0f} ms{extra}",

@@ -51,6 +51,7 @@ class PeerMacs:
         default_factory=dict
     )  # mac -> "config" | "neighbour ADDR" | ...
     learned: Dict[str, str] = field(default_factory=dict)  # addr -> mac, this time
+    missing: List[str] = field(default_factory=list)  # peers left out (required=False)
 
 
 def resolve_peer_macs(
@@ -58,12 +59,15 @@ def resolve_peer_macs(
     static: Sequence[str],
     recorded: Dict[str, str],
     wait: float = 1.0,
+    required: bool = True,
     lookup: Callable[[str], Optional[str]] = neighbour_table_mac,
     provoke: Callable[[str], None] = provoke_resolution,
 ) -> PeerMacs:
-    """Configured MACs first, then one per peer address: from the neighbour table (after
-    asking the kernel to resolve it, for up to `wait` seconds), else the one recorded when it
-    was last learned. PeerMacUnknown when a peer has neither."""
+    """Configured MACs first, then one per peer address: from the neighbour table, else the
+    one recorded when it was last learned, else from the neighbour table after asking the
+    kernel to resolve it (up to `wait` seconds: only for a peer never learned, so that a
+    takeover, whose peer is likely dead, never waits). A peer with none: PeerMacUnknown if
+    `required`, else left out (and named in `missing`)."""
     out = PeerMacs()
 
     def add(mac: str, source: str) -> None:
@@ -74,7 +78,7 @@ def resolve_peer_macs(
     for mac in static:
         add(normalize_mac(mac), "config")
     found = {p: lookup(p) for p in peers}
-    missing = [p for p, mac in found.items() if mac is None]
+    missing = [p for p, mac in found.items() if mac is None and p not in recorded]
     if missing:
         for p in missing:
             provoke(p)
@@ -98,7 +102,14 @@ def resolve_peer_macs(
             add(recorded[p], f"learned before ({p})")
         else:
             unknown.append(p)
-    if unknown:
+    if unknown and not required:
+        log.warning(
+            "peer director %s: MAC address unknown (not in the neighbour table, never learned):"
+            " its forwarded packets are not guarded by the rules until it is learned",
+            ", ".join(unknown),
+        )
+        out.missing = unknown
+    elif unknown:
         raise PeerMacUnknown(
             f"peer director {', '.join(unknown)}: MAC address unknown (not in the neighbour "
             "table, never learned): set rules.peer_macs, or make sure the peer is reachable"

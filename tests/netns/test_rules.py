@@ -769,3 +769,62 @@ def test_the_swap_measure_catches_a_non_atomic_swap(request, pair, tmp_path):
     )
     assert handled_r < arrived_r
     assert probe["peer left to IPVS"] > 0
+
+
+# ------------------------------------------------------------------------------ keepalived
+
+KEEPALIVED_RULES = """\
+rules:
+  backend: nft
+  peers: [{peer}]
+  services:
+    - {{vip: 10.77.0.100, port: 80, protocol: tcp, mode: redirect}}
+"""
+
+
+def kernel_role(director) -> str:
+    with inside(director.netns):
+        mgr = RulesManager(parse_config(director.config.read_text()))
+        return mgr.backend.active_role(mgr.backend.read())
+
+
+def firewall_steps(director, state: str) -> List[dict]:
+    return [
+        s
+        for r in director.applied()
+        if r["event"]["state"] == state
+        for s in r["steps"]
+        if s["step"] == "firewall"
+    ]
+
+
+def test_keepalived_transitions_swap_the_rules_first(directors):
+    """Real keepalived (VRRP only) drives `lvs-hooks fifo`: the firewall step of each
+    transition puts the role's rules in place, as the first step."""
+    from netnslib import wait_for
+
+    _require_tools("nft")
+    a, b = directors
+    for d, peer in ((a, "10.77.0.2"), (b, "10.77.0.1")):
+        with open(d.config, "a") as f:
+            f.write(KEEPALIVED_RULES.format(peer=peer))
+    logs = lambda: a.logs() + "\n" + b.logs()  # noqa: E731
+    a.start()
+    wait_for(lambda: "MASTER" in a.states(), 15, "a's MASTER transition", logs)
+    b.start()
+    wait_for(lambda: "BACKUP" in b.states(), 15, "b's BACKUP transition", logs)
+    assert kernel_role(a) == "master" and kernel_role(b) == "backup"
+    (m,) = [r for r in a.applied() if r["event"]["state"] == "MASTER"]
+    assert m["steps"][0]["step"] == "firewall" and m["steps"][0]["ok"], m
+    assert m["steps"][0]["summary"].startswith("master rules: "), m["steps"][0]
+    # both hosts answer ARP (b's keepalived was not running yet): the peer MACs were learned
+    assert m["steps"][0]["figures"]["rules"] == 3 and "unknown" not in m["steps"][0]["summary"]
+    (fb,) = firewall_steps(b, "BACKUP")[-1:]
+    assert fb["ok"] and "unknown" not in fb["summary"], fb
+
+    a.kill()  # b takes over
+    wait_for(lambda: "MASTER" in b.states(), 15, "b's MASTER transition", logs)
+    assert kernel_role(b) == "master"
+    (fm,) = firewall_steps(b, "MASTER")
+    assert fm["ok"] and fm["figures"]["changes"] == ["point redirect_prerouting at redirect_master"]
+    b.stop()
