@@ -42,7 +42,7 @@ MODDIR=$K/lib/modules/$KV
 depmod -b "$K" "$KV"
 MODS="virtio_pci virtio_net 9pnet_virtio 9p overlay veth bridge dummy sch_netem af_packet
       nf_conntrack nf_nat iptable_filter iptable_nat iptable_mangle iptable_raw
-      xt_mac xt_mark xt_conntrack xt_MASQUERADE xt_REDIRECT xt_multiport xt_addrtype xt_comment
+      xt_mac xt_mark xt_conntrack xt_MASQUERADE xt_REDIRECT xt_multiport xt_addrtype xt_comment xt_tcpudp
       nf_tables nft_compat nft_chain_nat nft_nat nft_masq nft_redir nft_ct nfnetlink"
 for f in "$MODDIR"/kernel/net/netfilter/ipvs/*.ko*; do
     m=$(basename "$f"); MODS="$MODS ${m%%.ko*}"
