@@ -353,9 +353,10 @@ class RulesManager:
             with open(self._backup_only_path(), "w") as f:
                 f.write(f"{want}\n")
         except FileNotFoundError:
-            raise KernelError(
-                "net.ipv4.vs.backup_only: no such sysctl (is ip_vs loaded here?)"
-            ) from None
+            # No ip_vs yet (the boot unit runs before keepalived loads it): no IPVS and no sync
+            # daemon either, so nothing to switch off; the next transition sets it.
+            log.warning("net.ipv4.vs.backup_only: ip_vs not loaded; left to the next transition")
+            return "not set: ip_vs not loaded"
         except OSError as e:
             raise KernelError(f"net.ipv4.vs.backup_only={want}: {e.strerror or e}") from None
         log.info("net.ipv4.vs.backup_only %s -> %d (%s)", have, want, role)
