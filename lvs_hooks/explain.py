@@ -11,7 +11,9 @@ The kernel facts behind every sentence (../shared/DESIGN.md, net/netfilter/ipvs/
 - When the timer fires while the template still controls connections, ip_vs_conn_expire re-arms
   it with a hard-coded 60 s and sets its timeout to 60 s for good (every kernel version).
 - Otherwise it is removed, and the client's next connection is scheduled afresh. A template
-  that is not ASSURED goes already with its last connection.
+  that is not ASSURED (the real server never answered through it) goes early only with a
+  connection the kernel expires at once (timeout 0); one that ends normally leaves it to its
+  timer (lab, 6.1: a NONE template outlived its UDP connection).
 - Connections that came by sync are never linked to a template (ip_vs_proc_conn): a synced
   template controls only connections this director scheduled itself through it.
 
@@ -134,7 +136,12 @@ def parse_release(release: Optional[str]) -> Optional[Tuple[int, ...]]:
     return tuple(int(x) for x in m.groups() if x is not None)
 
 
-def kernel_notes(release: Optional[str], sysctls: Mapping[str, str], has_origin: bool) -> List[str]:
+def kernel_notes(
+    release: Optional[str],
+    sysctls: Mapping[str, str],
+    has_origin: bool,
+    clock: Optional["Clock"] = None,
+) -> List[str]:
     """What of the explanation depends on this kernel, said once per report."""
     notes = [
         f"re-arm at {REARM_SECONDS} s while a template controls connections: every kernel "
@@ -157,12 +164,94 @@ def kernel_notes(release: Optional[str], sysctls: Mapping[str, str], has_origin:
             f"kernel {release}: sync protocol version 1, a synced template gets the timeout "
             "the master sends (its own timer value)"
         )
+    if clock is not None and clock.wheel:
+        notes.append(
+            f"timer wheel (Linux 4.8+, HZ {clock.hz}): a timer runs at the end of its bucket, "
+            f"late by up to {clock.late_up_to(60):.1f} s for a 60 s timer, "
+            f"{clock.late_up_to(300):.1f} s for 300 s, {clock.late_up_to(1800):.1f} s for "
+            "1800 s; /proc shows 0 s left meanwhile. The ends predicted here include that"
+        )
+    elif clock is None:
+        notes.append(
+            "HZ or jiffies not readable here: ends are predicted from /proc alone, without the "
+            "timer wheel's lateness (up to an eighth of a long timeout)"
+        )
     if not has_origin:
         notes.append(
             "no /proc/net/ip_vs_conn_sync on this kernel: whether a template was made here "
             "(LOCAL) or came by sync (SYNC) cannot be read"
         )
     return notes
+
+
+# ---- when a timer really fires -------------------------------------------------------------------
+# /proc shows when a template's timer is due (`timer.expires - jiffies`, in whole seconds, rounded
+# down). The kernel's timer wheel (kernel/time/timer.c, non-cascading since Linux 4.8) files a
+# timer in a level chosen by how far away it was when armed, and runs it at the end of its
+# bucket: never early, late by up to the level's granularity. At HZ=250 a timer armed 16-129 s
+# ahead fires up to 2 s late, 129-1032 s ahead up to 16.4 s late, further up to 131 s late
+# (observed in the lab: 150 s templates all went at one 16 s boundary). /proc shows 0 meanwhile.
+
+LVL_CLK_SHIFT = 3
+LVL_SIZE = 64
+WHEEL_LEVELS = 9
+TIMER_WHEEL_SINCE = (4, 8)
+COMMON_HZ = (100, 250, 300, 1000)
+
+
+def wheel_level(delta: int) -> int:
+    """calc_wheel_index(): the level of a timer armed `delta` jiffies ahead."""
+    lvl = 0
+    while lvl < WHEEL_LEVELS - 1 and delta >= (LVL_SIZE - 1) << (lvl * LVL_CLK_SHIFT):
+        lvl += 1
+    return lvl
+
+
+def wheel_fire(expires: int, delta: int) -> int:
+    """The jiffy at which a timer due at `expires`, armed `delta` jiffies ahead, runs."""
+    shift = wheel_level(max(delta, 0)) * LVL_CLK_SHIFT
+    return ((expires >> shift) + 1) << shift
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The kernel's clock at the table read: HZ, jiffies just before and just after it, and
+    the wall time just after. `wheel`: the kernel has the non-cascading timer wheel."""
+
+    hz: int
+    jiffies_before: int
+    jiffies_after: int
+    at: float
+    wheel: bool = True
+
+    def window(self, expires_s: int, armed_s: Optional[float]) -> Tuple[float, float]:
+        """Earliest and latest wall time a timer shown with `expires_s` left runs, armed
+        `armed_s` seconds ahead (None: unknown, taken as `expires_s`, the least it can be)."""
+        hz = self.hz
+        lo = self.jiffies_before + expires_s * hz
+        hi = self.jiffies_after + (expires_s + 1) * hz - 1
+        if self.wheel:
+            delta = int((armed_s if armed_s is not None else expires_s) * hz)
+            lo, hi = wheel_fire(lo, delta), wheel_fire(hi, delta)
+        else:
+            lo, hi = lo + 1, hi + 1
+        return (
+            self.at + (lo - self.jiffies_after) / hz,
+            self.at + (hi - self.jiffies_after) / hz,
+        )
+
+    def late_up_to(self, armed_s: float) -> float:
+        """How late the wheel may run a timer armed `armed_s` seconds ahead, in seconds."""
+        if not self.wheel:
+            return 1 / self.hz
+        return (1 << (wheel_level(int(armed_s * self.hz)) * LVL_CLK_SHIFT)) / self.hz
+
+
+def _window(clock: Optional["Clock"], now: float, e: int, armed: Optional[float]):
+    if clock is None:
+        # no clock: /proc's rounding only (and the wheel's lateness unknown)
+        return now + e, now + e + 1
+    return clock.window(e, armed)
 
 
 # ---- the explanation (pure) -------------------------------------------------------------------
@@ -268,29 +357,31 @@ def _timeout_source(
         if svc is None:
             return "unknown", None, "unknown: no virtual service of this template exists now"
         return "unknown", None, f"unknown: {svc.describe()} is not persistent now"
+    there = " on the master" if origin == "SYNC" else ""
     if p < e <= REARM_SECONDS:
         return (
             "rearm",
             REARM_SECONDS,
-            f"{REARM_SECONDS} s since a re-arm: its {p} s persistence_timeout ran out while it "
-            "still controlled connections" + (" on the master" if origin == "SYNC" else ""),
+            f"{REARM_SECONDS} s since a re-arm{there}: its {p} s persistence_timeout ran out "
+            "while it still controlled connections",
         )
-    if e <= p:
-        if e <= REARM_SECONDS < p:
-            return (
-                "persistence_or_rearm",
-                None,
-                f"either the last minute of its {p} s persistence_timeout or a {REARM_SECONDS} s "
-                "re-arm (the kernel does not show which)",
-            )
+    if REARM_SECONDS < e <= p:
         if origin == "SYNC":
             return (
                 "sync",
                 p,
-                f"the timeout the master sent: its persistence_timeout {p} s (or {REARM_SECONDS}"
-                " s once re-armed there)",
+                f"the timeout the master sent: its persistence_timeout {p} s",
             )
         return "persistence_timeout", p, f"the service's persistence_timeout {p} s"
+    if e <= min(p, REARM_SECONDS):
+        # a re-armed template runs down from 60 s through the same values
+        part = f"the last minute of its {p} s" if p > REARM_SECONDS else f"its {p} s"
+        return (
+            "persistence_or_rearm",
+            None,
+            f"either {part} persistence_timeout or a {REARM_SECONDS} s re-arm{there} (the kernel "
+            "does not show which)",
+        )
     if origin == "SYNC":
         if e <= SYNC_V0_TEMPLATE_SECONDS:
             return (
@@ -328,15 +419,21 @@ def explain_template(
     role: str,
     injection: Optional[Injection] = None,
     v0_only: bool = False,
+    clock: Optional[Clock] = None,
 ) -> dict:
     """One template: why it exists, which timeout it holds, when it ends and what then."""
     svc = services_by_key.get(t.service_key())
     origin = t.origin or "?"
     linked, synced = controlled_connections(t, conns, svc, address_service_keys)
     e = t.expires
-    # /proc rounds down: the timer fires within the second after now + e
-    end = now + e + 0.5
     code, seconds, timeout_text = _timeout_source(t, origin, svc, linked, injection, v0_only)
+    # How far ahead the timer was armed decides how late the wheel runs it: the template's
+    # timeout; when that is either persistence_timeout or a re-arm, the widest of the two.
+    p = svc.timeout if svc is not None and svc.persistent else None
+    armed = [seconds] if seconds is not None else ([p, REARM_SECONDS] if p else [None])
+    windows = [_window(clock, now, e, a) for a in armed]
+    earliest, latest = min(w[0] for w in windows), max(w[1] for w in windows)
+    end = (earliest + latest) / 2
 
     if injection is not None:
         origin_code = "injected"
@@ -361,6 +458,7 @@ def explain_template(
     live_ends = []
     for c in linked:
         tmo, name = conn_timeout(c, timeouts)
+        c_lo, c_hi = _window(clock, now, c.expires, tmo)
         conn_reports.append(
             {
                 "connection": f"{c.protocol} {c.caddr}:{c.cport} -> {c.vaddr}:{c.vport}",
@@ -369,9 +467,10 @@ def explain_template(
                 "timeout_s": tmo,
                 "timeout_source": name,
                 "origin": c.origin,
+                "predicted_end": round((c_lo + c_hi) / 2, 2),
             }
         )
-        live_ends.append(c.expires)
+        live_ends.append((c_lo + c_hi) / 2)
     sched = svc.scheduler if svc is not None and svc.scheduler else "the scheduler"
 
     if t.is_invalidated:
@@ -381,27 +480,23 @@ def explain_template(
             "one); it is never used again",
             end,
         )
-    elif live_ends and max(live_ends) > e:
+    elif live_ends and max(live_ends) > end:
         last = max(live_ends)
-        rounds = math.ceil((last - e) / REARM_SECONDS)
+        # each re-arm is a 60 s timer, run late by the wheel like any other
+        step = REARM_SECONDS + (clock.late_up_to(REARM_SECONDS) / 2 if clock else 0)
+        rounds = math.ceil((last - end) / step)
         then = "re-armed"
         then_text = (
             f"re-armed with {REARM_SECONDS} s: it still controls {len(linked)} "
-            f"connection{'s' if len(linked) != 1 else ''} then (the last one has {last} s left); "
-            f"from then on it keeps {REARM_SECONDS} s, and a new connection of this client "
-            f"restarts it at {REARM_SECONDS} s, not at persistence_timeout"
+            f"connection{'s' if len(linked) != 1 else ''} then (the last one ends in "
+            f"{last - now:.0f} s if idle); from then on it keeps {REARM_SECONDS} s, and a new "
+            f"connection of this client restarts it at {REARM_SECONDS} s, not at "
+            "persistence_timeout"
         )
+        if abs(last - end) < (latest - earliest) + 1:
+            then_text += " (a close call: they end at about the same time)"
         # if no packet refreshes the connections: removed at the first re-arm after the last ends
-        final_end = end + rounds * REARM_SECONDS
-    elif linked and t.state != "ASSURED":
-        last = max(live_ends)
-        then = "removed"
-        then_text = (
-            f"removed with its last connection, in about {last} s: a template that is not "
-            "ASSURED goes as soon as it controls nothing"
-        )
-        end = now + last + 0.5
-        final_end = end
+        final_end = end + rounds * step
     else:
         then = "removed"
         then_text = (
@@ -415,6 +510,11 @@ def explain_template(
                 f"still alive when the template runs out re-arms it with {REARM_SECONDS} s)"
             )
         final_end = end
+    if t.state != "ASSURED" and not t.is_invalidated:
+        then_text += (
+            f"; it is {t.state}, not ASSURED (no answer from the real server through it yet): "
+            "a connection of it that the kernel expires at once (timeout 0) takes it along"
+        )
     if origin == "SYNC" and role in ("backup", "both"):
         then_text += (
             "; unless the master re-sends it first: a master sends the template with every "
@@ -441,11 +541,17 @@ def explain_template(
         "timeout_s": seconds,
         "timeout_text": timeout_text,
         "persistence_timeout": svc.timeout if svc is not None and svc.persistent else None,
-        "predicted_end": round(end, 1),
+        "predicted_end": round(end, 2),
         "predicted_end_in_s": round(end - now, 1),
+        "end_window": [round(earliest, 2), round(latest, 2)],
         "then": then,
         "then_text": then_text,
         "end_if_idle": round(final_end, 1),
+        "timer_late_up_to_s": (
+            round(max(clock.late_up_to(a if a is not None else e) for a in armed), 2)
+            if clock is not None
+            else None
+        ),
         "controls": conn_reports,
         "synced_connections_not_linked": len(synced),
         "key": list(template_key(t)),
@@ -469,8 +575,10 @@ def explain(
     injections: Optional[Mapping[Key, Injection]] = None,
     client: Optional[str] = None,
     has_origin: bool = True,
+    clock: Optional[Clock] = None,
 ) -> dict:
-    """The report for every template (or the templates of `client`), JSON-ready."""
+    """The report for every template (or the templates of `client`), JSON-ready. `now` is
+    when the table was read; `clock`, if known, places each timer in the kernel's wheel."""
     sysctls = sysctls or {}
     injections = injections or {}
     templates: List[ConnEntry] = []
@@ -495,7 +603,7 @@ def explain(
         if inj is not None and t.expires > inj.timeout:
             inj = None  # more time left than was injected: a master's message replaced it since
         reports.append(
-            explain_template(t, conns, by_key, addr_keys, timeouts, now, role, inj, v0_only)
+            explain_template(t, conns, by_key, addr_keys, timeouts, now, role, inj, v0_only, clock)
         )
     return {
         "now": round(now, 1),
@@ -507,7 +615,8 @@ def explain(
         "sync_daemons": [getattr(d, "state", "?") for d in daemons],
         "role": role,
         "kernel": release,
-        "kernel_notes": kernel_notes(release, sysctls, has_origin),
+        "kernel_notes": kernel_notes(release, sysctls, has_origin, clock),
+        "hz": clock.hz if clock is not None else None,
     }
 
 
@@ -531,6 +640,46 @@ def read_vs_sysctls(proc_root: str = "/proc") -> Dict[str, str]:
     return out
 
 
+def read_jiffies(proc_root: str = "/proc") -> Optional[int]:
+    """The kernel's jiffies now: /proc/schedstat's timestamp, or /proc/timer_list's."""
+    for name, prefix in (("schedstat", "timestamp "), ("timer_list", "jiffies: ")):
+        try:
+            with open(os.path.join(proc_root, name)) as f:
+                for line in f:
+                    if line.startswith(prefix):
+                        return int(line.split()[-1])
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def kernel_hz(release: str, proc_root: str = "/proc") -> Optional[int]:
+    """CONFIG_HZ: from /boot/config-RELEASE or /proc/config.gz, else measured from jiffies
+    over a fifth of a second and rounded to the nearest usual value."""
+    import gzip
+
+    for path, opener in (
+        (f"/boot/config-{release}", open),
+        (os.path.join(proc_root, "config.gz"), gzip.open),
+    ):
+        try:
+            with opener(path, "rt") as f:
+                for line in f:
+                    if line.startswith("CONFIG_HZ="):
+                        return int(line.split("=", 1)[1])
+        except (OSError, ValueError):
+            continue
+    j0, t0 = read_jiffies(proc_root), time.monotonic()
+    if j0 is None:
+        return None
+    time.sleep(0.2)
+    j1, t1 = read_jiffies(proc_root), time.monotonic()
+    if j1 is None or t1 <= t0:
+        return None
+    rate = (j1 - j0) / (t1 - t0)
+    return min(COMMON_HZ, key=lambda hz: abs(hz - rate))
+
+
 def build_explanation(cfg, client: Optional[str] = None) -> dict:
     """Read the kernel (services, daemons, timeouts, the table with origins) and explain."""
     from lvs_hooks.kernel.conntable import read_conn_table
@@ -542,19 +691,29 @@ def build_explanation(cfg, client: Optional[str] = None) -> dict:
         daemons = ipvs.daemons()
         timeouts = ipvs.timeouts()
     has_origin = os.path.exists(os.path.join(proc_root, "net", "ip_vs_conn_sync"))
+    release = os.uname().release
+    hz = kernel_hz(release, proc_root)
+    j_before = read_jiffies(proc_root)
     table = read_conn_table(proc_root, sync=has_origin)
+    j_after = read_jiffies(proc_root)
     now = time.time()  # Expires are counted from the moment the table was read
+    clock = None
+    if hz and j_before is not None and j_after is not None:
+        version = parse_release(release)
+        wheel = version is None or version >= TIMER_WHEEL_SINCE
+        clock = Clock(hz, j_before, j_after, now, wheel)
     return explain(
         table.entries,
         services,
         {"tcp": timeouts.tcp, "tcpfin": timeouts.tcpfin, "udp": timeouts.udp},
         now,
-        release=os.uname().release,
+        release=release,
         sysctls=read_vs_sysctls(proc_root),
         daemons=daemons,
         injections=load_injections(cfg.paths.run_dir),
         client=client,
         has_origin=has_origin,
+        clock=clock,
     )
 
 
@@ -575,10 +734,18 @@ def render_explanation(r: dict) -> str:
         )
         lines.append(f"  origin:  {x['origin_text']}")
         lines.append(f"  timeout: {x['timeout_text']}")
-        lines.append(
-            f"  ends in {x['predicted_end_in_s']:.0f} s (at {_when(x['predicted_end'])}): "
-            f"{x['then_text']}"
+        lo, hi = x["end_window"]
+        at = (
+            f"between {_when(lo)} and {_when(hi)}"
+            if hi - lo >= 1
+            else f"at {_when(x['predicted_end'])}"
         )
+        lines.append(f"  ends in {x['predicted_end_in_s']:.0f} s ({at}): {x['then_text']}")
+        if x.get("timer_late_up_to_s") and x["timer_late_up_to_s"] >= 1:
+            lines.append(
+                f"  (the kernel's timer wheel runs this timer up to {x['timer_late_up_to_s']:.1f}"
+                f" s after its due time; /proc shows 0 s left meanwhile)"
+            )
         if x["then"] == "re-armed":
             lines.append(
                 f"  if no packet refreshes its connections: gone at {_when(x['end_if_idle'])}"

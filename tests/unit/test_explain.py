@@ -80,10 +80,19 @@ def test_more_left_than_persistence_but_at_most_60_is_a_rearm():
     assert "20 s persistence_timeout ran out" in x["timeout_text"]
 
 
-def test_not_assured_goes_with_its_last_connection():
+def test_not_assured_still_ends_at_its_timer():
+    """ip_vs_conn_expire drops a non-assured template with a connection only when that one is
+    expired at once (timeout 0); a connection that times out leaves it to its timer."""
     x = one([tpl(expires=300, state="NONE"), conn(expires=12)])
-    assert x["then"] == "removed" and x["predicted_end"] == NOW + 12.5
+    assert x["then"] == "removed" and x["predicted_end"] == NOW + 300.5
     assert "not ASSURED" in x["then_text"]
+
+
+def test_below_persistence_and_below_60_cannot_be_told():
+    x = one([tpl(expires=15)], [svc(timeout=40)])
+    assert x["timeout_source"] == "persistence_or_rearm" and "its 40 s" in x["timeout_text"]
+    x = one([tpl(expires=100)], [svc(timeout=360)])
+    assert x["timeout_source"] == "persistence_timeout"
 
 
 def test_synced_connections_are_never_linked():
@@ -219,3 +228,72 @@ def test_cli_explain_without_ipvs_is_one_line(tmp_path):
     assert r.exit_code == 4 and r.output.count("\n") == 1 and "IPVS" in r.output
     r = CliRunner().invoke(cli, ["--config", str(cfg), "explain", "not-an-ip"])
     assert r.exit_code == 2 and "CLIENT must be an IP address" in r.output
+
+
+# ---- the timer wheel --------------------------------------------------------------------------
+
+
+def test_wheel_levels_and_buckets():
+    from lvs_hooks.explain import wheel_fire, wheel_level
+
+    # calc_wheel_index: LVL_START(n) = 63 << 3(n-1)
+    assert [wheel_level(d) for d in (0, 62, 63, 503, 504, 4031, 4032, 32255, 32256)] == [
+        0, 0, 1, 1, 2, 2, 3, 3, 4]
+    # level 0 runs one jiffy after the due time; level 4 at the next multiple of 4096
+    assert wheel_fire(1000, 10) == 1001
+    assert wheel_fire(4096 * 10 + 5, 37500) == 4096 * 11
+    assert wheel_fire(4096 * 10, 37500) == 4096 * 11  # never early, even on a boundary
+
+
+def test_clock_window_at_hz_250():
+    """A 150 s template (HZ 250: level 4, buckets of 16.384 s): its end is the bucket's end."""
+    from lvs_hooks.explain import Clock
+
+    j = 4096 * 1000 + 100  # jiffies at the read
+    clock = Clock(250, j, j, NOW)
+    # due 30000-30249 jiffies after j: all within one 4096-jiffy bucket, so one end for the
+    # whole second that /proc's rounding leaves open, on the bucket boundary
+    lo, hi = clock.window(120, 150)
+    assert lo == hi
+    assert 120 <= lo - NOW <= 121 + 16.384
+    assert ((j + round((lo - NOW) * 250)) % 4096) == 0
+    # a 60 s re-arm (level 3, buckets of 512 jiffies = 2.048 s)
+    lo, hi = clock.window(45, 60)
+    assert hi - lo <= 2.048 + 0.01 and lo - NOW >= 45
+    assert clock.late_up_to(60) == 2.048 and clock.late_up_to(150) == 16.384
+    lo, hi = Clock(250, j, j, NOW, wheel=False).window(45, 60)
+    assert abs(lo - NOW - 45.004) < 1e-6 and abs(hi - NOW - 46.0) < 1e-6
+
+
+def test_prediction_uses_the_clock():
+    from lvs_hooks.explain import Clock
+
+    j = 4096 * 1000 + 100
+    clock = Clock(250, j, j, NOW)
+    r = explain([tpl(expires=120)], [svc(timeout=150)], TIMEOUTS, NOW, clock=clock)
+    x = r["templates"][0]
+    assert x["end_window"][0] == x["end_window"][1] == x["predicted_end"]
+    assert x["predicted_end"] - NOW > 121  # later than /proc alone says
+    assert x["timer_late_up_to_s"] == 16.38
+    assert r["hz"] == 250 and any("timer wheel" in n for n in r["kernel_notes"])
+    # ambiguous timeout (persistence 360 or a 60 s re-arm): the window covers both
+    x = one([tpl(expires=30)], clock=clock)
+    assert x["timeout_source"] == "persistence_or_rearm"
+    assert x["end_window"][1] - x["end_window"][0] > 1
+
+
+def test_jiffies_and_hz_from_proc(tmp_path):
+    from lvs_hooks.explain import kernel_hz, read_jiffies
+
+    (tmp_path / "schedstat").write_text("version 15\ntimestamp 4295123456\ncpu0 0 0\n")
+    assert read_jiffies(str(tmp_path)) == 4295123456
+    (tmp_path / "schedstat").unlink()
+    (tmp_path / "timer_list").write_text("Timer List Version: v0.9\nnow at 1 nsecs\n"
+                                         "jiffies: 4295000001\n")
+    assert read_jiffies(str(tmp_path)) == 4295000001
+    assert read_jiffies(str(tmp_path / "none")) is None
+    import gzip
+
+    with gzip.open(tmp_path / "config.gz", "wt") as f:
+        f.write("CONFIG_X=y\nCONFIG_HZ=300\n")
+    assert kernel_hz("no-such-release", str(tmp_path)) == 300
