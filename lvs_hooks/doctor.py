@@ -1050,7 +1050,9 @@ def render_report(r: dict) -> str:
     for n in r["notes"]:
         lines.append(f"note: {n}")
     if not r["findings"]:
-        lines.append("nothing found")
+        lines.append(
+            "nothing found" + (" (in what could be read: see the notes)" if r["notes"] else "")
+        )
     return "\n".join(lines)
 
 
