@@ -134,6 +134,7 @@ def _fwd_method(svc: Service, t: ConnEntry) -> str:
 
 def keep_once(cfg, ipvs) -> dict:
     """One period of the keeper on this director (call it only while master): figures."""
+    from lvs_hooks.explain import record_injections
     from lvs_hooks.reseed.runner import run_reseed
 
     t0 = time.monotonic()
@@ -159,6 +160,9 @@ def keep_once(cfg, ipvs) -> dict:
             verify=False,
         )
         figures["sent"] = res.sent
+        record_injections(
+            cfg.paths.run_dir, [(p.table_key(), p.timeout) for p in plan.renew], "keeper"
+        )
     figures["ms"] = round((time.monotonic() - t0) * 1000, 1)
     if plan.renew or plan.expiring:
         log.info(

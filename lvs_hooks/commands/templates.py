@@ -9,6 +9,7 @@ import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.errors import ReseedIncomplete, UsageError
+from lvs_hooks.explain import record_injections
 from lvs_hooks.kernel.conntable import parse_conn_table, read_conn_table, read_proc_file
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import plan_reseed
@@ -190,6 +191,9 @@ def reseed_from_snapshot(
             verify_timeout=cfg.reseed.verify_timeout,
             resend_rounds=cfg.reseed.resend_rounds,
         )
+    # explain tells injected templates from synced ones by this ledger (the kernel cannot)
+    record_injections(cfg.paths.run_dir, [(p.table_key(), p.timeout) for p in plan.planned],
+                      "reseed")
     ms = (time.monotonic() - t0) * 1000
     report.update(
         sent=res.sent,
