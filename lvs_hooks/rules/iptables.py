@@ -75,8 +75,13 @@ def rule_spec(rule: Rule) -> str:
     kernel compares equal to the one we wrote)."""
     plen = 32 if rule.family == 4 else 128
     parts = [f"-d {rule.daddr}/{plen}", f"-p {rule.protocol}"]
+    proto_match = []
     if rule.dport:
-        parts.append(f"-m {rule.protocol} --dport {rule.dport}")
+        proto_match.append(f"--dport {rule.dport}")
+    if rule.syn:
+        proto_match.append("--tcp-flags FIN,SYN,RST,ACK SYN")
+    if proto_match:
+        parts.append(f"-m {rule.protocol} " + " ".join(proto_match))
     if rule.src_mac:
         parts.append(f"-m mac --mac-source {rule.src_mac}")
     parts.append(f"-m comment --comment {_quote(rule.comment)}")

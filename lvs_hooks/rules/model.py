@@ -100,6 +100,7 @@ class Rule:
     action: str
     value: int = 0
     note: str = field(default="", compare=False)
+    syn: bool = False  # TCP: only a connection's first packet (SYN without ACK, RST, FIN)
 
     @property
     def rule_id(self) -> str:
@@ -116,7 +117,7 @@ class Rule:
                 self.action,
                 self.value,
             )
-        )
+        ) + ("|syn" if self.syn else "")
         return hashlib.sha1(key.encode()).hexdigest()[:8]
 
     @property
@@ -198,15 +199,23 @@ def build_fwmark_rules(service: ServiceSpec, peer_macs: Sequence[str]) -> List[R
 def build_redirect_rules(role: str, service: ServiceSpec, peer_macs: Sequence[str]) -> List[Rule]:
     """One role chain's rules for one redirect service.
 
-    backup: every packet to the local stack. master: packets from each peer MAC to the local
-    stack (a peer that has not yet seen that it lost the VIP still forwards to us), the rest
-    counted and left to IPVS.
+    backup: every new flow to the local stack. master: new flows from each peer MAC to the
+    local stack (a peer that has not yet seen that it lost the VIP still forwards to us), the
+    rest counted and left to IPVS.
+
+    TCP: only SYNs. A connection that this director's IPVS delivered locally while it was master
+    has no conntrack entry (IPVS untracks what it handles), so after a swap to BACKUP its next
+    segment would be a new flow to conntrack: redirected, its destination rewritten, it would
+    miss the connection's socket and be answered with a reset. Left alone, it reaches IPVS,
+    which delivers it locally by its own connection entry, as before. A redirected connection
+    stays redirected by its conntrack entry, SYN or not.
     """
     common = dict(
         family=service.family,
         daddr=service.vip,
         protocol=service.protocol,
         dport=service.port,
+        syn=service.protocol == "tcp",
     )
     what = f"redirect {service.describe()}"
     chain = ROLE_CHAINS[role]

@@ -66,8 +66,11 @@ def rule_expr(rule: Rule) -> Expr:
     expr: Expr = [_match(_payload("ip" if rule.family == 4 else "ip6", "daddr"), rule.daddr)]
     if rule.dport:
         expr.append(_match(_payload(rule.protocol, "dport"), rule.dport))
-    else:
+    elif not rule.syn:  # the flags match implies tcp
         expr.append(_match({"meta": {"key": "l4proto"}}, rule.protocol))
+    if rule.syn:
+        flags = {"&": [_payload("tcp", "flags"), ["fin", "syn", "rst", "ack"]]}
+        expr.append(_match(flags, "syn"))
     if rule.src_mac:
         expr.append(_match(_payload("ether", "saddr"), rule.src_mac))
     expr.append({"counter": None})
@@ -403,7 +406,10 @@ def render_text(expr: Expr, comment: Optional[str]) -> str:
         if "match" in stmt:
             m = stmt["match"]
             left = m["left"]
-            if "payload" in left:
+            if "&" in left:
+                pl, mask = left["&"]
+                name = f"{pl['payload']['protocol']} {pl['payload']['field']} & {','.join(mask)}"
+            elif "payload" in left:
                 name = f"{left['payload']['protocol']} {left['payload']['field']}"
             else:
                 name = f"meta {left.get('meta', {}).get('key')}"

@@ -298,9 +298,9 @@ v4 nat :LVS-HOOKS-REDIRECT-BACKUP -
 v4 nat :LVS-HOOKS-REDIRECT-MASTER -
 v4 nat -A PREROUTING -j LVS-HOOKS-REDIRECT
 v4 nat -A LVS-HOOKS-REDIRECT -j LVS-HOOKS-REDIRECT-BACKUP
-v4 nat -A LVS-HOOKS-REDIRECT-BACKUP -d 10.99.0.100/32 -p tcp -m tcp --dport 443 -m comment --comment "lvs-hooks 1a364c8c redirect tcp 10.99.0.100:443 backup" -j REDIRECT
-v4 nat -A LVS-HOOKS-REDIRECT-MASTER -d 10.99.0.100/32 -p tcp -m tcp --dport 443 -m mac --mac-source 02:00:00:00:00:02 -m comment --comment "lvs-hooks 314f1f66 redirect tcp 10.99.0.100:443 from peer 02:00:00:00:00:02" -j REDIRECT
-v4 nat -A LVS-HOOKS-REDIRECT-MASTER -d 10.99.0.100/32 -p tcp -m tcp --dport 443 -m comment --comment "lvs-hooks 8dcfdbb5 redirect tcp 10.99.0.100:443 master: to IPVS" -j RETURN
+v4 nat -A LVS-HOOKS-REDIRECT-BACKUP -d 10.99.0.100/32 -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "lvs-hooks d95fa005 redirect tcp 10.99.0.100:443 backup" -j REDIRECT
+v4 nat -A LVS-HOOKS-REDIRECT-MASTER -d 10.99.0.100/32 -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -m mac --mac-source 02:00:00:00:00:02 -m comment --comment "lvs-hooks 0bcc8482 redirect tcp 10.99.0.100:443 from peer 02:00:00:00:00:02" -j REDIRECT
+v4 nat -A LVS-HOOKS-REDIRECT-MASTER -d 10.99.0.100/32 -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -m comment --comment "lvs-hooks aa33d198 redirect tcp 10.99.0.100:443 master: to IPVS" -j RETURN
 v6 nat :LVS-HOOKS-REDIRECT -
 v6 nat :LVS-HOOKS-REDIRECT-BACKUP -
 v6 nat :LVS-HOOKS-REDIRECT-MASTER -
@@ -324,14 +324,14 @@ table inet lvs_hooks {
 	}
 
 	chain redirect_master {
-		ip daddr 10.99.0.100 tcp dport 443 ether saddr 02:00:00:00:00:02 counter redirect comment "lvs-hooks 314f1f66 redirect tcp 10.99.0.100:443 from peer 02:00:00:00:00:02"
-		ip daddr 10.99.0.100 tcp dport 443 counter return comment "lvs-hooks 8dcfdbb5 redirect tcp 10.99.0.100:443 master: to IPVS"
+		ip daddr 10.99.0.100 tcp dport 443 tcp flags syn / fin,syn,rst,ack ether saddr 02:00:00:00:00:02 counter redirect comment "lvs-hooks 0bcc8482 redirect tcp 10.99.0.100:443 from peer 02:00:00:00:00:02"
+		ip daddr 10.99.0.100 tcp dport 443 tcp flags syn / fin,syn,rst,ack counter return comment "lvs-hooks aa33d198 redirect tcp 10.99.0.100:443 master: to IPVS"
 		ip6 daddr fd99::100 udp dport 53 ether saddr 02:00:00:00:00:02 counter redirect comment "lvs-hooks fc54ff1d redirect udp [fd99::100]:53 from peer 02:00:00:00:00:02"
 		ip6 daddr fd99::100 udp dport 53 counter return comment "lvs-hooks a12ec708 redirect udp [fd99::100]:53 master: to IPVS"
 	}
 
 	chain redirect_backup {
-		ip daddr 10.99.0.100 tcp dport 443 counter redirect comment "lvs-hooks 1a364c8c redirect tcp 10.99.0.100:443 backup"
+		ip daddr 10.99.0.100 tcp dport 443 tcp flags syn / fin,syn,rst,ack counter redirect comment "lvs-hooks d95fa005 redirect tcp 10.99.0.100:443 backup"
 		ip6 daddr fd99::100 udp dport 53 counter redirect comment "lvs-hooks 7a23a2d4 redirect udp [fd99::100]:53 backup"
 	}
 }"""

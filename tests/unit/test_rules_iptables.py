@@ -28,6 +28,9 @@ def test_rule_spec_is_what_iptables_save_prints():
     )
     assert "-m mac --mac-source 52:54:00:00:00:02 " in ipt.rule_spec(ret)
     assert ipt.rule_spec(ret).endswith("-j RETURN")
+    assert ipt.rule_spec(RS.redirect_backup[0]).startswith(
+        "-d 10.0.0.100/32 -p tcp -m tcp --dport 443 --tcp-flags FIN,SYN,RST,ACK SYN -m comment"
+    )
     assert ipt.rule_spec(RS.redirect_backup[0]).endswith("-j REDIRECT")
     six = build_rule_set([ServiceSpec("fd00::1", 0, "udp", "redirect")], []).redirect_backup[0]
     assert ipt.rule_spec(six).startswith("-d fd00::1/128 -p udp -m comment")  # port 0: any

@@ -48,6 +48,12 @@ def test_redirect_backup_takes_everything_master_only_the_peers():
     ]
     # without peer MACs the master chain only counts
     assert [r.action for r in build_redirect_rules("master", TLS, [])] == ["return"]
+    # TCP: new connections only (see build_redirect_rules); UDP and fwmark: every packet
+    assert all(
+        r.syn for role in ("master", "backup") for r in build_redirect_rules(role, TLS, PEERS)
+    )
+    assert not any(r.syn for r in build_redirect_rules("backup", DNS6, PEERS))
+    assert not any(r.syn for r in build_fwmark_rules(WEB, PEERS))
 
 
 def test_rule_set_chains_and_families():

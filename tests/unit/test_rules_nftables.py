@@ -1,6 +1,5 @@
 """The nft backend's pure parts and its calls, against a fake nft (rules_fakes.FakeNft)."""
 
-
 import pytest
 from rules_fakes import FakeNft
 
@@ -48,6 +47,25 @@ def test_rule_expr_is_what_nft_lists():
         }
     }
     assert peer[-1] == {"return": None}
+    syn = {
+        "match": {
+            "op": "==",
+            "left": {
+                "&": [
+                    {"payload": {"protocol": "tcp", "field": "flags"}},
+                    ["fin", "syn", "rst", "ack"],
+                ]
+            },
+            "right": "syn",
+        }
+    }
+    assert nft.rule_expr(RS.redirect_backup[0])[2] == syn
+    any_port = build_rule_set([ServiceSpec("10.0.0.100", 0, "tcp", "redirect")], [])
+    assert nft.rule_expr(any_port.redirect_backup[0])[1:] == [
+        syn,
+        {"counter": None},
+        {"redirect": None},
+    ]
     any_port6 = nft.rule_expr(RS.redirect_backup[1])
     assert any_port6[0]["match"]["left"]["payload"]["protocol"] == "ip6"
     assert any_port6[1] == {
