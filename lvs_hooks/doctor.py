@@ -838,7 +838,8 @@ def check_hooks_wired(d: DoctorInput) -> List[Finding]:
             "On the new master, synced templates are never linked to the synced connections "
             "and expire while the clients' flows go on; a rebooted master preempts with an empty "
             "table (seed 000, questions 3 and 4). In global_defs: vrrp_notify_fifo "
-            '/run/lvs-hooks/vrrp.fifo and vrrp_notify_fifo_script "/usr/bin/lvs-hooks fifo" '
+            "/run/lvs-hooks/vrrp.fifo and vrrp_notify_fifo_script "
+            '"/usr/libexec/keepalived/lvs-hooks fifo" '
             "(etc/keepalived/lvs-hooks-fifo.conf).",
         )
     ]

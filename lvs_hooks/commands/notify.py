@@ -84,7 +84,7 @@ def dispatch(app: AppContext, event: Event) -> None:
 @pass_app
 def notify_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
     """keepalived's generic `notify` script: keepalived appends INSTANCE|GROUP NAME STATE
-    PRIORITY. In keepalived.conf: notify "/usr/bin/lvs-hooks notify"."""
+    PRIORITY. In keepalived.conf: notify "/usr/libexec/keepalived/lvs-hooks notify"."""
     order = notify_order()
     try:
         event = parse_notify_args(args, order)
@@ -100,7 +100,8 @@ def _role_command(name: str, state: str) -> None:
         short_help=f"keepalived's notify_{name} script.",
         help=f"keepalived's notify_{name} script (keepalived passes no arguments): the "
         f"{state} transition. NAME is the instance (or with --group the sync group) the script "
-        f'is set on. In keepalived.conf: notify_{name} "/usr/bin/lvs-hooks {name} VI_1".',
+        f"is set on. In keepalived.conf: "
+        f'notify_{name} "/usr/libexec/keepalived/lvs-hooks {name} VI_1".',
     )
     @click.option("--group", is_flag=True, help="NAME is a vrrp_sync_group.")
     @click.argument("args", nargs=-1, type=click.UNPROCESSED, metavar="[NAME]")
@@ -136,7 +137,7 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
     path last) and run their transitions in order until SIGTERM, then drain what is queued.
 
     In keepalived.conf (global_defs): vrrp_notify_fifo /run/keepalived/vrrp.fifo and
-    vrrp_notify_fifo_script "/usr/bin/lvs-hooks fifo"."""
+    vrrp_notify_fifo_script "/usr/libexec/keepalived/lvs-hooks fifo"."""
     from lvs_hooks.events.fifo import FifoReader, serve
     from lvs_hooks.events.periodic import make_idle
 
