@@ -160,8 +160,12 @@ class RulesManager:
             report["changes"] = [c for p in plans for c in p.changes]
             report["batch"] = backend.batch_text(plans)
             return
-        if plans:
-            backend.send(plans)
+        if not plans:
+            # Nothing to change: what was just read is the kernel's state (a transition into
+            # a role whose rules are in place costs one read).
+            self._record(role, ruleset, peers, state, live, plans, t_send, report)
+            return
+        backend.send(plans)
         after = backend.read(families)
         left = backend.plan(target, role, after, backend.record(after))
         if left:

@@ -58,7 +58,9 @@ def test_apply_swap_verify_remove(tmp_path, fake):
     assert [c[0][:3] for c in fake.calls[calls:]] == [["nft", "-j", "-f"], ["nft", "-j", "list"]]
     v = m.verify("backup")
     assert not v["ok"] and v["drift"] == ["point redirect_prerouting at redirect_backup"]
+    calls = len(fake.calls)
     assert manager(tmp_path).apply("master")["changes"] == []
+    assert [c[0][:3] for c in fake.calls[calls:]] == [["nft", "-j", "list"]]  # one read, no more
     gone = m.remove()
     assert gone["changes"] == ["delete table inet lvs_hooks"]
     assert not (tmp_path / "run" / "rules-applied.json").exists()

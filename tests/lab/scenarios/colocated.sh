@@ -186,13 +186,31 @@ stop_keepalived() {
         _lab_ns_kill "$d" "${LAB_ANCHOR[$d]} ${RS_PID[$d]}" # the hooks reader, if still there
     done
 }
-_lab_gone() { local p; p=$(< "$1") 2>/dev/null || return 0; ! kill -0 "$p" 2>/dev/null; }
+_lab_gone() { local p; [ -e "$1" ] && p=$(< "$1") || return 0; ! kill -0 "$p" 2>/dev/null; }
 # _lab_ns_kill from lib.sh keeps one pid; keep the anchor and the real server
 _lab_ns_kill() {
-    local ns=$1 keep=" $2 " p
+    local ns=$1 keep=" ${2:-} " p
     for p in $(ip netns pids "$ns" 2>/dev/null); do
         [[ $keep == *" $p "* ]] || kill -9 "$p" 2>/dev/null
     done
+}
+
+# reboot_director DIR: lab_reboot with more patience: a netns goes away asynchronously, and
+# on a loaded host under emulation that took more than lab_reboot's 10 s
+reboot_director() {
+    local d=$1 l
+    _lab_ns_kill "$d"
+    unset "LAB_ANCHOR[$d]"
+    # The namespace itself may outlive its name for minutes: orphaned TCP sockets of the killed
+    # real server keep it while they retransmit their FIN to clients that cannot answer any
+    # more. Cut its links from the bridges at once (deleting one end of a veth deletes both).
+    for l in "v-$d-eth0" "v-$d-eth1" "v-$d-sync"; do ip link del "$l" 2>/dev/null; done
+    ip netns del "$d"
+    lab_wait 90 "$d's old links gone" _lab_no_link "v-$d-eth0" "v-$d-eth1" "v-$d-sync" \
+        > /dev/null || lab_die "$d links did not go away"
+    rm -rf "$LAB_TMP/$d/run"
+    lab_director_create "$d"
+    lab_log "$d: rebooted (empty IPVS and conntrack tables)"
 }
 
 # the newest transition journaled by DIR's lvs-hooks (a JSON line, keys sorted): its STATE
@@ -212,9 +230,19 @@ transitioned() {
     [ "$t" = "$2" ]
 }
 
+# the client goes first, while the directors still carry its connections' last packets
+client_stop() {
+    [ -n "${LAB_CLIENT_PID:-}" ] || return 0
+    kill "$LAB_CLIENT_PID" 2>/dev/null
+    lab_wait 10 "client gone" _lab_pid_gone "$LAB_CLIENT_PID" > /dev/null
+    LAB_CLIENT_PID=""
+    lab_nap 2
+}
+_lab_pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+
 client_restart() {
-    [ -n "${LAB_CLIENT_PID:-}" ] && kill "$LAB_CLIENT_PID" 2>/dev/null
-    exec {LAB_CIN}>&- {LAB_COUT}>&- 2>/dev/null
+    client_stop
+    [ -n "${LAB_CIN:-}" ] && exec {LAB_CIN}>&- {LAB_COUT}>&-
     rm -f "$LAB_TMP"/client.*
     lab_client_start
     lab_client set timeout 4 > /dev/null
@@ -229,8 +257,8 @@ run_mode() {
     if [ "$FIRST_MODE" = 0 ]; then
         # fresh directors: an IPVS connection entry of the mode before (the baseline's loops)
         # is matched before any service or mark, and would go on looping here
-        lab_reboot dir1
-        lab_reboot dir2
+        reboot_director dir1
+        reboot_director dir2
         setup_directors
     fi
     FIRST_MODE=0
@@ -268,6 +296,7 @@ run_mode() {
         nsx dir1 ipvsadm -Ln --stats | sed 's/^/dir1 stats: /'
         nsx dir2 ipvsadm -Ln --stats | sed 's/^/dir2 stats: /'
         lab_client report "$LAB_OUT/traffic-$mode.json" > /dev/null
+        client_stop
         stop_keepalived
         return
     fi
@@ -310,6 +339,7 @@ run_mode() {
     done
     lab_syslog 'rules ' | tail -n 12
     lab_client report "$LAB_OUT/traffic-$mode.json" > /dev/null
+    client_stop
     stop_keepalived
     for d in dir1 dir2; do
         nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.yaml" rules remove > /dev/null \
