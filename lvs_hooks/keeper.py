@@ -135,7 +135,7 @@ def _fwd_method(svc: Service, t: ConnEntry) -> str:
 def keep_once(cfg, ipvs) -> dict:
     """One period of the keeper on this director (call it only while master): figures."""
     from lvs_hooks.explain import record_injections
-    from lvs_hooks.reseed.runner import run_reseed
+    from lvs_hooks.reseed.runner import run_reseed_configured
 
     t0 = time.monotonic()
     table = read_conn_table(cfg.paths.proc_root, templates_only=True, client_counts=True)
@@ -145,20 +145,7 @@ def keep_once(cfg, ipvs) -> dict:
     )
     figures = plan.figures()
     if plan.renew:
-        res = run_reseed(
-            plan.renew,
-            ipvs,
-            proc_root=cfg.paths.proc_root,
-            interface=cfg.sync.interface,
-            syncid=cfg.sync.syncid,
-            group=cfg.sync.group,
-            port=cfg.sync.port,
-            maxlen=cfg.sync.maxlen,
-            queue_limit=cfg.reseed.rx_queue_limit,
-            verify_timeout=cfg.reseed.verify_timeout,
-            resend_rounds=0,
-            verify=False,
-        )
+        res = run_reseed_configured(plan.renew, ipvs, cfg, resend_rounds=0, verify=False)
         figures["sent"] = res.sent
         record_injections(
             cfg.paths.run_dir, [(p.table_key(), p.timeout) for p in plan.renew], "keeper"

@@ -13,7 +13,7 @@ from lvs_hooks.explain import record_injections
 from lvs_hooks.kernel.conntable import parse_conn_table, read_conn_table, read_proc_file
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import plan_reseed
-from lvs_hooks.reseed.runner import run_reseed
+from lvs_hooks.reseed.runner import run_reseed_configured
 from lvs_hooks.snapshot import Snapshot, SnapshotStore
 from lvs_hooks.status import build_status, render_status
 
@@ -178,19 +178,7 @@ def reseed_from_snapshot(
             report["would_send"] = [p.describe() for p in plan.planned[:50]]
             report.update(sent=0, verified=0, missing=0, ms=round((time.monotonic() - t0) * 1000))
             return report
-        res = run_reseed(
-            plan.planned,
-            ipvs,
-            proc_root=cfg.paths.proc_root,
-            interface=cfg.sync.interface,
-            syncid=cfg.sync.syncid,
-            group=cfg.sync.group,
-            port=cfg.sync.port,
-            maxlen=cfg.sync.maxlen,
-            queue_limit=cfg.reseed.rx_queue_limit,
-            verify_timeout=cfg.reseed.verify_timeout,
-            resend_rounds=cfg.reseed.resend_rounds,
-        )
+        res = run_reseed_configured(plan.planned, ipvs, cfg)
     # explain tells injected templates from synced ones by this ledger (the kernel cannot)
     record_injections(cfg.paths.run_dir, [(p.table_key(), p.timeout) for p in plan.planned],
                       "reseed")

@@ -177,6 +177,25 @@ def run_reseed(
     return res
 
 
+def run_reseed_configured(
+    planned: Sequence[PlannedTemplate], ipvs: IPVS, cfg, **overrides
+) -> ReseedResult:
+    """run_reseed with the sync and reseed settings of the configuration (`overrides` win)."""
+    settings = dict(
+        proc_root=cfg.paths.proc_root,
+        interface=cfg.sync.interface,
+        syncid=cfg.sync.syncid,
+        group=cfg.sync.group,
+        port=cfg.sync.port,
+        maxlen=cfg.sync.maxlen,
+        queue_limit=cfg.reseed.rx_queue_limit,
+        verify_timeout=cfg.reseed.verify_timeout,
+        resend_rounds=cfg.reseed.resend_rounds,
+    )
+    settings.update(overrides)
+    return run_reseed(planned, ipvs, **settings)
+
+
 def _expire_first(
     replace: List[PlannedTemplate],
     send: Callable[[Sequence[PlannedTemplate]], None],
