@@ -424,7 +424,11 @@ def parse_config(text: str, source: str = "config", schema: Optional[Type[Any]] 
                 for p, ln, first in dups
             ]
         )
-    return validate(schema or Config, data, source, lines)
+    cfg = validate(schema or Config, data, source, lines)
+    if isinstance(cfg, Config) and cfg.control.port == cfg.sync.port:
+        path = "control.port"
+        _raise([Problem(source, lines.get(path), path, "must differ from sync.port")])
+    return cfg
 
 
 def load_config(path: str, required: bool) -> "Config":
@@ -723,6 +727,17 @@ class KeeperConfig:
         "so a takeover finds a recent one even without the systemd timer.",
         ge=0,
     )
+    fwmark_repair_interval: float = setting(
+        1.0,
+        "While backup, `lvs-hooks fifo` looks this often (seconds; 0: never) for fwmark "
+        "templates the kernel's sync delivered with port 0, which can never bind to a real "
+        "server that has a port (NAT): it lets each expire (timeout 1 s) and puts it back with "
+        "the real server's port. The master's sync refreshes a template at every packet of its "
+        "client, so a busy client's template is repaired once the master falls silent, which "
+        "happens before VRRP notices a dead master. Costs one read of the template table each "
+        "time there are fwmark services.",
+        ge=0,
+    )
 
 
 def is_ip_address(text: str) -> bool:
@@ -816,6 +831,89 @@ class RulesConfig:
 
 
 @dataclass(frozen=True)
+class ControlConfig:
+    """lvs-hooks' own messages between directors: the start and end of a full-table push,
+    requests for one, status queries (warm-up, handover). Each is a UDP datagram to the sync
+    group on its own port, authenticated with HMAC-SHA256 under a shared key and refused when
+    older than max_skew or seen before (nonce). Without a key there is no control channel:
+    pushes still go out, but nobody can confirm them, and `handover` refuses to run."""
+
+    key_file: Optional[str] = setting(
+        None,
+        "File holding the shared key (the same on every director; at least 32 bytes, e.g. "
+        "`head -c 32 /dev/urandom | base64 > FILE`; mode 0600, owned by root). null: no "
+        "control channel.",
+        check=os.path.isabs,
+        allowed="an absolute path, or null",
+    )
+    port: int = setting(
+        8849,
+        "UDP port of the control messages, on the sync group and interface (sync.group, "
+        "sync.interface). Must differ from sync.port.",
+        ge=1,
+        le=65535,
+    )
+    max_skew: float = setting(
+        30.0,
+        "A message whose sender's clock differs from ours by more than this (seconds) is "
+        "refused; within it, a nonce seen before is refused. Keep the directors' clocks in "
+        "sync (chrony).",
+        gt=0,
+        le=3600,
+    )
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Full-table push: the master sends every template it holds to the sync group (TTL
+    sync.ttl) as ordinary sync messages, so every backup's kernel holds the full set, not only
+    the templates of clients that sent traffic lately. Pushed templates carry the real server's
+    configured port (fwmark services) and what is left of their lifetime. A push never
+    re-points a template a backup already holds (the kernel only updates its timeout)."""
+
+    interval: float = setting(
+        60.0,
+        "While master, push the whole table this often (seconds; 0: only on request: a "
+        "starting peer's request, `lvs-hooks push`, `lvs-hooks handover`).",
+        ge=0,
+    )
+    rate: int = setting(
+        20000,
+        "Templates per second at most. The sender cannot see a peer's receive queue: this "
+        "pace, and the peers' confirmation, are what keep a push from being lost.",
+        ge=100,
+        le=1000000,
+    )
+    connections: bool = setting(
+        False,
+        "Also push connection entries (not only templates).",
+    )
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    """The warm-up gate: a director whose table is not warm yet (no full push received since
+    it started, no verified reseed from its own snapshot) asks keepalived, through a track
+    file, for a lower priority, so it takes over when it is alone but does not preempt a
+    master that holds the clients' templates. See etc/keepalived/lvs-hooks-warmup.conf."""
+
+    track_file: Optional[str] = setting(
+        None,
+        "The file keepalived's vrrp_track_file reads: 0 while eligible, 1 while cold or "
+        "handing over (keepalived multiplies it by the weight you give it). null: "
+        "<run_dir>/warmup.track.",
+        check=os.path.isabs,
+        allowed="an absolute path, or null",
+    )
+    max_wait: float = setting(
+        120.0,
+        "Seconds after start after which a director counts as warm even without a push or a "
+        "reseed (a peer that never answers must not keep it out for ever).",
+        gt=0,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; every key has a default that works for one sync interface."""
 
@@ -829,6 +927,9 @@ class Config:
     backup: BackupRoleConfig = section(BackupRoleConfig)
     keeper: KeeperConfig = section(KeeperConfig)
     rules: RulesConfig = section(RulesConfig)
+    control: ControlConfig = section(ControlConfig)
+    push: PushConfig = section(PushConfig)
+    warmup: WarmupConfig = section(WarmupConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -220,11 +220,11 @@ def test_several_problems_first_in_file_order_and_all_kept():
     with pytest.raises(ConfigError) as info:
         parse_config("bogus: 1\nsync:\n  syncid: x\n  port: y\n", SRC)
     assert info.value.format_message() == (
-        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, rules) "
+        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, rules, control, push, warmup) "
         "(and 2 more problems)"
     )
     assert [str(p) for p in info.value.problems] == [
-        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, rules)",
+        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, rules, control, push, warmup)",
         f"config {SRC}:3: sync.syncid: must be an integer 0-255, got 'x'",
         f"config {SRC}:4: sync.port: must be an integer 1-65535, got 'y'",
     ]
@@ -352,3 +352,17 @@ def test_unsupported_schema_type_is_a_bug_not_a_config_error():
 
     with pytest.raises(TypeError):
         parse_config("what: x\n", SRC, Bad)
+
+
+def test_control_port_must_differ_from_sync_port():
+    with pytest.raises(ConfigError) as e:
+        parse_config("sync:\n  port: 9000\ncontrol:\n  port: 9000\n", SRC)
+    assert str(e.value) == f"config {SRC}:4: control.port: must differ from sync.port"
+
+
+def test_issue6_sections_defaults():
+    c = parse_config("", SRC)
+    assert c.control.key_file is None and c.control.port == 8849
+    assert c.push.interval == 60.0 and c.push.rate == 20000
+    assert c.warmup.track_file is None and c.warmup.max_wait == 120.0
+    assert c.keeper.fwmark_repair_interval == 1.0
