@@ -3,6 +3,7 @@
 from lvs_hooks.commands import (  # noqa: F401
     diagnose,
     notify,
+    ready,
     rules,
     templates,
 )
