@@ -82,3 +82,11 @@ class KeepalivedConfError(LvsHooksError):
     braces or quotes, an include loop. The message names the file and the line."""
 
     exit_code = 2
+
+
+class ControlError(LvsHooksError):
+    """The control channel between directors cannot be used: its key file is missing, unreadable,
+    too short or readable by others, or a setting it needs (control.key_file, sync.interface,
+    the group, the port) is absent or unusable. The message names the file or the setting."""
+
+    exit_code = 2

@@ -1,0 +1,326 @@
+"""The control channel over the host kernel: two network namespaces joined by a veth, a channel
+in each (director lb-a in A on va 10.77.0.1, lb-b in B on vb 10.77.0.2).
+
+The test process makes each socket inside its namespace (setns on its own thread, then back):
+a socket stays in the namespace it was made in, so both channels are then driven from here.
+Forged, stale and replayed datagrams are made with the message module and sent from A by a
+plain UDP socket, as an attacker on the link would. Every wait is a deadline (recv timeout,
+wait_for); a refusal is shown by a good message sent after it arriving alone.
+"""
+
+import collections
+import contextlib
+import json
+import logging
+import os
+import socket
+import struct
+import subprocess
+import time
+from typing import Iterator, List, Tuple
+
+import pytest
+from netnslib import _setns, next_tag, sh, wait_for
+
+from lvs_hooks.control.channel import ControlChannel
+from lvs_hooks.control.message import Message, decode, encode, new_message
+
+pytestmark = pytest.mark.netns
+
+KEY = b"lvs-hooks-netns-test-key-0123456789abcdef"
+WRONG_KEY = b"not-the-key-of-these-directors-0123456789"
+GROUP = "224.0.0.81"
+GROUP6 = "ff02::8849:81"
+PORT = 8849
+A_ADDR, B_ADDR = "10.77.0.1", "10.77.0.2"
+MAX_SKEW = 30.0
+
+
+@contextlib.contextmanager
+def inside(netns: str) -> Iterator[None]:
+    """Run the block with this thread in `netns` (sockets made there stay there)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        _setns(target)
+        try:
+            yield
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
+
+
+def link_json(ns: str, dev: str, *what: str) -> list:
+    out = subprocess.run(
+        ["ip", "-n", ns, "-j", *what, "show", "dev", dev],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out)
+
+
+def link_local(ns: str, dev: str) -> str:
+    """The usable (not tentative) IPv6 link-local address of `dev`, or ""."""
+    for info in link_json(ns, dev, "-6", "addr")[0].get("addr_info", []):
+        if info["local"].startswith("fe80:") and not info.get("tentative"):
+            return info["local"]
+    return ""
+
+
+@pytest.fixture
+def pair():
+    """Namespaces (A, B) joined by va 10.77.0.1/24 -- vb 10.77.0.2/24, up, no IPv6 DAD (so
+    the link-local addresses are usable at once). Deleted afterwards, failed test or not."""
+    tag = next_tag()
+    a, b = f"{tag}a", f"{tag}b"
+    made: List[str] = []
+    try:
+        for ns in (a, b):
+            sh("ip", "netns", "add", ns)
+            made.append(ns)
+            # before the veth exists: its per-device settings are copied from `default`
+            sh("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv6.conf.default.accept_dad=0")
+        sh("ip", "-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
+        for ns, dev, addr in ((a, "va", A_ADDR), (b, "vb", B_ADDR)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        for ns, dev in ((a, "va"), (b, "vb")):
+            wait_for(
+                lambda ns=ns, dev=dev: link_json(ns, dev, "link")[0]["operstate"] == "UP",
+                10,
+                f"{dev} in {ns} to be up",
+            )
+            wait_for(lambda ns=ns, dev=dev: link_local(ns, dev), 10, f"{dev}'s link-local")
+        yield a, b
+    finally:
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def open_channel(ns: str, dev: str, sender: str, group: str = GROUP) -> ControlChannel:
+    with inside(ns):
+        return ControlChannel(dev, group, PORT, 1, KEY, sender, MAX_SKEW)
+
+
+def drain(*channels: ControlChannel) -> None:
+    for ch in channels:
+        while ch.recv(0) is not None:
+            pass
+
+
+def settle(a: ControlChannel, b: ControlChannel) -> None:
+    """Wait until a message gets through each way (a new veth may drop the first frames while
+    its queues are being set up), then empty both queues."""
+    for src, dst in ((a, b), (b, a)):
+
+        def through(src=src, dst=dst) -> bool:
+            src.send("status-request", {"probe": True})
+            return dst.recv(0.2) is not None
+
+        wait_for(through, 10, f"a first message from {src.sender} to {dst.sender}")
+    drain(a, b)
+
+
+@pytest.fixture
+def channels(pair):
+    """Channels (lb-a in A, lb-b in B) that have heard each other once, queues empty."""
+    a_ns, b_ns = pair
+    opened: List[ControlChannel] = []
+    try:
+        opened.append(open_channel(a_ns, "va", "lb-a"))
+        opened.append(open_channel(b_ns, "vb", "lb-b"))
+        settle(*opened)
+        for ch in opened:
+            ch.refused.clear()
+        yield opened[0], opened[1]
+    finally:
+        for ch in opened:
+            ch.close()
+
+
+def attacker(ns: str, dev: str, group: str = GROUP) -> socket.socket:
+    """A plain UDP socket in `ns` that sends to the group out of `dev` (loop off)."""
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        mreqn = struct.pack(
+            "4s4si",
+            socket.inet_aton(group),
+            socket.inet_aton("0.0.0.0"),
+            socket.if_nametoindex(dev),
+        )
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 0)
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+    return s
+
+
+def observer(ns: str, dev: str) -> socket.socket:
+    """A plain UDP socket in `ns` that gets every datagram to the group and control port on
+    `dev`, whatever it holds: the raw bytes on the wire."""
+    with inside(ns):
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind((GROUP, PORT))
+        mreqn = struct.pack(
+            "4s4si",
+            socket.inet_aton(GROUP),
+            socket.inet_aton("0.0.0.0"),
+            socket.if_nametoindex(dev),
+        )
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+    s.settimeout(5)
+    return s
+
+
+def receive_until(ch: ControlChannel, marker: Message, category: str) -> List[Tuple[Message, str]]:
+    """Everything `ch` accepts until both `marker` arrived and one datagram of `category` was
+    refused (the veth may reorder two datagrams sent back to back from different sockets)."""
+    got: List[Tuple[Message, str]] = []
+
+    def done() -> bool:
+        item = ch.recv(0.2)
+        if item is not None:
+            got.append(item)
+        return ch.refused[category] >= 1 and any(m.nonce == marker.nonce for m, _ in got)
+
+    wait_for(done, 10, f"{ch.sender} to take {marker.kind} and refuse a {category} datagram")
+    return got
+
+
+def refusals(caplog) -> List[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "lvs_hooks.control.channel" and r.levelno == logging.WARNING
+    ]
+
+
+# ------------------------------------------------------------------------------ tests
+
+
+def test_a_message_reaches_the_other_director_with_its_address_and_body(channels):
+    a, b = channels
+    sent = a.send("push-begin", {"push": "p-1", "templates": 1234, "services": ["10.0.0.1:80"]})
+    got = b.recv(5)
+    assert got is not None, "lb-b received nothing"
+    msg, src = got
+    assert src == A_ADDR
+    assert msg == sent
+    assert (msg.kind, msg.sender, msg.body["templates"]) == ("push-begin", "lb-a", 1234)
+
+    reply = b.send("status-reply", {"warm": True})
+    got = a.recv(5)
+    assert got == (reply, B_ADDR)
+    assert not a.refused and not b.refused
+
+
+def test_a_datagram_made_with_another_key_is_refused_and_logged(channels, pair, caplog):
+    a, b = channels
+    caplog.set_level(logging.WARNING, logger="lvs_hooks.control.channel")
+    forged = encode(new_message("push-request", "lb-a", {"from": "mallory"}), WRONG_KEY)
+    with contextlib.closing(attacker(pair[0], "va")) as s:
+        s.sendto(forged, (GROUP, PORT))
+    marker = a.send("push-end", {"push": "p-1"})
+
+    got = receive_until(b, marker, "forged")
+    assert got == [(marker, A_ADDR)]
+    assert b.refused == collections.Counter(forged=1)
+    assert refusals(caplog) == [
+        f"control: message from {A_ADDR} refused: bad HMAC: wrong key or forged"
+    ]
+
+
+def test_garbage_is_refused_as_malformed(channels, pair, caplog):
+    a, b = channels
+    caplog.set_level(logging.WARNING, logger="lvs_hooks.control.channel")
+    with contextlib.closing(attacker(pair[0], "va")) as s:
+        s.sendto(b"\x01\x00\x00\x28" + b"\x00" * 36, (GROUP, PORT))  # e.g. a sync message
+    marker = a.send("push-end", {})
+
+    assert receive_until(b, marker, "malformed") == [(marker, A_ADDR)]
+    assert b.refused == collections.Counter(malformed=1)
+    assert refusals(caplog) == [
+        f"control: message from {A_ADDR} refused: not an lvs-hooks control message"
+    ]
+
+
+def test_the_same_bytes_sent_again_are_refused_as_replayed(channels, pair, caplog):
+    a, b = channels
+    caplog.set_level(logging.WARNING, logger="lvs_hooks.control.channel")
+    with contextlib.closing(observer(pair[1], "vb")) as wire:
+        first = a.send("push-request", {"reason": "starting"})
+        assert b.recv(5) == (first, A_ADDR)
+        captured, src = wire.recvfrom(65535)  # the datagram as lb-b's socket got it
+    assert src[0] == A_ADDR
+    assert decode(captured, KEY) == first
+
+    with contextlib.closing(attacker(pair[0], "va")) as s:
+        s.sendto(captured, (GROUP, PORT))
+    marker = a.send("push-end", {})
+
+    assert receive_until(b, marker, "replayed") == [(marker, A_ADDR)]
+    assert b.refused == collections.Counter(replayed=1)
+    (line,) = refusals(caplog)
+    assert line.startswith(f"control: message from {A_ADDR} refused: replayed (nonce seen ")
+    assert line.endswith(" s ago)")
+
+
+@pytest.mark.parametrize("offset", [-120.0, +120.0])
+def test_an_old_or_future_timestamp_is_refused_as_stale(channels, pair, caplog, offset):
+    a, b = channels
+    caplog.set_level(logging.WARNING, logger="lvs_hooks.control.channel")
+    stale = new_message("push-request", "lb-a", {}, clock=lambda: time.time() + offset)
+    with contextlib.closing(attacker(pair[0], "va")) as s:
+        s.sendto(encode(stale, KEY), (GROUP, PORT))
+    marker = a.send("push-end", {})
+
+    assert receive_until(b, marker, "stale") == [(marker, A_ADDR)]
+    assert b.refused == collections.Counter(stale=1)
+    (line,) = refusals(caplog)
+    prefix = f"control: message from {A_ADDR} refused: timestamp {'-' if offset < 0 else '+'}1"
+    assert line.startswith(prefix), line
+    assert line.endswith(" s off (max_skew 30)"), line
+
+
+def test_a_director_never_receives_its_own_messages(channels, pair, caplog):
+    a, b = channels
+    caplog.set_level(logging.WARNING, logger="lvs_hooks.control.channel")
+    with contextlib.closing(observer(pair[1], "vb")) as wire:
+        own = b.send("status-request", {"seq": 1})
+        # multicast loop is on: lb-b's own datagram does come back to its namespace ...
+        data, src = wire.recvfrom(65535)
+        assert (decode(data, KEY), src[0]) == (own, B_ADDR)
+    # ... and reaches lb-a, which answers only after it got it
+    assert a.recv(5) == (own, B_ADDR)
+    answer = a.send("status-reply", {"seq": 1})
+    # lb-b's looped copy was queued before the answer was even sent: skipped, not returned
+    assert b.recv(5) == (answer, A_ADDR)
+    assert b.recv(0) is None
+    assert not b.refused and not refusals(caplog)
+
+
+def test_two_directors_in_one_namespace_hear_each_other(channels, pair):
+    a, b = channels
+    with contextlib.closing(open_channel(pair[1], "vb", "lb-b2")) as b2:
+        sent = b.send("push-request", {})
+        assert b2.recv(5) == (sent, B_ADDR)  # the looped copy, from the same host
+        assert a.recv(5) == (sent, B_ADDR)  # and the one on the wire
+        assert b.recv(0) is None
+
+
+def test_ipv6_group(pair):
+    a_ns, b_ns = pair
+    with contextlib.ExitStack() as stack:
+        a = stack.enter_context(contextlib.closing(open_channel(a_ns, "va", "lb-a", GROUP6)))
+        b = stack.enter_context(contextlib.closing(open_channel(b_ns, "vb", "lb-b", GROUP6)))
+        settle(a, b)
+        sent = a.send("status-request", {"v": 6})
+        assert b.recv(5) == (sent, link_local(a_ns, "va"))
+        reply = b.send("status-reply", {"v": 6})
+        assert a.recv(5) == (reply, link_local(b_ns, "vb"))
+        assert b.recv(0) is None
+        assert not a.refused and not b.refused
