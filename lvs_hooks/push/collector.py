@@ -1,0 +1,371 @@
+"""The receiving side of a push, on a backup: did the whole push arrive?
+
+The kernel's backup sync daemon takes the datagrams into the table, and tells nobody what it
+got. lvs-hooks listens to the same group and port beside it (SyncGroupListener: the kernel's
+socket allows a second one with SO_REUSEADDR, and both get every multicast datagram) and
+collects what the pushing director sent between the begin and end announcements of its
+control channel (PushCollector). At the end it compares count and digest with what the sender
+announced: equal means this host received exactly the datagrams sent, in order, and with them
+the keys of the templates, which the receiver can look for in its own table afterwards.
+
+Sources. The pushing director's kernel master daemon sends its ordinary sync messages from
+the same address as the push (both pick the sync interface's address), each from its own
+socket, hence its own source port. So the collector keeps the datagrams of each source port
+of the sender apart (a stream), and the push is the stream whose last `datagrams` datagrams
+have the announced digest. Sources are written "addr:port" ("[addr]:port" for IPv6), as
+SyncGroupListener.recv gives them; a bare address is accepted (then every datagram of that
+address is one stream, and the kernel's own sync traffic during a push makes it incomplete).
+Datagrams of the push's stream received before it (a backlog fed in by the caller, an earlier
+push from the same socket) do not matter: only the last ones are compared.
+
+PushCollector is pure (no I/O, no clock). SyncGroupListener is a thin socket.
+"""
+
+import collections
+import contextlib
+import ipaddress
+import select
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Deque, Dict, List, Optional, Tuple
+
+from lvs_hooks.errors import KernelError
+from lvs_hooks.kernel.model import PROTO_NAMES
+from lvs_hooks.kernel.syncproto import SyncDecodeError, decode_datagram
+from lvs_hooks.push.sender import push_digest
+
+__all__ = [
+    "CollectResult",
+    "PushCollector",
+    "SyncGroupListener",
+    "format_source",
+    "parse_source",
+    "template_key",
+]
+
+TemplateKey = Tuple[str, str, str, int, str, int]
+
+# Bounds on what a collector keeps whatever arrives: sockets of the sender (the push's, the
+# kernel master daemon's, a few more), and source strings remembered parsed.
+MAX_STREAMS = 16
+MAX_SOURCES = 1024
+
+
+def parse_source(src: str) -> Tuple[str, Optional[int]]:
+    """("canonical address", port or None) of "addr", "addr:port" or "[v6addr]:port".
+
+    An IPv6 zone ("%eth0") is dropped; an IPv4-mapped IPv6 address becomes the IPv4 one.
+    Raises ValueError on anything else.
+    """
+    text = src.strip()
+    port: Optional[int] = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"bad source {src!r}")
+        if rest:
+            port = int(rest[1:])
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = int(p)
+    else:
+        host = text
+    if port is not None and not 0 <= port <= 0xFFFF:
+        raise ValueError(f"bad port in source {src!r}")
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip), port
+
+
+def format_source(addr: str, port: Optional[int]) -> str:
+    if port is None:
+        return addr
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def template_key(conn) -> TemplateKey:
+    """A decoded template's key as /proc shows it (PlannedTemplate.table_key())."""
+    proto = PROTO_NAMES.get(conn.protocol, f"IP_{conn.protocol}")
+    return (proto, conn.caddr, conn.vaddr, conn.vport, conn.daddr, conn.dport)
+
+
+@dataclass
+class CollectResult:
+    """What a receiver got of one push."""
+
+    push_id: str
+    complete: bool
+    reason: str  # "" when complete; else one line saying what differs
+    templates: int  # as announced at the end (entries: templates and connections)
+    datagrams: int  # as announced
+    digest: str  # as announced
+    source: str = ""  # the stream taken for the push ("addr:port"); "" if none arrived
+    received_datagrams: int = 0  # of that stream that belong to the push (the last ones)
+    received_bytes: int = 0
+    received_digest: str = ""
+    earlier: int = 0  # datagrams of that stream received before the push's first one
+    entries: int = 0  # decoded entries
+    connections: int = 0  # decoded entries that are not templates
+    keys: List[TemplateKey] = field(default_factory=list)  # decoded templates, in order
+    ignored: int = 0  # datagrams of other sources and other streams of the sender
+
+    def summary(self) -> dict:
+        """JSON-ready, without the keys (there may be a million)."""
+        return {
+            "push_id": self.push_id,
+            "complete": self.complete,
+            "reason": self.reason,
+            "templates": self.templates,
+            "datagrams": self.datagrams,
+            "source": self.source,
+            "received_datagrams": self.received_datagrams,
+            "received_bytes": self.received_bytes,
+            "earlier": self.earlier,
+            "entries": self.entries,
+            "connections": self.connections,
+            "keys": len(self.keys),
+            "ignored": self.ignored,
+        }
+
+
+class _Stream:
+    """The datagrams of one source (address and port), the last `keep` of them."""
+
+    def __init__(self, source: str, keep: int):
+        self.source = source
+        self.kept: Deque[bytes] = collections.deque(maxlen=keep)
+        self.count = 0
+
+    def last(self, n: int) -> List[bytes]:
+        if n <= 0:
+            return []
+        return list(self.kept)[-n:]
+
+
+class PushCollector:
+    """Collects the datagrams of one push, announced by its sender's control channel.
+
+    Started at push-begin with the push id, the sender's address (as the control channel
+    knows it: "addr" or "addr:port") and the number of entries announced. Keeps, per source
+    port of that address, the last `templates` datagrams in arrival order (a push never has
+    more datagrams than entries), so that memory stays bounded whatever else that host sends
+    (and at most MAX_STREAMS source ports of it).
+    """
+
+    def __init__(self, push_id: str, sender_addr: str, templates: int):
+        self.push_id = push_id
+        self.sender, self.sender_port = parse_source(sender_addr)
+        self.templates = max(int(templates), 0)
+        self.ignored = 0
+        self._streams: Dict[Optional[int], _Stream] = {}
+        self._sources: Dict[str, Optional[Tuple[str, Optional[int]]]] = {}
+
+    def add(self, datagram: bytes, src: str) -> bool:
+        """Take a datagram received from `src`; False if it is not the sender's (ignored)."""
+        parsed = self._sources.get(src)
+        if parsed is None and src not in self._sources:
+            try:
+                parsed = parse_source(src)
+            except ValueError:
+                parsed = None
+            if len(self._sources) >= MAX_SOURCES:
+                self._sources.clear()
+            self._sources[src] = parsed
+        if parsed is None:
+            self.ignored += 1
+            return False
+        addr, port = parsed
+        if addr != self.sender or (self.sender_port is not None and port != self.sender_port):
+            self.ignored += 1
+            return False
+        stream = self._streams.get(port)
+        if stream is None:
+            if len(self._streams) >= MAX_STREAMS:
+                self.ignored += 1
+                return False
+            stream = self._streams[port] = _Stream(format_source(addr, port), self.templates)
+        stream.kept.append(bytes(datagram))
+        stream.count += 1
+        return True
+
+    def finish(self, templates: int, datagrams: int, digest: str) -> CollectResult:
+        """Compare what arrived with what the sender announced at the end of the push.
+
+        Complete: one stream of the sender whose last `datagrams` datagrams have `digest`,
+        decode as sync messages and hold `templates` entries. Otherwise the result says why,
+        and gives what the closest stream's last datagrams decode to, for diagnosis.
+        """
+        digest = digest.lower()
+        res = CollectResult(self.push_id, False, "", templates, datagrams, digest)
+        streams = list(self._streams.values())
+        if datagrams <= 0:
+            # An empty push: nothing arrives; only the digest of nothing can be compared.
+            res.received_digest = push_digest([])
+            res.ignored = self.ignored + sum(s.count for s in streams)
+            if res.received_digest == digest and templates == 0:
+                res.complete = True
+            else:
+                res.reason = "an announced empty push with entries or another digest"
+            return res
+        match = None
+        for s in streams:
+            if len(s.kept) >= datagrams and push_digest(s.last(datagrams)) == digest:
+                match = s
+                break
+        chosen = match
+        if chosen is None and streams:
+            chosen = min(streams, key=lambda s: abs(s.count - datagrams))
+        res.ignored = self.ignored + sum(s.count for s in streams if s is not chosen)
+        if chosen is None:
+            res.reason = f"no datagram arrived from {self.sender}"
+            if self.ignored:
+                res.reason += f" ({self.ignored} from other sources)"
+            return res
+        window = chosen.last(min(chosen.count, datagrams))
+        res.source = chosen.source
+        res.received_datagrams = len(window)
+        res.received_bytes = sum(map(len, window))
+        res.received_digest = push_digest(window)
+        res.earlier = chosen.count - len(window)
+        bad = self._decode(window, res)
+        if match is None:
+            if chosen.count < datagrams:
+                res.reason = f"{chosen.count} of {datagrams} datagrams arrived from {res.source}"
+            elif len(chosen.kept) < datagrams:
+                res.reason = f"more datagrams than the {self.templates} entries announced"
+            else:
+                res.reason = (
+                    f"the digest of the last {datagrams} datagrams from {res.source} differs: "
+                    "a datagram was lost, reordered or altered"
+                )
+        elif bad:
+            res.reason = bad
+        elif res.entries != templates:
+            res.reason = f"{res.entries} entries decoded, {templates} announced"
+        else:
+            res.complete = True
+        return res
+
+    @staticmethod
+    def _decode(window: List[bytes], res: CollectResult) -> str:
+        """Fill entries, connections and keys; the first decoding error, or ""."""
+        bad = ""
+        for i, d in enumerate(window):
+            try:
+                msg = decode_datagram(d)
+            except SyncDecodeError as e:
+                bad = bad or f"datagram {i + 1} of {len(window)} does not decode: {e}"
+                continue
+            for c in msg.conns:
+                res.entries += 1
+                if c.is_template:
+                    res.keys.append(template_key(c))
+                else:
+                    res.connections += 1
+        return bad
+
+
+# ---------------------------------------------------------------------------- the socket
+
+# Linux values, not all exposed by Python's socket module.
+_IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
+_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
+_IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
+_IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
+_IPV6_MULTICAST_ALL = 29
+_IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
+_IN6_PKTINFO = struct.Struct("=16si")  # ipi6_addr, ipi6_ifindex
+RCVBUF = 4 << 20  # asked for; the kernel caps it at net.core.rmem_max
+
+
+class SyncGroupListener:
+    """A UDP socket on the sync group and port beside the kernel's backup daemon.
+
+    SO_REUSEADDR (the kernel's socket has it too), bound to (group, port), joined on the sync
+    interface. Datagrams that arrived by another interface are dropped (IP_PKTINFO), and only
+    groups joined on this socket are delivered (IP_MULTICAST_ALL off). recv() gives
+    (datagram, "addr:port") or None on timeout.
+    """
+
+    def __init__(self, ifname: str, group: str, port: int, rcvbuf: int = RCVBUF):
+        try:
+            self.ifindex = socket.if_nametoindex(ifname)
+        except OSError as e:
+            raise KernelError(f"sync interface {ifname!r} does not exist") from e
+        self.ifname, self.group, self.port = ifname, group, port
+        self.ipv6 = ipaddress.ip_address(group).version == 6
+        family = socket.AF_INET6 if self.ipv6 else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            _try_setsockopt(self.sock, socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            packed = socket.inet_pton(family, group)
+            if self.ipv6:
+                self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
+                _try_setsockopt(self.sock, socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
+                self.sock.bind((group, port, 0, self.ifindex))
+                mreq = packed + struct.pack("=I", self.ifindex)
+                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
+            else:
+                self.sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
+                _try_setsockopt(self.sock, socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+                self.sock.bind((group, port))
+                # struct ip_mreqn {imr_multiaddr, imr_address, imr_ifindex}
+                mreqn = struct.pack("=4s4si", packed, bytes(4), self.ifindex)
+                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+        except OSError as e:
+            self.sock.close()
+            raise KernelError(
+                f"cannot listen to the sync group {group} port {port} on {ifname}: "
+                f"{e.strerror or e}"
+            ) from e
+        self.sock.setblocking(False)
+        self._cmsg_space = socket.CMSG_SPACE(max(_IN_PKTINFO.size, _IN6_PKTINFO.size))
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def recv(self, timeout: Optional[float]) -> Optional[Tuple[bytes, str]]:
+        """The next datagram that arrived by the sync interface and its source, or None when
+        `timeout` seconds pass first (None: wait for ever; 0: only what is queued)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, _, _ = select.select([self.sock], [], [], wait)
+            if not ready:
+                return None
+            try:
+                data, anc, _flags, addr = self.sock.recvmsg(0xFFFF, self._cmsg_space)
+            except BlockingIOError:
+                continue  # select saw a datagram the kernel then dropped (bad checksum)
+            ifindex = self._ifindex(anc)
+            if ifindex is not None and ifindex != self.ifindex:
+                continue
+            return data, format_source(parse_source(addr[0])[0], addr[1])
+
+    def _ifindex(self, anc) -> Optional[int]:
+        for level, ctype, cdata in anc:
+            if level == socket.IPPROTO_IP and ctype == _IP_PKTINFO:
+                return _IN_PKTINFO.unpack_from(cdata)[0]
+            if level == socket.IPPROTO_IPV6 and ctype == _IPV6_PKTINFO:
+                return _IN6_PKTINFO.unpack_from(cdata)[1]
+        return None
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> "SyncGroupListener":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _try_setsockopt(sock: socket.socket, level: int, option: int, value: int) -> None:
+    # Best effort: an older kernel lacks the option (the filter on the arrival interface
+    # still applies), rmem_max caps the buffer.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(level, option, value)
