@@ -728,14 +728,15 @@ class KeeperConfig:
         ge=0,
     )
     fwmark_repair_interval: float = setting(
-        1.0,
+        0.5,
         "While backup, `lvs-hooks fifo` looks this often (seconds; 0: never) for fwmark "
         "templates the kernel's sync delivered with port 0, which can never bind to a real "
         "server that has a port (NAT): it lets each expire (timeout 1 s) and puts it back with "
         "the real server's port. The master's sync refreshes a template at every packet of its "
-        "client, so a busy client's template is repaired once the master falls silent, which "
-        "happens before VRRP notices a dead master. Costs one read of the template table each "
-        "time there are fwmark services.",
+        "client, so a busy client's template is repaired once the master falls silent: a dead "
+        "master's in about 2.5 intervals, before VRRP notices (3 advertisement intervals "
+        "and more). Costs one read of the template table each time, only while there are "
+        "persistent fwmark services.",
         ge=0,
     )
 

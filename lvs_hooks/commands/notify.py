@@ -139,7 +139,7 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
     In keepalived.conf (global_defs): vrrp_notify_fifo /run/keepalived/vrrp.fifo and
     vrrp_notify_fifo_script "/usr/libexec/keepalived/lvs-hooks fifo"."""
     from lvs_hooks.events.fifo import FifoReader, serve
-    from lvs_hooks.events.periodic import make_idle
+    from lvs_hooks.events.periodic import idle_period, make_idle
 
     if len(args) != 1:
         raise UsageError(
@@ -153,7 +153,7 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
         make_planner(app),
         lambda event: lock_timeout_for(event, cfg.transitions),
         idle=make_idle(app),
-        idle_interval=cfg.keeper.interval,
+        idle_interval=idle_period(cfg),
     )
     serve(reader)
 

@@ -163,7 +163,15 @@ def reseed_from_snapshot(
         services = ipvs.services()
         live = read_conn_table(cfg.paths.proc_root, templates_only=True)
         if include_live:
-            templates = list(live.templates) + templates  # the first of a key wins
+            # The first of a key wins: fwmark templates under repair (their port and true time
+            # left; the table shows port 0 and the 1 s the repair gave them), then the table,
+            # then the snapshot.
+            from lvs_hooks.fwmark_repair import state_for, take_pending
+
+            repairing = take_pending(state_for(app), time.monotonic())
+            if repairing:
+                log.info("%d fwmark templates were under repair: finishing them", len(repairing))
+            templates = repairing + list(live.templates) + templates
         plan = plan_reseed(templates, 0, services, live.templates, cfg.reseed.min_timeout)
         report = {
             "snapshot": (snap.source or "") if snap else None,

@@ -1,10 +1,15 @@
-"""What `lvs-hooks fifo` does between keepalived's events: the keeper while master, a snapshot
-now and then while backup. Under the transition lock, so it never runs inside a transition; a
-period that cannot get the lock at once is skipped."""
+"""What `lvs-hooks fifo` does between keepalived's events, each task on its own interval:
+
+- while master: the template keeper (keeper.interval);
+- while backup: the fwmark repair (keeper.fwmark_repair_interval) and a snapshot now and then
+  (keeper.snapshot_interval).
+
+Under the transition lock, so it never runs inside a transition; a task that cannot get the
+lock at once is skipped until its next turn."""
 
 import logging
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import filelock
 
@@ -14,41 +19,76 @@ from lvs_hooks.events.sequencer import LOCK_NAME
 log = logging.getLogger(__name__)
 
 
-def make_idle(app: Any) -> Callable[[Optional[str]], None]:
+def _tasks(cfg: Any) -> List[Tuple[str, str, float]]:
+    """(name, role, interval) of the enabled tasks."""
+    tasks = []
+    if cfg.keeper.enabled:
+        tasks.append(("keeper", "MASTER", cfg.keeper.interval))
+    if cfg.keeper.fwmark_repair_interval > 0:
+        tasks.append(("fwmark-repair", "BACKUP", cfg.keeper.fwmark_repair_interval))
+    if cfg.keeper.snapshot_interval > 0:
+        tasks.append(("snapshot", "BACKUP", cfg.keeper.snapshot_interval))
+    return tasks
+
+
+def idle_period(cfg: Any) -> float:
+    """How often the FIFO reader should call the idle function: the shortest task interval."""
+    return min((iv for _, _, iv in _tasks(cfg)), default=cfg.keeper.interval)
+
+
+def make_idle(app: Any, clock: Callable[[], float] = time.monotonic):
     cfg = app.config
-    last_snapshot = [0.0]
+    tasks = _tasks(cfg)
+    last: Dict[str, float] = {}
+    from lvs_hooks.fwmark_repair import state_for
+
+    repair_state = state_for(app)
+
+    def due(role: Optional[str]) -> List[str]:
+        now = clock()
+        # A task is due a little early rather than a whole idle period late.
+        slack = 0.05 * idle_period(cfg)
+        return [
+            name
+            for name, task_role, interval in tasks
+            if task_role == role and now - last.get(name, -1e9) >= interval - slack
+        ]
 
     def idle(role: Optional[str]) -> None:
-        if role not in ("MASTER", "BACKUP"):
-            return
-        want_snapshot = (
-            role == "BACKUP"
-            and cfg.keeper.snapshot_interval > 0
-            and time.monotonic() - last_snapshot[0] >= cfg.keeper.snapshot_interval
-        )
-        if not (role == "MASTER" and cfg.keeper.enabled) and not want_snapshot:
+        if role != "BACKUP":
+            # Repairs belong to one stretch as backup; the MASTER reseed took what it needed.
+            repair_state.pending.clear()
+        names = due(role)
+        if not names:
             return
         lock = filelock.FileLock(f"{cfg.paths.run_dir}/{LOCK_NAME}", timeout=0.2, mode=0o600)
         try:
             with lock:
-                if role == "MASTER":
-                    _keep(cfg)
-                else:
-                    from lvs_hooks.commands.templates import take_snapshot
-
-                    take_snapshot(app)
-                    last_snapshot[0] = time.monotonic()
+                for name in names:
+                    last[name] = clock()
+                    _run(name, app, repair_state)
         except filelock.Timeout:
-            log.debug("periodic work skipped: a transition holds the lock")
+            log.debug("periodic %s skipped: a transition holds the lock", ", ".join(names))
         except LvsHooksError as e:
             log.error("periodic work while %s: %s", role, e.format_message())
 
     return idle
 
 
-def _keep(cfg: Any) -> None:
-    from lvs_hooks.keeper import keep_once
+def _run(name: str, app: Any, repair_state: Any) -> None:
+    if name == "snapshot":
+        from lvs_hooks.commands.templates import take_snapshot
+
+        take_snapshot(app)
+        return
     from lvs_hooks.kernel.netlink import IPVS
 
     with IPVS() as ipvs:
-        keep_once(cfg, ipvs)
+        if name == "keeper":
+            from lvs_hooks.keeper import keep_once
+
+            keep_once(app.config, ipvs)
+        else:
+            from lvs_hooks.fwmark_repair import repair_once
+
+            repair_once(app.config, ipvs, repair_state)

@@ -365,4 +365,4 @@ def test_issue6_sections_defaults():
     assert c.control.key_file is None and c.control.port == 8849
     assert c.push.interval == 60.0 and c.push.rate == 20000
     assert c.warmup.track_file is None and c.warmup.max_wait == 120.0
-    assert c.keeper.fwmark_repair_interval == 1.0
+    assert c.keeper.fwmark_repair_interval == 0.5
