@@ -150,25 +150,33 @@ def run_reseed(
                 res.bytes += st.bytes
                 res.pacing_waits += st.waits
 
+            def deliver(batch: List[PlannedTemplate]) -> List[PlannedTemplate]:
+                """Send `batch`; what is still missing after the verify rounds."""
+                if not verify:
+                    send(batch)
+                    wait_drained(probe, verify_timeout)
+                    return []
+                for round_no in range(resend_rounds + 1):
+                    res.rounds += 1
+                    send(batch)
+                    batch = _wait_for_arrival(batch, probe, proc_root, verify_timeout, clock)
+                    if not batch:
+                        break
+                    log.warning(
+                        "reseed round %d: %d of %d templates not in the table yet; resending",
+                        round_no + 1,
+                        len(batch),
+                        len(planned),
+                    )
+                return batch
+
+            # Templates that are simply missing first: a takeover's clients are arriving, and
+            # replacing one means waiting for the old one to expire.
+            pending = deliver([p for p in pending if not p.replace])
             replace = [p for p in planned if p.replace]
             if replace:
-                res.replaced = _expire_first(replace, send, probe, proc_root, verify_timeout, clock)
-            if not verify:
-                send(pending)
-                wait_drained(probe, verify_timeout)
-                pending = []
-            for round_no in range(resend_rounds + 1 if verify else 0):
-                res.rounds = round_no + 1
-                send(pending)
-                pending = _wait_for_arrival(pending, probe, proc_root, verify_timeout, clock)
-                if not pending:
-                    break
-                log.warning(
-                    "reseed round %d: %d of %d templates not in the table yet; resending",
-                    round_no + 1,
-                    len(pending),
-                    len(planned),
-                )
+                res.replaced = _expire_first(replace, send, probe, proc_root, clock)
+                pending += deliver(replace)
         res.receiver_drops = max(0, probe.drops() - drops0)
     res.missing = len(pending)
     res.verified = len(planned) - len(pending)
@@ -196,12 +204,17 @@ def run_reseed_configured(
     return run_reseed(planned, ipvs, **settings)
 
 
+# How long to wait for templates given 1 s to expire: the timer fires within a few tens of
+# milliseconds of 1 s, or never, if the template has meanwhile come to control a connection
+# (the kernel then re-arms it for 60 s; a takeover's first packet can do that).
+EXPIRE_WAIT = 2.5
+
+
 def _expire_first(
     replace: List[PlannedTemplate],
     send: Callable[[Sequence[PlannedTemplate]], None],
     probe: SyncQueueProbe,
     proc_root: str,
-    timeout: float,
     clock: Callable[[], float],
 ) -> int:
     """Expire templates that must be replaced (timeout 1 s), and wait until they are gone.
@@ -212,8 +225,8 @@ def _expire_first(
     """
     send([dataclasses.replace(p, timeout=1) for p in replace])
     keys = {p.table_key()[:4] for p in replace}
-    deadline = clock() + timeout + 2
-    wait_drained(probe, timeout)
+    deadline = clock() + EXPIRE_WAIT
+    wait_drained(probe, EXPIRE_WAIT)
     delay = 0.2
     while True:
         table = read_conn_table(proc_root, templates_only=True)
