@@ -249,6 +249,19 @@ _lab_file_has() { local c; c=$(< "$1") 2>/dev/null && [[ $c == *"$2"* ]]; }
 
 # lab_hooks_config DIR: writes DIR's lvs-hooks config and prints its path. Directors share the
 # VM's filesystem, so each one has its own state_dir and run_dir under $LAB_TMP/DIR/.
+# lab_hooks_state DIR STATE: DIR's newest lvs-hooks journal record is a finished STATE
+# transition (read from the file: an `lvs-hooks history` costs seconds of start-up under TCG)
+lab_hooks_state() {
+    "$LAB_PYTHON" - "$LAB_TMP/$1/state/events.jsonl" "$2" <<'PYEOF'
+import json, sys
+try:
+    r = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+except (OSError, IndexError, ValueError):
+    sys.exit(1)
+sys.exit(not (r["event"]["state"] == sys.argv[2] and r.get("outcome") in ("done", "failed")))
+PYEOF
+}
+
 lab_hooks_config() {
     local d=$1 f="$LAB_TMP/$1/lvs-hooks.yaml"
     mkdir -p "$LAB_TMP/$d/state" "$LAB_TMP/$d/run"
@@ -380,10 +393,16 @@ lab_no_vip_anywhere() {
 
 # _lab_ns_kill NS [KEEP_PID]: SIGKILL every process in NS (but KEEP_PID)
 _lab_ns_kill() {
-    local ns=$1 keep=${2:-} p
+    local ns=$1 keep=${2:-} p pids=()
     for p in $(ip netns pids "$ns" 2>/dev/null); do
-        [ "$p" = "$keep" ] || kill -9 "$p" 2>/dev/null
+        [ "$p" = "$keep" ] || pids+=("$p")
     done
+    [ ${#pids[@]} -gt 0 ] || return 0
+    # Stop them all first: keepalived's VRRP child gets SIGTERM when its parent dies
+    # (PR_SET_PDEATHSIG) and would send a priority-0 goodbye advert, which a dead box never does.
+    kill -STOP "${pids[@]}" 2>/dev/null
+    kill -9 "${pids[@]}" 2>/dev/null
+    return 0
 }
 
 # lab_fail_hard DIR: node death. SIGKILL keepalived and everything else in DIR (no goodbye

@@ -31,6 +31,14 @@ lab_keepalived_start dir1 150 MASTER
 lab_keepalived_start dir2 100 BACKUP
 lab_client_start
 lab_wait 60 "dir1 is master" lab_master_is dir1 || lab_die "no master"
+if [ "$LVS_HOOKS" = 1 ]; then
+    # lvs-hooks starts slowly under emulation (seconds of imports): the case under test is a
+    # takeover between two directors whose hooks run, so wait for both transitions
+    lab_wait 60 "dir1's MASTER transition journalled" lab_hooks_state dir1 MASTER \
+        || lab_die "no MASTER transition on dir1"
+    lab_wait 60 "dir2's BACKUP transition journalled" lab_hooks_state dir2 BACKUP \
+        || lab_die "no BACKUP transition on dir2"
+fi
 
 lab_step "start: a UDP flow (fwmark service) and a TCP connection per client, both kept busy"
 lab_client open udp-start udp || lab_die "udp flows"
@@ -47,9 +55,8 @@ lab_fail_hard dir1
 lab_wait 60 "dir2 takes over" lab_has_vip dir2 || lab_die "dir2 did not take over"
 if [ "$LVS_HOOKS" = 1 ]; then
     # the MASTER transition (reseed) is done when its journal says so
-    reseeded() { nsx dir2 lvs-hooks --config "$LAB_TMP/dir2/lvs-hooks.yaml" history --json -n 1 \
-                 2>/dev/null | grep -q '"state": *"MASTER"'; }
-    lab_wait 30 "dir2's MASTER transition journalled" reseeded || lab_log "no MASTER record yet"
+    lab_wait 30 "dir2's MASTER transition journalled" lab_hooks_state dir2 MASTER \
+        || lab_log "no MASTER record yet"
 fi
 
 lab_step "after: the same TCP connections, new UDP flows (fwmark)"
@@ -64,8 +71,10 @@ echo "--- dir2 raw entries of protocol IP or port FFFF:"; lab_conn dir2 | grep -
 lab_log "RESULT ($mode): TCP connections continuing on their real server: $tcp_same/$LAB_CLIENTS" \
         "(reset/no answer: $tcp_reset); fwmark clients on their real server: $fwm_same/$LAB_CLIENTS"
 lab_client report "$LAB_OUT/traffic.json" > /dev/null
+cp "$LAB_TMP/dir2/keepalived.log" "$LAB_OUT/keepalived-dir2.log" 2>/dev/null || true
+[ "$LVS_HOOKS" = 1 ] && lab_syslog 'lvs-hooks' > "$LAB_OUT/lvs-hooks.log"
 if [ "$LVS_HOOKS" = 1 ]; then
-    lab_syslog 'lvs-hooks' | grep -E 'MASTER|reseed|keeper|replace' | tail -n 20
+    lab_syslog 'lvs-hooks' | grep -E 'MASTER|reseed|keeper|replace|fwmark|error|Traceback' | tail -n 40
     nsx dir2 lvs-hooks --config "$LAB_TMP/dir2/lvs-hooks.yaml" history --json -n 0 \
         > "$LAB_OUT/history-dir2.json"
 fi
