@@ -847,6 +847,13 @@ class ControlConfig:
         check=os.path.isabs,
         allowed="an absolute path, or null",
     )
+    name: Optional[str] = setting(
+        None,
+        "This director's name in its messages (peers report by it; a director ignores its own "
+        "messages by it). null: the host name. Must differ between directors.",
+        check=lambda v: 0 < len(v) <= 64 and v.isprintable(),
+        allowed="1-64 printable characters, or null",
+    )
     port: int = setting(
         8849,
         "UDP port of the control messages, on the sync group and interface (sync.group, "

@@ -90,3 +90,10 @@ class ControlError(LvsHooksError):
     the group, the port) is absent or unusable. The message names the file or the setting."""
 
     exit_code = 2
+
+
+class HandoverFailed(LvsHooksError):
+    """A planned handover did not happen: no peer confirmed the push, or keepalived kept this
+    director master. Nothing was given up unless the message says so."""
+
+    exit_code = 10

@@ -34,6 +34,7 @@ from lvs_hooks.errors import LockTimeout, LvsHooksError
 from lvs_hooks.events.clock import now_ns
 from lvs_hooks.events.journal import Journal
 from lvs_hooks.events.keepalived import Event
+from lvs_hooks.events.role import write_role
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +227,11 @@ class Sequencer:
             log.error("%s: journal %s not written: %s", what, self.journal.path, e.strerror or e)
             record["journal_error"] = str(e)
             outcome = record["outcome"] = FAILED
+        if outcome in (DONE, FAILED):
+            try:
+                write_role(str(self.run_dir), event.state, event.name or "")
+            except OSError as e:
+                log.error("%s: role file not written: %s", what, e.strerror or e)
         if outcome in (DONE, FAILED) and plan.steps:
             failed = [s["step"] for s in record["steps"] if not s["ok"]]
             log.log(

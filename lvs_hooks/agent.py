@@ -1,0 +1,430 @@
+"""The agent: what runs all the time on every director, beside keepalived (lvs-hooks-agent.service).
+
+keepalived's events say when a director changes role; the agent does what must happen in
+between, and what needs a peer:
+
+- while master: push the whole table to the sync group every push.interval, and whenever a
+  peer asks (push-request), announcing each push on the control channel;
+- while not master: collect each announced push (the sync datagrams, beside the kernel's own
+  backup daemon, and the digest in push-end), check the table against a complete one (put back
+  what the kernel dropped, re-point stale templates no connection uses: push.verify), and then
+  count as warm; ask for a push while cold;
+- at start, once: reseed from the newest snapshot, if one is young enough, once keepalived's
+  checkers have created the services (a rebooted director gets its clients back from disk);
+- every second: the warm-up gate (warmup.refresh writes keepalived's track file);
+- answer status requests (`lvs-hooks handover` on the master asks whether a peer holds a push).
+
+The role is what the last transition left (events.role). One thread, one select() loop; every
+kernel action takes the transition lock, so none runs inside a keepalived transition.
+"""
+
+import collections
+import logging
+import select
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+log = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds between two looks at the role, the gate and the timers
+REQUEST_EVERY = 5.0  # while cold, ask for a push this often
+COLLECT_TIMEOUT = 120.0  # a push whose end never came is forgotten after this
+BACKLOG = 256  # sync datagrams kept from before a push-begin (they may overtake it)
+STARTUP_RESEED_RETRY = 2.0  # seconds between looks for keepalived's services at start
+
+
+@dataclass
+class PushStatus:
+    """The last push this director received, as it reports it in status replies."""
+
+    push_id: str = ""
+    source: str = ""
+    complete: bool = False
+    reason: str = ""
+    templates: int = 0
+    verified: int = 0
+    put_back: int = 0
+    repointed: int = 0
+    stale_in_use: int = 0
+    missing: int = 0  # after putting back: still not in the table
+    at: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class _Collecting:
+    collector: Any
+    started: float
+    source: str
+
+
+@dataclass
+class AgentState:
+    role: Optional[str] = None
+    next_push: float = 0.0
+    push_requested: bool = False
+    next_request: float = 0.0
+    startup_reseed: str = "pending"  # pending, done, skipped
+    next_startup_try: float = 0.0
+    last_push: PushStatus = field(default_factory=PushStatus)
+    collecting: Dict[str, _Collecting] = field(default_factory=dict)
+    backlog: Deque[Tuple[bytes, str]] = field(
+        default_factory=lambda: collections.deque(maxlen=BACKLOG)
+    )
+
+
+class Agent:
+    """The loop. `ops` does the kernel work (see KernelOps); `channel` and `listener` are the
+    control channel and the sync-group listener (None: no control channel configured)."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        ops: Any,
+        channel: Optional[Any],
+        listener: Optional[Any],
+        read_role: Callable[[], Optional[str]],
+        warm: Any,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.cfg = cfg
+        self.ops = ops
+        self.channel = channel
+        self.listener = listener
+        self.read_role = read_role
+        self.warm = warm  # .start(), .mark_warm(reason, figures), .is_warm(), .refresh()
+        self.clock = clock
+        self.st = AgentState()
+
+    # -- the loop
+
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        self.warm.start()
+        log.info(
+            "agent started: control channel %s, push every %s",
+            "on" if self.channel is not None else "off (control.key_file not set)",
+            f"{self.cfg.push.interval:g} s while master" if self.cfg.push.interval else "request",
+        )
+        next_tick = self.clock()
+        while not should_stop():
+            now = self.clock()
+            if now >= next_tick:
+                self.tick()
+                next_tick = self.clock() + TICK
+            self.wait(max(0.0, next_tick - self.clock()))
+
+    def wait(self, timeout: float) -> None:
+        """Wait for datagrams up to `timeout` s and take all that came."""
+        fds = [x for x in (self.channel, self.listener) if x is not None]
+        if not fds:
+            time.sleep(timeout)
+            return
+        ready, _, _ = select.select(fds, [], [], timeout)
+        if self.listener is not None and self.listener in ready:
+            while True:
+                got = self.listener.recv(0)
+                if got is None:
+                    break
+                self.on_sync_datagram(*got)
+        if self.channel is not None and self.channel in ready:
+            while True:
+                got = self.channel.recv(0)
+                if got is None:
+                    break
+                self.on_message(*got)
+
+    def tick(self) -> None:
+        now = self.clock()
+        st = self.st
+        role = self.read_role()
+        if role != st.role:
+            log.info("agent: role %s -> %s", st.role or "unknown", role or "unknown")
+            st.role = role
+            st.next_push = now  # a new master pushes at once
+        if st.startup_reseed == "pending" and now >= st.next_startup_try:
+            self.startup_reseed(now)
+        if role == "MASTER":
+            if not self.warm.is_warm():
+                self.warm.mark_warm("master: its table is the reference", {})
+            interval = self.cfg.push.interval
+            if st.push_requested or (interval > 0 and now >= st.next_push):
+                st.push_requested = False
+                st.next_push = now + interval if interval > 0 else float("inf")
+                self.push()
+        elif self.channel is not None and not self.warm.is_warm() and now >= st.next_request:
+            st.next_request = now + REQUEST_EVERY
+            self.send("push-request", {"role": role or "unknown"})
+        for pid, c in list(st.collecting.items()):
+            if now - c.started > COLLECT_TIMEOUT:
+                log.warning("push %s from %s: no end after %.0f s; forgotten", pid, c.source,
+                            COLLECT_TIMEOUT)
+                del st.collecting[pid]
+        self.warm.refresh()
+
+    # -- what we do
+
+    def push(self) -> Optional[dict]:
+        try:
+            return self.ops.push(self.channel)
+        except Exception as e:  # an LvsHooksError, or an OSError of the socket
+            log.error("push failed: %s", _text(e))
+            return None
+
+    def startup_reseed(self, now: float) -> None:
+        st = self.st
+        if st.role == "MASTER":  # the MASTER transition reseeded already
+            st.startup_reseed = "skipped"
+            return
+        try:
+            outcome = self.ops.startup_reseed()
+        except Exception as e:
+            log.error("start-up reseed failed: %s", _text(e))
+            st.startup_reseed = "skipped"
+            return
+        if outcome is None:  # no services yet: keepalived's checkers have not added them
+            st.next_startup_try = now + STARTUP_RESEED_RETRY
+            return
+        st.startup_reseed = "done" if outcome.get("usable") else "skipped"
+        if outcome.get("warm"):
+            self.warm.mark_warm(
+                f"verified reseed of {outcome.get('verified', 0)} templates from the snapshot",
+                outcome,
+            )
+
+    def send(self, kind: str, body: dict) -> None:
+        if self.channel is None:
+            return
+        try:
+            self.channel.send(kind, body)
+        except Exception as e:
+            log.error("control: cannot send %s: %s", kind, _text(e))
+
+    # -- what we hear
+
+    def on_sync_datagram(self, data: bytes, src: str) -> None:
+        st = self.st
+        if not st.collecting:
+            st.backlog.append((data, src))
+            return
+        for c in st.collecting.values():
+            c.collector.add(data, src)
+
+    def on_message(self, msg: Any, src: str) -> None:
+        kind = msg.kind
+        if kind == "push-request":
+            if self.st.role == "MASTER":
+                log.info("push requested by %s (%s)", msg.sender, src)
+                self.st.push_requested = True
+        elif kind == "push-begin":
+            self.on_push_begin(msg, src)
+        elif kind == "push-end":
+            self.on_push_end(msg, src)
+        elif kind == "status-request":
+            self.send(
+                "status-reply",
+                {
+                    "in_reply_to": msg.nonce,
+                    "role": self.st.role or "unknown",
+                    "warm": self.warm.is_warm(),
+                    "last_push": self.st.last_push.to_dict(),
+                },
+            )
+
+    def on_push_begin(self, msg: Any, src: str) -> None:
+        if self.st.role == "MASTER":
+            return  # a push of our own (`lvs-hooks push` or `handover` on this host)
+        try:
+            push_id = str(msg.body["push_id"])
+            port = int(msg.body["port"])
+            templates = int(msg.body["templates"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("control: push-begin from %s without push_id, port, templates", src)
+            return
+        from lvs_hooks.push.collector import PushCollector, format_source
+
+        source = format_source(src, port)
+        collector = PushCollector(push_id, source, templates)
+        # Datagrams can overtake the announcement: give it what came just before.
+        for data, dsrc in self.st.backlog:
+            collector.add(data, dsrc)
+        self.st.backlog.clear()
+        self.st.collecting[push_id] = _Collecting(collector, self.clock(), source)
+        log.info("push %s from %s (%s): %d templates coming", push_id, msg.sender, source,
+                 templates)
+
+    def on_push_end(self, msg: Any, src: str) -> None:
+        try:
+            push_id = str(msg.body["push_id"])
+            templates = int(msg.body["templates"])
+            datagrams = int(msg.body["datagrams"])
+            digest = str(msg.body["digest"])
+        except (KeyError, TypeError, ValueError):
+            log.warning("control: push-end from %s without push_id, templates, datagrams, "
+                        "digest", src)
+            return
+        c = self.st.collecting.pop(push_id, None)
+        if c is None:
+            return  # ours, or one whose begin we did not hear
+        res = c.collector.finish(templates, datagrams, digest)
+        status = PushStatus(
+            push_id=push_id,
+            source=c.source,
+            complete=res.complete,
+            reason=res.reason,
+            templates=templates,
+            at=time.time(),
+        )
+        if not res.complete:
+            log.warning("push %s from %s incomplete: %s", push_id, c.source, res.reason)
+            self.st.last_push = status
+            self.st.next_request = 0.0  # ask again at the next tick, if still cold
+            return
+        try:
+            fig = self.ops.check_push(res.keys)
+        except Exception as e:
+            log.error("push %s: checking the table failed: %s", push_id, _text(e))
+            status.complete = False
+            status.reason = f"table check failed: {_text(e)}"
+            self.st.last_push = status
+            return
+        status.verified = fig["verified"]
+        status.put_back = fig["put_back"]
+        status.repointed = fig["repointed"]
+        status.stale_in_use = fig["stale_in_use"]
+        status.missing = fig["missing_after"]
+        self.st.last_push = status
+        if status.missing == 0:
+            self.warm.mark_warm(
+                f"full push {push_id} from {msg.sender} ({c.source}): {templates} templates, "
+                f"{status.verified} verified in the table",
+                status.to_dict(),
+            )
+
+
+def _text(e: BaseException) -> str:
+    fm = getattr(e, "format_message", None)
+    return fm() if callable(fm) else str(e)
+
+
+class KernelOps:
+    """The agent's kernel work, each under the transition lock (a keepalived transition and
+    the agent never act on the table at the same time)."""
+
+    def __init__(self, app: Any):
+        self.app = app
+        self.cfg = app.config
+
+    def _locked(self):
+        import filelock
+
+        from lvs_hooks.events.sequencer import LOCK_NAME
+
+        return filelock.FileLock(
+            f"{self.cfg.paths.run_dir}/{LOCK_NAME}", timeout=self.cfg.transitions.lock_timeout,
+            mode=0o600,
+        )
+
+    def push(self, channel: Optional[Any]) -> dict:
+        from lvs_hooks.kernel.netlink import IPVS
+        from lvs_hooks.push.run import push_table
+
+        with self._locked(), IPVS() as ipvs:
+            return push_table(self.cfg, ipvs, channel)
+
+    def check_push(self, keys: List[Tuple]) -> dict:
+        """Compare the table with a complete push, put back and re-point: figures."""
+        from lvs_hooks.explain import record_injections
+        from lvs_hooks.kernel.conntable import read_conn_table
+        from lvs_hooks.kernel.netlink import IPVS
+        from lvs_hooks.push.verify import check_push
+        from lvs_hooks.reseed.runner import run_reseed_configured
+
+        t0 = time.monotonic()
+        with self._locked(), IPVS() as ipvs:
+            table = read_conn_table(self.cfg.paths.proc_root, client_counts=True)
+            services = ipvs.services()
+            check = check_push(keys, table.templates, table.client_counts or {}, services)
+            send = check.missing + check.repoint
+            missing_after = 0
+            if send:
+                res = run_reseed_configured(send, ipvs, self.cfg)
+                missing_after = res.missing
+                record_injections(
+                    self.cfg.paths.run_dir, [(p.table_key(), p.timeout) for p in send], "push"
+                )
+        fig = {
+            **check.figures(),
+            "verified": check.present + len(send) - missing_after,
+            "put_back": len(check.missing),
+            "repointed": len(check.repoint),
+            "missing_after": missing_after + check.unknown,
+            "ms": round((time.monotonic() - t0) * 1000, 1),
+        }
+        log.info(
+            "push received: %(pushed)d templates, %(present)d already in the table, "
+            "%(put_back)d put back (lost on the way), %(repointed)d re-pointed (stale, no "
+            "connection), %(stale_in_use)d stale but in use (kept), %(unknown)d without a local "
+            "service or real server, %(missing_after)d missing after; %(ms).0f ms",
+            fig,
+        )
+        return fig
+
+    def startup_reseed(self) -> Optional[dict]:
+        """Reseed from the newest snapshot once the services exist. None: no services yet."""
+        from lvs_hooks.commands.templates import reseed_from_snapshot
+        from lvs_hooks.kernel.netlink import IPVS
+        from lvs_hooks.snapshot import SnapshotStore
+
+        if not SnapshotStore(self.cfg.paths.state_dir).generations():
+            log.info("start-up reseed: no snapshot in %s", self.cfg.paths.state_dir)
+            return {"usable": False}
+        with IPVS() as ipvs:
+            if not ipvs.services():
+                return None
+        with self._locked():
+            report = reseed_from_snapshot(self.app, None, dry_run=False)
+        usable = report.get("planned", 0) + report.get("skipped", {}).get("already present", 0)
+        report["usable"] = bool(usable)
+        report["warm"] = bool(usable) and report.get("missing", 0) == 0
+        log.info(
+            "start-up reseed from %s (%.0f s old): %d planned, %d verified, %d missing",
+            report.get("snapshot"),
+            report.get("snapshot_age_s", 0),
+            report.get("planned", 0),
+            report.get("verified", 0),
+            report.get("missing", 0),
+        )
+        return report
+
+
+class WarmGate:
+    """The agent's view of the warm-up state (lvs_hooks.warmup), for the configuration."""
+
+    def __init__(self, cfg: Any):
+        from lvs_hooks.warmup import WarmupStore
+
+        self.cfg = cfg
+        self.store = WarmupStore(cfg.paths.run_dir)
+
+    def start(self) -> None:
+        self.store.start()
+        self.refresh()
+
+    def is_warm(self) -> bool:
+        state = self.store.load()
+        return bool(state and state.warm)
+
+    def mark_warm(self, reason: str, figures: dict) -> None:
+        self.store.mark_warm(reason, figures)
+        log.info("warm: %s", reason)
+
+    def refresh(self) -> None:
+        from lvs_hooks.warmup import refresh
+
+        try:
+            refresh(self.cfg)
+        except Exception as e:
+            log.error("warm-up gate: %s", _text(e))

@@ -1,0 +1,107 @@
+"""`lvs-hooks agent`, `push` and `handover`: what needs a peer (issue 6)."""
+
+import logging
+import signal
+
+import click
+
+from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
+
+log = logging.getLogger(__name__)
+
+
+@command("agent")
+@pass_app
+def agent_cmd(app: AppContext) -> None:
+    """Run the agent in the foreground until SIGTERM (lvs-hooks-agent.service): full-table
+    pushes while master, collecting and checking them while backup, the start-up reseed from
+    disk and the warm-up gate's track file."""
+    from lvs_hooks.agent import Agent, KernelOps, WarmGate
+    from lvs_hooks.control.channel import ControlChannel
+    from lvs_hooks.events.role import read_role
+    from lvs_hooks.handover import node_name
+    from lvs_hooks.push.collector import SyncGroupListener
+
+    cfg = app.config
+    channel = listener = None
+    if cfg.control.key_file:
+        channel = ControlChannel.from_config(cfg, sender=node_name(cfg))
+        listener = SyncGroupListener(cfg.sync.interface, cfg.sync.group, cfg.sync.port)
+    stop = []
+
+    def on_term(signum, frame):
+        stop.append(signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    agent = Agent(
+        cfg,
+        KernelOps(app),
+        channel,
+        listener,
+        lambda: read_role(cfg.paths.run_dir),
+        WarmGate(cfg),
+    )
+    try:
+        agent.run(lambda: bool(stop))
+    finally:
+        for x in (channel, listener):
+            if x is not None:
+                x.close()
+    log.info("agent stopped")
+
+
+@command("push")
+@json_option
+@pass_app
+def push_cmd(app: AppContext, as_json: bool) -> None:
+    """Push the whole table to the peers now (announced on the control channel if one is
+    configured), and print the figures."""
+    from lvs_hooks.agent import KernelOps
+    from lvs_hooks.control.channel import ControlChannel
+    from lvs_hooks.handover import node_name
+
+    cfg = app.config
+    channel = None
+    if cfg.control.key_file:
+        channel = ControlChannel.from_config(cfg, sender=f"{node_name(cfg)}/push")
+    try:
+        fig = KernelOps(app).push(channel)
+    finally:
+        if channel is not None:
+            channel.close()
+    emit(fig, as_json, _render_push)
+
+
+def _render_push(f: dict) -> str:
+    return (
+        f"push {f['push_id']}: {f['planned']} templates in {f['datagrams']} datagrams, "
+        f"{f['bytes']} bytes, {f['ms']:.0f} ms on the wire ({f['rate']:.0f}/s)"
+        + (f"; skipped {f['skipped']}" if f["skipped"] else "")
+        + ("" if f["announced"] else " (not announced: no control channel)")
+    )
+
+
+@command("handover")
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for the peer.")
+@click.option("--cancel", is_flag=True, help="Clear the handover flag (after the maintenance).")
+@json_option
+@pass_app
+def handover_cmd(app: AppContext, timeout: float, cancel: bool, as_json: bool) -> None:
+    """Hand the master role to a peer without losing a client: push the table, wait until a
+    peer confirms it holds every template, then lower this director's priority through the
+    warm-up gate's track file and wait until keepalived has made it backup."""
+    from lvs_hooks import handover
+
+    if cancel:
+        emit(handover.cancel(app), as_json, lambda r: f"handover flag cleared: {r['reason']}")
+        return
+    emit(handover.handover(app, timeout), as_json, _render_handover)
+
+
+def _render_handover(r: dict) -> str:
+    return (
+        f"handed over to {r['peer']}: {r['templates']} templates moved, {r['peer_verified']} "
+        f"verified there ({r['peer_put_back']} put back, {r['peer_repointed']} re-pointed), "
+        f"confirmed after {r['ms_to_confirmation']} ms; now {r['role']} after {r['ms']} ms"
+    )

@@ -1,0 +1,88 @@
+"""One full-table push from this director, announced on the control channel.
+
+Reads the table and the services, plans (push.planner), sends paced (push.sender) and tells
+the peers where the push begins and ends (push-begin: its id, its size, the source port its
+datagrams come from; push-end: the counts and the digest), so that a peer's agent can tell a
+complete push from a partial one and check its own table against it.
+"""
+
+import logging
+import socket
+import time
+from typing import Any, Optional
+
+from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.push.planner import plan_push
+from lvs_hooks.push.sender import open_push_sender, send_push
+
+log = logging.getLogger(__name__)
+
+
+def push_table(cfg: Any, ipvs: Any, channel: Optional[Any] = None) -> dict:
+    """Push every template (and connection, with push.connections); the figures."""
+    t0 = time.monotonic()
+    table = read_conn_table(cfg.paths.proc_root, templates_only=not cfg.push.connections)
+    services = ipvs.services()
+    # plan_push takes the templates of the whole table and skips them among the connections
+    conns = table.entries if cfg.push.connections else ()
+    plan = plan_push(table.templates, services, connections=conns)
+    t_plan = time.monotonic()
+    with open_push_sender(cfg) as sender:
+        # Bound before the first datagram, so push-begin can name the source port: a peer
+        # then tells this push from the kernel master daemon's own messages, which leave the
+        # same address from another port.
+        family = socket.AF_INET6 if sender.ipv6 else socket.AF_INET
+        sender.sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
+        port = sender.sock.getsockname()[1]
+
+        def on_begin(push_id: str, templates: int) -> None:
+            if channel is not None:
+                body = {"push_id": push_id, "templates": templates, "port": port}
+                channel.send("push-begin", body)
+
+        def on_end(push_id: str, templates: int, datagrams: int, nbytes: int, digest: str) -> None:
+            if channel is not None:
+                channel.send(
+                    "push-end",
+                    {
+                        "push_id": push_id,
+                        "templates": templates,
+                        "datagrams": datagrams,
+                        "bytes": nbytes,
+                        "digest": digest,
+                    },
+                )
+
+        res = send_push(
+            plan.entries(),
+            sender,
+            syncid=cfg.sync.syncid,
+            maxlen=cfg.sync.maxlen,
+            rate=cfg.push.rate,
+            on_begin=on_begin,
+            on_end=on_end,
+        )
+    figures = {
+        **res.to_dict(),
+        "planned": len(plan.planned),
+        "connections": len(plan.entries()) - len(plan.planned),
+        "skipped": dict(plan.skipped),
+        "ms_plan": round((t_plan - t0) * 1000, 1),
+        "ms_total": round((time.monotonic() - t0) * 1000, 1),
+        "announced": channel is not None,
+    }
+    log.info(
+        "push %s: %d templates%s in %d datagrams, %d bytes, %.0f ms on the wire (%.0f/s), "
+        "%.0f ms in all%s%s",
+        res.push_id,
+        len(plan.planned),
+        f" and {figures['connections']} connections" if figures["connections"] else "",
+        res.datagrams,
+        res.bytes,
+        res.ms,
+        res.rate,
+        figures["ms_total"],
+        f", skipped {dict(plan.skipped)}" if plan.skipped else "",
+        "" if channel is not None else " (no control channel: not announced)",
+    )
+    return figures

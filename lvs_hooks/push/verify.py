@@ -1,0 +1,88 @@
+"""What a backup does with a complete push: compare it with its own table.
+
+Pure: the caller reads the table and sends what this plans. For each pushed template key:
+
+- present: the table holds it, with the same real server;
+- missing: the table has no template for that client and service (the kernel's socket dropped
+  a datagram: a master cannot see a peer's receive queue). Put back locally (TTL 0).
+- stale: the table names another real server (the backup kept a template the master has since
+  replaced). IPVS never re-points a template, so it is expired (timeout 1) and sent anew, but
+  only when none of this client's connections to the service is left in the table: a
+  connection that still uses the old real server keeps it (DESIGN.md section 2).
+"""
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, Iterable, List, Sequence, Tuple
+
+from lvs_hooks.keeper import clients_in_use
+from lvs_hooks.kernel.conntable import ClientKey
+from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.reseed.planner import PlannedTemplate, entry_key
+
+TemplateKey = Tuple[str, str, str, int, str, int]  # as PlannedTemplate.table_key()
+
+
+@dataclass
+class PushCheck:
+    pushed: int = 0
+    present: int = 0
+    missing: List[PlannedTemplate] = field(default_factory=list)
+    repoint: List[PlannedTemplate] = field(default_factory=list)  # replace=True
+    stale_in_use: int = 0  # another real server, still used by a connection: left alone
+    unknown: int = 0  # no local service or real server for it: cannot be put in
+
+    def figures(self) -> dict:
+        return {
+            "pushed": self.pushed,
+            "present": self.present,
+            "missing": len(self.missing),
+            "repoint": len(self.repoint),
+            "stale_in_use": self.stale_in_use,
+            "unknown": self.unknown,
+        }
+
+
+def check_push(
+    keys: Iterable[TemplateKey],
+    live_templates: Iterable[ConnEntry],
+    conn_counts: Dict[ClientKey, int],
+    services: Sequence[Service],
+) -> PushCheck:
+    by_key = {s.key(): s for s in services}
+    live = {entry_key(t): t for t in live_templates if t.is_template and not t.is_invalidated}
+    used = clients_in_use(conn_counts, services)
+    check = PushCheck()
+    for proto, caddr, vaddr, vport, daddr, dport in keys:
+        check.pushed += 1
+        pushed = ConnEntry(proto, caddr, 0, vaddr, vport, daddr, dport, "ASSURED", 0)
+        local = live.get(entry_key(pushed))
+        if local is not None and (local.daddr, local.dport) == (daddr, dport):
+            check.present += 1
+            continue
+        svc = by_key.get(pushed.service_key())
+        dest = svc.destination_for(daddr, dport) if svc is not None else None
+        if svc is None or dest is None:
+            check.unknown += 1
+            continue
+        planned = PlannedTemplate(
+            protocol=proto,
+            caddr=caddr,
+            vaddr=vaddr,
+            vport=vport,
+            daddr=dest.addr,
+            dport=dest.port,
+            fwmark=pushed.fwmark,
+            fwd_method=dest.fwd_method,
+            # The push does not carry the master's time left; the service's whole timeout
+            # errs on the long side, and the master's own sync updates it as its client comes.
+            timeout=max(svc.timeout, 1),
+            pe_name=pushed.pe_name,
+            pe_data=pushed.pe_data,
+        )
+        if local is None:
+            check.missing.append(planned)
+        elif (caddr, svc.key()) in used:
+            check.stale_in_use += 1
+        else:
+            check.repoint.append(replace(planned, replace=True))
+    return check
