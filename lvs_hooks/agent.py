@@ -10,7 +10,8 @@ between, and what needs a peer:
   what the kernel dropped, re-point stale templates no connection uses: push.verify), and then
   count as warm; ask for a push while cold;
 - at start, once: reseed from the newest snapshot, if one is young enough, once keepalived's
-  checkers have created the services (a rebooted director gets its clients back from disk);
+  checkers have created the services (a rebooted director gets its clients back from disk;
+  without a control channel that verified reseed is what makes it warm);
 - every second: the warm-up gate (warmup.refresh writes keepalived's track file);
 - answer status requests (`lvs-hooks handover` on the master asks whether a peer holds a push).
 
@@ -188,7 +189,10 @@ class Agent:
             st.next_startup_try = now + STARTUP_RESEED_RETRY
             return
         st.startup_reseed = "done" if outcome.get("usable") else "skipped"
-        if outcome.get("warm"):
+        # With peers to push (a control channel), only a push counts: the disk is older than
+        # what the master holds, and a director warm from disk alone would preempt with the
+        # real servers its clients had before it went down.
+        if outcome.get("warm") and self.channel is None:
             self.warm.mark_warm(
                 f"verified reseed of {outcome.get('verified', 0)} templates from the snapshot",
                 outcome,
@@ -418,8 +422,9 @@ class WarmGate:
         return bool(state and state.warm)
 
     def mark_warm(self, reason: str, figures: dict) -> None:
-        self.store.mark_warm(reason, figures)
-        log.info("warm: %s", reason)
+        if not self.is_warm():  # the store keeps the first reason; so does the log
+            self.store.mark_warm(reason, figures)
+            log.info("warm: %s", reason)
 
     def refresh(self) -> None:
         from lvs_hooks.warmup import refresh

@@ -33,6 +33,8 @@
 #   lab_keepalived_start DIR PRIO [STATE]  render keepalived.conf from the template, start it
 #   lab_keepalived_conf DIR PRIO STATE  (the template; prints the config)
 #   lab_hooks_config DIR                (lvs-hooks config of one director; prints the path)
+#   lab_hooks_state DIR STATE           DIR's newest journal record: a finished STATE transition
+#   lab_agent_start DIR / lab_warm DIR  the agent (LVS_HOOKS_AGENT=1); its warm-up state
 #   lab_has_vip DIR / lab_master_is DIR wait predicates
 #   lab_fail_hard DIR                   node death: SIGKILL all its processes, links down
 #   lab_reboot DIR                      fresh netns (empty IPVS table), re-plugged, no keepalived
@@ -70,6 +72,10 @@ LAB_PROTOS=${LAB_PROTOS:-"UDP TCP"}     # one virtual_server per protocol on VIP
 LAB_FWMARK=${LAB_FWMARK:-}             # N: a `virtual_server fwmark N` too (lab_fwmark_rules)
 LVS_HOOKS=${LVS_HOOKS:-0}               # 1: wire lvs-hooks into keepalived (see lab_keepalived_conf)
 LVS_HOOKS_MODE=${LVS_HOOKS_MODE:-fifo}  # fifo (vrrp_notify_fifo_script) | notify (older keepalived)
+LVS_HOOKS_AGENT=${LVS_HOOKS_AGENT:-0}   # 1 (with LVS_HOOKS=1): `lvs-hooks agent` per director, a
+                                        # shared control key, the warm-up gate in keepalived.conf
+LAB_GATE_WEIGHT=${LAB_GATE_WEIGHT:--60} # track_file weight: larger than the priority gaps
+LAB_PUSH_INTERVAL=${LAB_PUSH_INTERVAL:-30}
 LAB_DIRECTORS=0                         # set by lab_topology
 
 declare -A LAB_ANCHOR=()   # netns -> pid of a process living in it (for /proc/PID/net/*)
@@ -274,8 +280,32 @@ sync:
   interface: $LAB_SYNC_IF
   syncid: $LAB_SYNCID
 EOF
+    if [ "$LVS_HOOKS_AGENT" = 1 ]; then
+        [ -s "$LAB_TMP/control.key" ] || (umask 077; head -c 32 /dev/urandom | base64 \
+            > "$LAB_TMP/control.key")
+        cat >> "$f" <<EOF
+control:
+  key_file: $LAB_TMP/control.key
+  name: $d
+push:
+  interval: $LAB_PUSH_INTERVAL
+warmup:
+  max_wait: 600
+EOF
+    fi
     echo "$f"
 }
+
+# lab_agent_start DIR: `lvs-hooks agent` in DIR (log: $LAB_TMP/DIR/agent.log); with
+# LVS_HOOKS_AGENT=1 lab_keepalived_start calls it. Slow to start under TCG (imports).
+lab_agent_start() {
+    local d=$1
+    nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.yaml" agent >> "$LAB_TMP/$d/agent.log" 2>&1 &
+    disown
+}
+
+# lab_warm DIR: DIR's warm-up state says warm (read from its run_dir, no process)
+lab_warm() { grep -q '"warm": *true' "$LAB_TMP/$1/run/warmup.json" 2>/dev/null; }
 
 # lab_keepalived_conf DIR PRIO STATE: prints DIR's keepalived.conf. VRRP instance VI_1 on eth0
 # holding the VIP and the real servers' gateway VIP; kernel sync daemon on the sync link; one
@@ -293,7 +323,19 @@ lab_keepalived_conf() {
     vrrp_notify_fifo_script \"/usr/local/bin/lvs-hooks --config $cfg fifo\""
         fi
     fi
+    local gate_global="" gate_instance=""
+    if [ "$LVS_HOOKS" = 1 ] && [ "$LVS_HOOKS_AGENT" = 1 ]; then
+        gate_global="track_file lvs_hooks_warmup {
+    file \"$LAB_TMP/$d/run/warmup.track\"
+    weight $LAB_GATE_WEIGHT
+    init_file 1 overwrite
+}"
+        gate_instance="    track_file {
+        lvs_hooks_warmup
+    }"
+    fi
     cat <<EOF
+$gate_global
 global_defs {
     router_id $d
     lvs_sync_daemon $LAB_SYNC_IF VI_1 id $LAB_SYNCID
@@ -312,6 +354,7 @@ vrrp_instance VI_1 {
         $LAB_GW_VIP/24 dev eth1
     }
 $hooks_instance
+$gate_instance
 }
 EOF
     if [ -n "$LAB_FWMARK" ]; then
@@ -354,7 +397,11 @@ lab_keepalived_start() {
     ip netns exec "$d" keepalived -n -l -D -f "$dir/keepalived.conf" -p "$dir/keepalived.pid" \
         -r "$dir/vrrp.pid" -c "$dir/checkers.pid" >> "$dir/keepalived.log" 2>&1 &
     disown
-    lab_log "keepalived started in $d (priority $prio, $state${LVS_HOOKS:+, LVS_HOOKS=$LVS_HOOKS})"
+    if [ "$LVS_HOOKS" = 1 ] && [ "$LVS_HOOKS_AGENT" = 1 ]; then
+        lab_agent_start "$d"
+    fi
+    lab_log "keepalived started in $d (priority $prio, $state, LVS_HOOKS=$LVS_HOOKS," \
+        "agent=$LVS_HOOKS_AGENT)"
 }
 
 # lab_fwmark_rules DIR: mark UDP to the VIP with LAB_FWMARK (mangle PREROUTING; TCP stays on
