@@ -366,3 +366,13 @@ def test_issue6_sections_defaults():
     assert c.push.interval == 60.0 and c.push.rate == 20000
     assert c.warmup.track_file is None and c.warmup.max_wait == 120.0
     assert c.keeper.fwmark_repair_interval == 0.5
+
+
+def test_unquoted_mac_and_times_stay_strings_not_base60_integers():
+    c = parse_config("rules:\n  peer_macs: [52:54:00:12:34:56]\n", SRC)
+    assert c.rules.peer_macs == ("52:54:00:12:34:56",)
+    with pytest.raises(ConfigError) as e:
+        parse_config("keeper:\n  interval: 1:30\n", SRC)
+    assert "keeper.interval" in str(e.value) and "'1:30'" in str(e.value)
+    c = parse_config("keeper:\n  interval: 2.5\n  refresh_below: 0x10\n", SRC)
+    assert (c.keeper.interval, c.keeper.refresh_below) == (2.5, 16)
