@@ -31,7 +31,9 @@ log = logging.getLogger(__name__)
 TICK = 1.0  # seconds between two looks at the role, the gate and the timers
 REQUEST_EVERY = 5.0  # while cold, ask for a push this often
 COLLECT_TIMEOUT = 120.0  # a push whose end never came is forgotten after this
-BACKLOG = 256  # sync datagrams kept from before a push-begin (they may overtake it)
+# Sync datagrams kept from before a push-begin (they may overtake it, or the agent was busy
+# when the push began): 4096 datagrams are 160,000 IPv4 templates, about 6 MB at most.
+BACKLOG = 4096
 STARTUP_RESEED_RETRY = 2.0  # seconds between looks for keepalived's services at start
 
 
@@ -113,7 +115,10 @@ class Agent:
         while not should_stop():
             now = self.clock()
             if now >= next_tick:
-                self.tick()
+                try:
+                    self.tick()
+                except Exception:  # a bug or a broken state file: say so, keep serving
+                    log.exception("agent: periodic work failed")
                 next_tick = self.clock() + TICK
             self.wait(max(0.0, next_tick - self.clock()))
 
@@ -124,18 +129,25 @@ class Agent:
             time.sleep(timeout)
             return
         ready, _, _ = select.select(fds, [], [], timeout)
-        if self.listener is not None and self.listener in ready:
-            while True:
-                got = self.listener.recv(0)
-                if got is None:
-                    break
-                self.on_sync_datagram(*got)
+        if ready:
+            # Datagrams first, into the collectors or the backlog (push-begin may be read only
+            # now, after the agent was busy); a push-end drains them again before it counts.
+            self.drain_sync()
         if self.channel is not None and self.channel in ready:
             while True:
                 got = self.channel.recv(0)
                 if got is None:
                     break
                 self.on_message(*got)
+
+    def drain_sync(self) -> None:
+        if self.listener is None:
+            return
+        while True:
+            got = self.listener.recv(0)
+            if got is None:
+                return
+            self.on_sync_datagram(*got)
 
     def tick(self) -> None:
         now = self.clock()
@@ -269,9 +281,11 @@ class Agent:
             log.warning("control: push-end from %s without push_id, templates, datagrams, "
                         "digest", src)
             return
-        c = self.st.collecting.pop(push_id, None)
-        if c is None:
+        if push_id not in self.st.collecting:
             return  # ours, or one whose begin we did not hear
+        # The last datagrams left before push-end did; they may wait in the listener's queue.
+        self.drain_sync()
+        c = self.st.collecting.pop(push_id)
         res = c.collector.finish(templates, datagrams, digest)
         status = PushStatus(
             push_id=push_id,

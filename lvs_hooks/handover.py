@@ -85,8 +85,10 @@ def handover(
                  last["push_id"], last.get("verified", 0))
         WarmupStore(run_dir).set_handover(True)
         refresh(cfg)
+        # keepalived gets the whole timeout to demote us, however long the confirmation took
+        demote_by = clock() + timeout
         while read_role(run_dir) == "MASTER":
-            if clock() >= deadline:
+            if clock() >= demote_by:
                 WarmupStore(run_dir).set_handover(False)
                 refresh(cfg)
                 raise HandoverFailed(

@@ -571,3 +571,36 @@ def test_warm_gate_starts_cold_and_writes_the_track_file(tmp_path):
     assert track.read_text() == "0\n"
     state = gate.store.load()
     assert (state.reason, state.figures) == ("full push abc from lb1", {"verified": 91})
+
+
+class QueuedListener:
+    """The sync-group listener with datagrams still in its socket queue."""
+
+    def __init__(self, items):
+        self.items = list(items)
+
+    def recv(self, timeout):
+        return self.items.pop(0) if self.items else None
+
+
+def test_push_end_first_drains_the_datagrams_still_queued_on_the_listener():
+    env = Env(role="BACKUP")
+    env.tick_at(0)
+    env.begin()
+    env.dgram(DGRAMS[0])
+    # the last datagrams left before push-end but wait in the listener's queue: a busy agent
+    env.agent.listener = QueuedListener([(DGRAMS[1], PUSH_SRC), (DGRAMS[2], PUSH_SRC)])
+    env.end()
+    assert env.ops.checked == [KEYS] and env.warm.warm
+    assert env.agent.listener.items == []
+
+
+def test_a_push_read_late_keeps_more_than_a_few_hundred_datagrams_in_the_backlog():
+    env = Env(role="BACKUP")
+    for _ in range(1000):  # the kernel's own sync traffic while the agent was busy
+        env.dgram(KERNEL_DGRAM, KERNEL_SRC)
+    for d in DGRAMS:
+        env.dgram(d)
+    env.begin()
+    env.end()
+    assert env.ops.checked == [KEYS] and env.warm.warm
