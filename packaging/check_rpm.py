@@ -15,31 +15,82 @@ with rpm2cpio into a scratch directory):
 - requires / provides: exactly the expected dependencies (no generated python(abi) or
   pythondist ones), Recommends ipvsadm, bundled() provides equal to packaging/vendor.lock;
 - scriptlets: post/preun/postun with systemctl and systemd-tmpfiles, no unexpanded macro, each
-  valid sh;
-- payload: both wrappers identical, isolated interpreter flags, the units and keepalived examples
-  name the packaged paths, the bundled licences.
+  valid sh; and each one run with sh, for install, upgrade and removal ($1), against stand-ins
+  for systemctl, systemd-tmpfiles, find and the interpreters that record their calls: what is
+  done to each unit (UNIT_POLICY: preset on install, disabled and stopped or only disabled on
+  removal, restarted on upgrade or left alone);
+- units: every Exec program packaged (or required), /usr/sbin/lvs-hooks and never
+  /usr/bin/lvs-hooks, no path of the source tree, Documentation= files packaged, ReadWritePaths=
+  directories the package owns (and tmpfiles.d creates, under /run), the [Install] section the
+  presets rely on, the rules unit's RefuseManualStop= that its scriptlets rely on;
+- payload: both wrappers identical, isolated interpreter flags, the keepalived examples name the
+  packaged paths, the bundled licences;
+- source tree (when run from a checkout): every unit of systemd/ and every example of
+  etc/keepalived/ is in UNITS and EXAMPLES, so none is left out of the package unnoticed.
 
 Prints a summary and one line per failed check; exit 0 when all pass, 1 otherwise. Stdlib only,
 Python 3.9+.
 """
 
 import argparse
+import glob
 import json
 import os
 import re
+import shlex
 import stat
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional, Set, Tuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+PROJECT = os.path.dirname(HERE)
 LIB = "/usr/lib/lvs-hooks"
 WRAPPERS = ("/usr/sbin/lvs-hooks", "/usr/libexec/keepalived/lvs-hooks")
+COMMAND = WRAPPERS[0]  # the one the units run
 PYTHONS = ("/usr/bin/python3.9", "/usr/bin/python3.11", "/usr/bin/python3.12")
-UNITS = ("lvs-hooks-snapshot.service", "lvs-hooks-snapshot.timer")
+UNITDIR = "/usr/lib/systemd/system"
+UNITS = ("lvs-hooks-agent.service", "lvs-hooks-rules.service", "lvs-hooks-snapshot.service",
+         "lvs-hooks-snapshot.timer")
+TMPFILES = "/usr/lib/tmpfiles.d/lvs-hooks.conf"
 DOC = "/usr/share/doc/lvs-hooks"
 LICENSES = "/usr/share/licenses/lvs-hooks"
+EXAMPLES = ("lvs-hooks-fifo.conf", "lvs-hooks-notify.conf", "lvs-hooks-warmup.conf")
+# programs outside the package that the units run, each a Requires of the package
+REQUIRED_PROGRAMS = ("/usr/bin/flock",)
+
+# What the scriptlets do to each unit: on installation every unit is preset (the distribution's
+# preset policy decides; EL's default enables none of them); on removal each is disabled, and
+# stopped ("disable --now") unless stopping it would stop keepalived; on upgrade the running ones
+# that must run the new code are restarted ("try-restart"), the others left alone.
+UNIT_POLICY = {
+    # unit: (on removal, on upgrade)
+    "lvs-hooks-agent.service": ("disable --now", "try-restart"),
+    # RequiredBy=keepalived: stopping or restarting it would stop or restart keepalived (and
+    # it refuses both: RefuseManualStop=yes); on upgrade it must not re-apply the backup-role
+    # rules on a director that may be master
+    "lvs-hooks-rules.service": ("disable", None),
+    # a oneshot started by the timer: its next run takes the new code
+    "lvs-hooks-snapshot.service": ("disable --now", None),
+    "lvs-hooks-snapshot.timer": ("disable --now", "try-restart"),
+}
+# what each unit runs: its ExecStart= ends with this
+UNIT_EXEC = {
+    "lvs-hooks-agent.service": f"{COMMAND} agent",
+    "lvs-hooks-rules.service": f"{COMMAND} rules apply --role backup",
+    "lvs-hooks-snapshot.service": f"{COMMAND} snapshot",
+}
+# the [Install] line that `systemctl preset` would act on (None: no [Install], started by
+# another unit)
+UNIT_INSTALL = {
+    "lvs-hooks-agent.service": ("WantedBy", "multi-user.target"),
+    "lvs-hooks-rules.service": ("RequiredBy", "keepalived.service"),
+    "lvs-hooks-snapshot.service": None,
+    "lvs-hooks-snapshot.timer": ("WantedBy", "timers.target"),
+}
+# a path of the source tree (relative, as the source's comments name them), in a packaged file
+SOURCE_PATH = re.compile(r"(^|[\s(\"'])(etc/keepalived|systemd|packaging)/[\w.-]+")
 # path prefixes the package may put files under (besides the exact paths of EXPECTED)
 ALLOWED_PREFIXES = (LIB + "/", DOC + "/", LICENSES + "/")
 
@@ -67,15 +118,15 @@ def expected_entries(bundled: bool) -> Dict[str, tuple]:
         LIB + "/lvs_hooks": (d | 0o755, ""),
         LIB + "/lvs_hooks/__main__.py": (f | 0o644, ""),
         LIB + "/lvs_hooks/cli.py": (f | 0o644, ""),
-        "/usr/lib/systemd/system/lvs-hooks-snapshot.service": (f | 0o644, ""),
-        "/usr/lib/systemd/system/lvs-hooks-snapshot.timer": (f | 0o644, ""),
-        "/usr/lib/tmpfiles.d/lvs-hooks.conf": (f | 0o644, ""),
+        TMPFILES: (f | 0o644, ""),
         "/var/lib/lvs-hooks": (d | 0o700, ""),
         "/run/lvs-hooks": (d | 0o700, "g"),
         DOC + "/README.md": (f | 0o644, "d"),
-        DOC + "/lvs-hooks-fifo.conf": (f | 0o644, "d"),
-        DOC + "/lvs-hooks-notify.conf": (f | 0o644, "d"),
     }
+    for unit in UNITS:
+        exp[f"{UNITDIR}/{unit}"] = (f | 0o644, "")
+    for example in EXAMPLES:
+        exp[f"{DOC}/{example}"] = (f | 0o644, "d")
     if bundled:
         for pkg in ("click", "filelock", "pyroute2", "yaml"):
             exp[f"{LIB}/vendor/{pkg}/__init__.py"] = (f | 0o644, "")
@@ -217,36 +268,291 @@ def scriptlets(rpm: str) -> Dict[str, str]:
     return parts
 
 
-def check_scriptlets(c: Checker, rpm: str) -> None:
+def check_scriptlets(c: Checker, rpm: str, bundled: bool = True) -> None:
     s = scriptlets(rpm)
     c.check("scriptlets are post, preun, postun", sorted(s) == ["post", "postun", "preun"],
             str(sorted(s)))
-    units = " ".join(UNITS)
-    musts = {
-        "post": [f"systemctl --no-reload preset {units}",
-                 "systemd-tmpfiles --create /usr/lib/tmpfiles.d/lvs-hooks.conf",
-                 f"-m compileall -q -f {LIB}"],
-        "preun": [f"systemctl --no-reload disable --now {units}", "-name __pycache__"],
-        "postun": ["systemctl try-restart lvs-hooks-snapshot.timer"],
-    }
-    for name, needles in musts.items():
-        body = s.get(name, "")
-        for n in needles:
-            c.check(f"{name}: {n}", n in body)
-        c.check(f"{name}: no unexpanded macro", not re.search(r"%[{a-z_]", body),
-                " ".join(re.findall(r"%[{a-z_]\S*", body)[:3]))
-        r = subprocess.run(["sh", "-n"], input=body, text=True, capture_output=True)
-        c.check(f"{name}: valid sh", r.returncode == 0, r.stderr.strip())
+    check_scriptlet_bodies(c, s, bundled)
     trig = rpmq(rpm, "--triggers").strip() + rpmq(rpm, "--filetriggers").strip()
     c.check("no triggers", not trig, trig[:200])
 
 
-def check_payload(c: Checker, root: str, bundled: bool) -> None:
-    def read(p: str) -> str:
-        with open(root + p, encoding="utf-8") as fh:
-            return fh.read()
+def check_scriptlet_bodies(c: Checker, s: Dict[str, str], bundled: bool = True) -> None:
+    """The scriptlets' text, then what they do when run (run_scriptlet)."""
+    musts = {
+        "post": ["systemctl --no-reload preset ", f"systemd-tmpfiles --create {TMPFILES}",
+                 f"-m compileall -q -f {LIB}"],
+        "preun": ["systemctl --no-reload disable --now ", "-name __pycache__"],
+        "postun": ["systemctl try-restart "],
+    }
+    for name, needles in musts.items():
+        body = s.get(name, "")
+        for n in needles:
+            c.check(f"{name}: {n.strip()}", n in body)
+        c.check(f"{name}: no unexpanded macro", not re.search(r"%[{a-z_]", body),
+                " ".join(re.findall(r"%[{a-z_]\S*", body)[:3]))
+        r = subprocess.run(["sh", "-n"], input=body, text=True, capture_output=True)
+        c.check(f"{name}: valid sh", r.returncode == 0, r.stderr.strip())
+    unknown = sorted({p for body in s.values() for p in _paths(body) if not _known_path(p)})
+    if not c.check("scriptlets name only known paths (so they can be run here)", not unknown,
+                   ", ".join(unknown[:5])):
+        return
+    with tempfile.TemporaryDirectory(prefix="check-rpm-scriptlets-") as tmp:
+        for name, arg, what in SCRIPTLET_RUNS:
+            rc, calls, err = run_scriptlet(s.get(name, ""), arg, tmp)
+            check_scriptlet_run(c, name, arg, what, rc, calls, err, bundled)
 
-    w = [read(p) for p in WRAPPERS]
+
+# (scriptlet, $1, what rpm is doing): rpm passes the number of versions of the package that
+# remain installed when the scriptlet ends
+SCRIPTLET_RUNS = (
+    ("post", 1, "installation"), ("post", 2, "upgrade"),
+    ("preun", 0, "removal"), ("preun", 1, "upgrade"),
+    ("postun", 0, "removal"), ("postun", 1, "upgrade"),
+)
+# the commands the scriptlets call, each replaced by a stand-in that records its arguments
+STANDINS = ("systemctl", "systemd-tmpfiles", "find")
+_INTERPRETER = re.compile(r"/usr/bin/(python3[0-9.]*)\b")
+
+
+def _paths(body: str) -> List[str]:
+    code = "\n".join(ln for ln in body.splitlines() if not ln.lstrip().startswith("#"))
+    return re.findall(r"(?<![\w.$}-])/[\w./-]+", code)
+
+
+def _known_path(p: str) -> bool:
+    return p in ("/dev/null", LIB, TMPFILES) or _INTERPRETER.fullmatch(p) is not None
+
+
+def run_scriptlet(body: str, arg: int, tmp: str) -> Tuple[int, List[List[str]], str]:
+    """Runs a scriptlet with sh as rpm would (the body, $1 = arg), with PATH holding only
+    stand-ins for STANDINS and each /usr/bin/python3.x of the body replaced by a stand-in:
+    (exit status, the calls in order as argv lists, stderr)."""
+    stand = os.path.join(tmp, "bin")
+    log = os.path.join(tmp, "calls")
+    if not os.path.isdir(stand):
+        os.makedirs(stand)
+        names = set(STANDINS) | {m.group(1) for p in PYTHONS + ("/usr/bin/python3",)
+                                 for m in [_INTERPRETER.fullmatch(p)]}
+        for n in names:
+            path = os.path.join(stand, n)
+            with open(path, "w", encoding="utf-8") as fh:
+                fh.write('#!/bin/sh\n{ printf "%s" "${0##*/}"; for a in "$@"; do '
+                         'printf "\\t%s" "$a"; done; printf "\\n"; } >> "$SCRIPTLET_CALLS"\n')
+            os.chmod(path, 0o755)
+    script = os.path.join(tmp, "scriptlet")
+    with open(script, "w", encoding="utf-8") as fh:
+        fh.write(_INTERPRETER.sub(lambda m: os.path.join(stand, m.group(1)), body))
+    with open(log, "w", encoding="utf-8"):
+        pass
+    r = subprocess.run(["/bin/sh", script, str(arg)], capture_output=True, text=True,
+                       cwd=tmp, env={"PATH": stand, "SCRIPTLET_CALLS": log}, timeout=30)
+    with open(log, encoding="utf-8") as fh:
+        calls = [ln.split("\t") for ln in fh.read().splitlines()]
+    return r.returncode, calls, r.stderr
+
+
+def expected_calls(name: str, arg: int,
+                   bundled: bool = True) -> Tuple[Dict[str, Set[str]], List[List[str]]]:
+    """What a scriptlet run must do: (unit -> systemctl actions, the other calls in order)."""
+    actions: Dict[str, Set[str]] = {u: set() for u in UNITS}
+    other: List[List[str]] = []
+    if name == "post":
+        if arg == 1:
+            for u in UNITS:
+                actions[u].add("preset")
+        other.append(["systemd-tmpfiles", "--create", TMPFILES])
+        other += [[m.group(1), "-I", "-S", "-m", "compileall", "-q", "-f", LIB]
+                  for p in (PYTHONS if bundled else ("/usr/bin/python3",))
+                  for m in [_INTERPRETER.fullmatch(p)]]
+    elif name == "preun" and arg == 0:
+        for u, (on_removal, _up) in UNIT_POLICY.items():
+            actions[u].add(on_removal)
+        other.append(["find", LIB, "-depth", "-type", "d", "-name", "__pycache__", "-exec", "rm",
+                      "-rf", "{}", "+"])
+    elif name == "postun" and arg >= 1:
+        for u, (_rm, on_upgrade) in UNIT_POLICY.items():
+            if on_upgrade:
+                actions[u].add(on_upgrade)
+    return actions, other
+
+
+def check_scriptlet_run(c: Checker, name: str, arg: int, what: str, rc: int,
+                        calls: List[List[str]], err: str, bundled: bool = True) -> None:
+    tag = f"{name} $1={arg} ({what})"
+    c.check(f"{tag}: exit status 0", rc == 0, f"{rc}: {err.strip()[:200]}")
+    actions: Dict[str, Set[str]] = {}
+    stray = []
+    other = []
+    for call in calls:
+        if call[0] != "systemctl":
+            other.append(call)
+            continue
+        flags = [a for a in call[1:] if a.startswith("-")]
+        words = [a for a in call[1:] if not a.startswith("-")]
+        label = (words[0] if words else "?") + (" --now" if "--now" in flags else "")
+        if len(words) < 2 or any(u not in UNITS for u in words[1:]):
+            stray.append(" ".join(call))
+        for u in words[1:]:
+            actions.setdefault(u, set()).add(label)
+    want_actions, want_other = expected_calls(name, arg, bundled)
+    for unit in UNITS:
+        want = want_actions[unit]
+        got = actions.get(unit, set())
+        c.check(f"{tag}: {unit}: {', '.join(sorted(want)) or 'untouched'}", got == want,
+                f"systemctl {', '.join(sorted(got)) or 'nothing'}")
+    c.check(f"{tag}: systemctl names the package's units only", not stray, "; ".join(stray))
+    c.check(f"{tag}: other calls: " + ("; ".join(" ".join(x) for x in want_other) or "none"),
+            other == want_other, "; ".join(" ".join(x) for x in other) or "none")
+
+
+def parse_unit(text: str) -> List[Tuple[str, str, str]]:
+    """A unit file's settings as (section, key, value), in order: continuation lines joined,
+    comments dropped, the value's whitespace collapsed."""
+    out = []
+    section = ""
+    buf = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith(("#", ";")) or (not line and not buf):
+            continue  # a comment, also between continuation lines (as systemd reads it)
+        if line.endswith("\\"):
+            buf += line[:-1] + " "
+            continue
+        line, buf = buf + line, ""
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1]
+        elif "=" in line:
+            key, value = line.split("=", 1)
+            out.append((section, key.strip(), " ".join(value.split())))
+    return out
+
+
+def tmpfiles_dirs(text: str) -> Set[str]:
+    """The directories a tmpfiles.d file creates (types d and D)."""
+    dirs = set()
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 2 and not f[0].startswith("#") and f[0].rstrip("!-=~^") in ("d", "D"):
+            dirs.add(f[1].rstrip("/"))
+    return dirs
+
+
+# a path of this package named in a unit or example: it must be in the package
+_OWN_PATH = re.compile(r"/(?:usr|etc|var)/[\w./-]*lvs-hooks[\w./-]*")
+
+
+def _under(path: str, dirs: Set[str]) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in dirs)
+
+
+def check_units(c: Checker, read, ents: List[Entry]) -> None:
+    by_path = {e.path: e for e in ents}
+    dirs = {e.path for e in ents if stat.S_ISDIR(e.mode)}
+    runtime = tmpfiles_dirs(read(TMPFILES) or "")
+    for unit in UNITS:
+        text = read(f"{UNITDIR}/{unit}")
+        if text is None:
+            continue  # check_files reported it
+        settings = parse_unit(text)
+        c.check(f"{unit} names no /usr/bin/lvs-hooks", "/usr/bin/lvs-hooks" not in text,
+                next((ln.strip() for ln in text.splitlines() if "/usr/bin/lvs-hooks" in ln), ""))
+        m = SOURCE_PATH.search(text)
+        c.check(f"{unit} names no path of the source tree", m is None, m and m.group(0).strip())
+        own = sorted({p.rstrip(".") for p in _OWN_PATH.findall(text)} - set(by_path))
+        c.check(f"{unit}: the package's paths it names are packaged", not own, ", ".join(own))
+        execs = [(k, v) for sec, k, v in settings if sec == "Service" and k.startswith("Exec")]
+        for key, value in execs:
+            try:
+                argv = shlex.split(value)
+            except ValueError as e:
+                c.check(f"{unit} {key}= parses", False, str(e))
+                continue
+            prog = argv[0].lstrip("-@:+!") if argv else ""
+            e = by_path.get(prog)
+            packaged = e is not None and stat.S_ISREG(e.mode) and e.mode & 0o111
+            c.check(f"{unit} {key}= runs a packaged or required program",
+                    packaged or prog in REQUIRED_PROGRAMS, prog)
+            ours = [a for a in argv if a.endswith("/lvs-hooks")]
+            c.check(f"{unit} {key}= runs lvs-hooks as {COMMAND}",
+                    all(a == COMMAND for a in ours), " ".join(ours))
+        if unit in UNIT_EXEC:
+            starts = [v for k, v in execs if k == "ExecStart"]
+            c.check(f"{unit} ExecStart= ... {UNIT_EXEC[unit]}",
+                    len(starts) == 1 and starts[0].endswith(UNIT_EXEC[unit]), "; ".join(starts))
+        for _sec, key, value in settings:
+            if key == "Documentation":
+                for url in value.split():
+                    if url.startswith("file://"):
+                        c.check(f"{unit} Documentation= {url} is packaged",
+                                url[len("file://"):] in by_path)
+            elif key in ("ReadWritePaths", "ReadOnlyPaths"):
+                # a missing path fails the unit at start (226/NAMESPACE); /run is empty at boot
+                bad = [p for p in (p.lstrip("-+") for p in value.split())
+                       if p not in dirs or (p.startswith("/run/") and p not in runtime)]
+                c.check(f"{unit} {key}=: directories of the package (under /run: ones "
+                        "tmpfiles.d creates)", not bad, " ".join(bad))
+        install = [(k, v) for sec, k, v in settings if sec == "Install"]
+        want = UNIT_INSTALL.get(unit)
+        if want is None:
+            c.check(f"{unit}: no [Install] section (started by another unit)", not install,
+                    str(install))
+        else:
+            c.check(f"{unit}: [Install] {want[0]}={want[1]}",
+                    any(k == want[0] and want[1] in v.split() for k, v in install), str(install))
+    rules = read(f"{UNITDIR}/lvs-hooks-rules.service")
+    if rules is not None:
+        # the scriptlets never stop or restart it (UNIT_POLICY); this makes systemd refuse an
+        # operator's stop or restart, which would stop or restart keepalived with it
+        c.check("lvs-hooks-rules.service: RefuseManualStop=yes",
+                ("Unit", "RefuseManualStop", "yes") in parse_unit(rules))
+
+
+def check_examples(c: Checker, read, ents: List[Entry]) -> None:
+    paths = {e.path for e in ents}
+    runtime = tmpfiles_dirs(read(TMPFILES) or "")
+    for example in EXAMPLES:
+        p = f"{DOC}/{example}"
+        text = read(p)
+        if text is None:
+            continue
+        c.check(f"{p} names no /usr/bin/lvs-hooks", "/usr/bin/lvs-hooks" not in text)
+        c.check(f"{p} names /usr/libexec/keepalived/lvs-hooks",
+                "/usr/libexec/keepalived/lvs-hooks" in text)
+        m = SOURCE_PATH.search(text)
+        c.check(f"{p} names no path of the source tree", m is None, m and m.group(0).strip())
+        own = sorted({q.rstrip(".") for q in _OWN_PATH.findall(text)} - paths)
+        c.check(f"{p}: the package's paths it names are packaged", not own, ", ".join(own))
+        run = sorted({q.rstrip(".") for q in re.findall(r"/run/[\w./-]+", text)})
+        c.check(f"{p}: its /run paths are in directories tmpfiles.d creates",
+                all(_under(q, runtime) for q in run), ", ".join(run))
+
+
+def check_source_tree(c: Checker, project: str = PROJECT) -> None:
+    """From a checkout: every unit and keepalived example of the source is packaged."""
+    sysd = os.path.join(project, "systemd")
+    if os.path.isdir(sysd):
+        src = sorted(os.path.basename(p) for pat in ("*.service", "*.timer", "*.socket",
+                                                     "*.path", "*.target")
+                     for p in glob.glob(os.path.join(sysd, pat)))
+        c.check("the units of systemd/ are UNITS", src == sorted(UNITS),
+                f"systemd/ has {src}")
+    ex = os.path.join(project, "etc", "keepalived")
+    if os.path.isdir(ex):
+        src = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ex, "*.conf")))
+        c.check("the examples of etc/keepalived/ are EXAMPLES", src == sorted(EXAMPLES),
+                f"etc/keepalived/ has {src}")
+
+
+def check_payload(c: Checker, root: str, bundled: bool, ents: List[Entry]) -> None:
+    def read(p: str) -> Optional[str]:
+        try:
+            with open(root + p, encoding="utf-8") as fh:
+                return fh.read()
+        except FileNotFoundError:
+            return None
+
+    w = [read(p) or "" for p in WRAPPERS]
     c.check("both wrappers identical", w[0] == w[1])
     c.check("wrapper is valid sh",
             subprocess.run(["sh", "-n", root + WRAPPERS[0]]).returncode == 0)
@@ -256,14 +562,8 @@ def check_payload(c: Checker, root: str, bundled: bool) -> None:
     c.check(f"wrapper's interpreters: {pythons}", f"for py in {pythons}; do" in w[0])
     c.check("wrapper imports from " + LIB, f'sys.path[:0] = ["{LIB}"' in w[0])
     c.check("wrapper has no placeholder left", not re.search(r"@[A-Z_]+@", w[0]))
-    svc = read("/usr/lib/systemd/system/lvs-hooks-snapshot.service")
-    c.check("service runs /usr/sbin/lvs-hooks", "/usr/sbin/lvs-hooks snapshot" in svc)
-    for p in ("/usr/lib/systemd/system/lvs-hooks-snapshot.service",
-              DOC + "/lvs-hooks-fifo.conf", DOC + "/lvs-hooks-notify.conf"):
-        c.check(f"{p} names no /usr/bin/lvs-hooks", "/usr/bin/lvs-hooks" not in read(p))
-    for p in (DOC + "/lvs-hooks-fifo.conf", DOC + "/lvs-hooks-notify.conf"):
-        c.check(f"{p} names /usr/libexec/keepalived/lvs-hooks",
-                "/usr/libexec/keepalived/lvs-hooks" in read(p))
+    check_units(c, read, ents)
+    check_examples(c, read, ents)
     elf = []
     for dirpath, _dirs, files in os.walk(root):
         for f in files:
@@ -273,7 +573,7 @@ def check_payload(c: Checker, root: str, bundled: bool) -> None:
                     elf.append(p[len(root):])
     c.check("no ELF file in the payload", not elf, ", ".join(elf[:5]))
     if bundled:
-        y = read(LIB + "/vendor/yaml/__init__.py")
+        y = read(LIB + "/vendor/yaml/__init__.py") or ""
         c.check("PyYAML is the pure-Python package", "__version__ = '6.0.3'" in y
                 and not os.path.exists(root + LIB + "/vendor/_yaml"))
 
@@ -296,12 +596,13 @@ def run_checks(rpm: str, bundled: bool = True, unpack_dir: Optional[str] = None)
     ents = entries(rpm)
     check_files(c, ents, bundled)
     check_deps(c, rpm, bundled, version, release)
-    check_scriptlets(c, rpm)
+    check_scriptlets(c, rpm, bundled)
     with tempfile.TemporaryDirectory(prefix="check-rpm-") as tmp:
         root = unpack_dir or tmp
         if unpack_dir is None:
             unpack(rpm, root)
-        check_payload(c, root, bundled)
+        check_payload(c, root, bundled, ents)
+    check_source_tree(c)
     files = [e for e in ents if stat.S_ISREG(e.mode)]
     vendor = [e for e in files if e.path.startswith(LIB + "/vendor/")]
     own = [e for e in files if e.path.startswith(LIB + "/lvs_hooks/")]

@@ -127,3 +127,22 @@ def test_keepalived_refuses_a_world_writable_wrapper(rpm_root, can_unshare, tmp_
     assert rc == 0  # the config test does not see it
     assert "Unsafe permissions found for script '/usr/libexec/keepalived/lvs-hooks" in log, log
     assert events == []
+
+
+def test_packaged_warmup_example(rpm_root, can_unshare, tmp_path):
+    """The warm-up gate's example as packaged (/usr/share/doc/lvs-hooks/lvs-hooks-warmup.conf):
+    keepalived accepts it, reads its track file in /run/lvs-hooks (the tmpfiles.d directory;
+    keepalived ignores a track file whose directory is missing) and, with `init_file 1
+    overwrite`, starts cold: priority 150 lowered by the weight 60 to 90. Alone on its network
+    it still becomes MASTER, as the example says."""
+    with open(os.path.join(rpm_root, "usr/share/doc/lvs-hooks/lvs-hooks-warmup.conf"),
+              encoding="utf-8") as fh:
+        conf = fh.read()
+    assert 'file "/run/lvs-hooks/warmup.track"' in conf
+    # no notify in the example: nothing to journal, run until MASTER (3 adverts of 1 s + skew)
+    rc, test_out, log, events = run_keepalived(rpm_root, [], conf, tmp_path, 1, 6)
+    assert rc == 0 and test_out == "", f"keepalived -t: rc {rc}\n{test_out}"
+    assert "(VI_LVS) Changing effective priority from 150 to 90" in log, log
+    assert "not accessible" not in log and "ignoring" not in log.lower(), log
+    assert "(VI_LVS) Entering MASTER STATE" in log, log
+    assert events == []

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 
 import pytest
-from rpmtest import ns_run, real_interpreter
+from rpmtest import PROJECT, ns_run, real_interpreter
 
 from lvs_hooks import __version__
 from lvs_hooks.kernel.conntable import CONN_HEADER, SYNC_HEADER
@@ -245,3 +245,28 @@ def test_payload_compiles(version, rpm_root, tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(list(tree.rglob("*.pyc"))) > 300
+
+
+UNITS = ("lvs-hooks-agent.service", "lvs-hooks-rules.service", "lvs-hooks-snapshot.service",
+         "lvs-hooks-snapshot.timer")
+
+
+def test_units_verify(rpm_root, can_unshare, tmp_path):
+    """systemd-analyze verify, with the payload over /usr: each packaged unit parses without a
+    warning, and every program its Exec lines name exists and is executable there. Control: the
+    source tree's agent unit (/usr/bin/lvs-hooks) fails the same verification."""
+    if not shutil.which("systemd-analyze"):
+        pytest.skip("needs systemd-analyze")
+    unitdir = "/usr/lib/systemd/system"
+    overlays = {"/usr": [os.path.join(rpm_root, "usr")]}
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "SYSTEMD_LOG_LEVEL": "info"}
+    r = ns_run(overlays, ["systemd-analyze", "verify", *(f"{unitdir}/{u}" for u in UNITS)],
+               env=env)
+    assert r.returncode == 0, r.stderr
+    assert "lvs-hooks" not in r.stderr, r.stderr
+    if os.path.exists("/usr/bin/lvs-hooks"):
+        return  # the control needs a host without it
+    src = tmp_path / "lvs-hooks-agent.service"
+    shutil.copy(os.path.join(PROJECT, "systemd", "lvs-hooks-agent.service"), src)
+    r = ns_run(overlays, ["systemd-analyze", "verify", str(src)], env=env)
+    assert r.returncode != 0 and "/usr/bin/lvs-hooks" in r.stderr, r.stderr
