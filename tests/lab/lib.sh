@@ -440,15 +440,22 @@ lab_no_vip_anywhere() {
 
 # _lab_ns_kill NS [KEEP_PID]: SIGKILL every process in NS (but KEEP_PID)
 _lab_ns_kill() {
-    local ns=$1 keep=${2:-} p pids=()
+    local ns=$1 keep=${2:-} p pp stat children=() parents=()
+    declare -A in_ns=()
     for p in $(ip netns pids "$ns" 2>/dev/null); do
-        [ "$p" = "$keep" ] || pids+=("$p")
+        [ "$p" = "$keep" ] || in_ns[$p]=1
     done
-    [ ${#pids[@]} -gt 0 ] || return 0
-    # Stop them all first: keepalived's VRRP child gets SIGTERM when its parent dies
-    # (PR_SET_PDEATHSIG) and would send a priority-0 goodbye advert, which a dead box never does.
-    kill -STOP "${pids[@]}" 2>/dev/null
-    kill -9 "${pids[@]}" 2>/dev/null
+    # Children first: keepalived's VRRP child gets SIGTERM when its parent dies
+    # (PR_SET_PDEATHSIG) and would send a priority-0 goodbye advert, which a dead box never
+    # does; with SIGKILL already pending it never runs its handler. (Not SIGSTOP first: a
+    # process group with stopped members that becomes orphaned gets SIGHUP, the scenario too.)
+    for p in "${!in_ns[@]}"; do
+        stat=$(< "/proc/$p/stat") 2>/dev/null || continue
+        stat=${stat##*) }; pp=${stat#* }; pp=${pp%% *}
+        if [ -n "${in_ns[$pp]:-}" ]; then children+=("$p"); else parents+=("$p"); fi
+    done
+    [ ${#children[@]} -gt 0 ] && kill -9 "${children[@]}" 2>/dev/null
+    [ ${#parents[@]} -gt 0 ] && kill -9 "${parents[@]}" 2>/dev/null
     return 0
 }
 
