@@ -99,8 +99,8 @@ def test_run_reports_every_scenario(lab):
     assert s["completed"], lab["output"][-3000:]
     assert [x["name"] for x in s["scenarios"]] == [
         "smoke", "helpers", "seed000", "seed000-hooks", "takeover", "takeover-hooks",
-        "capture_sync", "reseed_core", "reseed_scale", "explain", "colocated", "exit7",
-        "hang"]
+        "capture_sync", "reseed_core", "reseed_scale", "explain", "colocated", "failback3",
+        "handover", "exit7", "hang"]
     assert all(x["wall_s"] is not None for x in s["scenarios"])
     assert lab["rc"] == 1  # several scenarios, one failed on purpose: non-zero
     for x in s["scenarios"]:
