@@ -87,19 +87,7 @@ def plan_repairs(
         dest = svc.destination_for(t.daddr, t.dport)
         if dest is None:  # its real server is gone: nothing to bind it to
             continue
-        target = PlannedTemplate(
-            protocol=t.protocol,
-            caddr=t.caddr,
-            vaddr=t.vaddr,
-            vport=t.vport,
-            daddr=dest.addr,
-            dport=dest.port,
-            fwmark=t.fwmark,
-            fwd_method=dest.fwd_method,
-            timeout=max(1, t.expires),
-            pe_name=t.pe_name,
-            pe_data=t.pe_data,
-        )
+        target = PlannedTemplate.for_entry(t, dest, max(1, t.expires))
         if key in state.pending and t.expires <= COUNTING_DOWN:
             # Set to expire by an earlier period and not refreshed since: let it run out
             # (sending it again would re-arm the timer, and it would never go).

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 from lvs_hooks.kernel.conntable import ClientKey, read_conn_table
-from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.kernel.model import ConnEntry, Destination, Service
 from lvs_hooks.reseed.planner import PlannedTemplate
 
 log = logging.getLogger(__name__)
@@ -108,21 +108,11 @@ def plan_renewals(
         if (t.caddr, svc.key()) not in used:
             plan.idle += 1
             continue
+        # the template as it is (a renewal is an update: its real server cannot change), and
+        # never less than the threshold, or the next period would renew it again
+        same = Destination(t.daddr, t.dport, _fwd_method(svc, t))
         plan.renew.append(
-            PlannedTemplate(
-                protocol=t.protocol,
-                caddr=t.caddr,
-                vaddr=t.vaddr,
-                vport=t.vport,
-                daddr=t.daddr,
-                dport=t.dport,
-                fwmark=t.fwmark,
-                fwd_method=_fwd_method(svc, t),
-                # never less than the threshold, or the next period would renew it again
-                timeout=max(svc.timeout, int(refresh_below) + 1),
-                pe_name=t.pe_name,
-                pe_data=t.pe_data,
-            )
+            PlannedTemplate.for_entry(t, same, max(svc.timeout, int(refresh_below) + 1))
         )
     return plan
 

@@ -228,23 +228,8 @@ def plan_push(
             continue
         seen.add(key)
         dest, fwmark = route
-        planned.append(
-            PlannedTemplate(
-                protocol=t.protocol,
-                caddr=t.caddr,
-                vaddr=t.vaddr,
-                vport=t.vport,
-                daddr=dest.addr,
-                # For fwmark services the receiver binds a template only when its dport is the
-                # real server's configured port: take it from the live definition.
-                dport=dest.port,
-                fwmark=fwmark,
-                fwd_method=dest.fwd_method,
-                timeout=max(int(t.expires), 1),
-                pe_name=t.pe_name,
-                pe_data=t.pe_data,
-            )
-        )
+        # the real server's configured port: for fwmark services the only one a receiver binds
+        planned.append(PlannedTemplate.for_entry(t, dest, max(int(t.expires), 1), fwmark))
     plan_connections(connections, idx, plan)
     return plan
 

@@ -64,21 +64,9 @@ def check_push(
         if svc is None or dest is None:
             check.unknown += 1
             continue
-        planned = PlannedTemplate(
-            protocol=proto,
-            caddr=caddr,
-            vaddr=vaddr,
-            vport=vport,
-            daddr=dest.addr,
-            dport=dest.port,
-            fwmark=pushed.fwmark,
-            fwd_method=dest.fwd_method,
-            # The push does not carry the master's time left; the service's whole timeout
-            # errs on the long side, and the master's own sync updates it as its client comes.
-            timeout=max(svc.timeout, 1),
-            pe_name=pushed.pe_name,
-            pe_data=pushed.pe_data,
-        )
+        # The push does not carry the master's time left; the service's whole timeout errs on
+        # the long side, and the master's own sync updates it as its client comes.
+        planned = PlannedTemplate.for_entry(pushed, dest, max(svc.timeout, 1))
         if local is None:
             check.missing.append(planned)
         elif (caddr, svc.key()) in used:

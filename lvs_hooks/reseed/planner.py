@@ -6,9 +6,9 @@ a reason an operator can read.
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.kernel.model import ConnEntry, Destination, Service
 
 # Why a template is not sent (stable strings: they appear in reports and JSON).
 SKIP_EXPIRED = "expired"
@@ -38,6 +38,33 @@ class PlannedTemplate:
     # The kernel holds an unbound template under the same key (a fwmark template synced by the
     # kernel with port 0): it must be expired first, since IPVS never re-points a template.
     replace: bool = False
+
+    @classmethod
+    def for_entry(
+        cls,
+        t: ConnEntry,
+        dest: Destination,
+        timeout: int,
+        fwmark: Optional[int] = None,
+        replace: bool = False,
+    ) -> "PlannedTemplate":
+        """Entry `t`'s client and virtual service, sent to `dest`: its address, its configured
+        port (for fwmark services the only port the receiver binds, its own sync sends 0) and
+        its forwarding method. `fwmark`: the mark, if not the one `t` shows."""
+        return cls(
+            protocol=t.protocol,
+            caddr=t.caddr,
+            vaddr=t.vaddr,
+            vport=t.vport,
+            daddr=dest.addr,
+            dport=dest.port,
+            fwmark=t.fwmark if fwmark is None else fwmark,
+            fwd_method=dest.fwd_method,
+            timeout=timeout,
+            pe_name=t.pe_name,
+            pe_data=t.pe_data,
+            replace=replace,
+        )
 
     def describe(self) -> str:
         svc = f"FWM {self.fwmark}" if self.fwmark else f"{self.protocol} {self.vaddr}:{self.vport}"
@@ -139,19 +166,8 @@ def plan_reseed(
             # (so no connection uses it) and the client would be rescheduled. Replace it.
             replace = True
         plan.planned.append(
-            PlannedTemplate(
-                protocol=t.protocol,
-                caddr=t.caddr,
-                vaddr=t.vaddr,
-                vport=t.vport,
-                daddr=dest.addr,
-                dport=dport,
-                fwmark=t.fwmark,
-                fwd_method=dest.fwd_method,
-                timeout=max(int(remaining), min_timeout),
-                pe_name=t.pe_name,
-                pe_data=t.pe_data,
-                replace=replace,
+            PlannedTemplate.for_entry(
+                t, dest, max(int(remaining), min_timeout), replace=replace
             )
         )
     return plan
