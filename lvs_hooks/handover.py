@@ -148,7 +148,12 @@ def _await_confirmation(ch: Any, name: str, push_id: str, deadline: float, clock
 def cancel(app: Any) -> dict:
     from lvs_hooks.warmup import WarmupStore, refresh_detail
 
-    WarmupStore(app.config.paths.run_dir).set_handover(False)
+    store = WarmupStore(app.config.paths.run_dir)
+    state = store.load()
+    if state is not None and state.handover:
+        # only then: a director with no state has no flag, and making one would start its
+        # warm-up clock as if an agent ran
+        store.set_handover(False)
     r = refresh_detail(app.config)
     log.info("handover cancelled: %s", r.decision.reason)
     return {"eligible": r.decision.eligible, "reason": r.decision.reason}

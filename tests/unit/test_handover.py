@@ -378,3 +378,16 @@ def test_cli_handover_with_no_role_since_boot(cli_env):
         "Error: this director is in no known role (no transition since boot): only the "
         "master hands over"
     ]
+
+
+def test_cancel_without_any_state_makes_none(tmp_path):
+    from types import SimpleNamespace
+
+    from lvs_hooks.config import parse_config
+    from lvs_hooks.handover import cancel
+    from lvs_hooks.warmup import WarmupStore
+
+    cfg = parse_config(f"paths:\n  run_dir: {tmp_path}\n", "test")
+    r = cancel(SimpleNamespace(config=cfg))
+    assert WarmupStore(str(tmp_path)).load() is None
+    assert r["eligible"] is False and r["reason"].startswith("not started")
