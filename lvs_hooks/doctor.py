@@ -932,6 +932,62 @@ def _gated(s: KeepalivedSetup, inst: VrrpInstance) -> bool:
     return False
 
 
+def _gate_weight(s: KeepalivedSetup, inst: VrrpInstance, name: str) -> Tuple[Optional[int], str]:
+    """The weight keepalived applies to track file `name` in `inst`, and where it is written."""
+    over = inst.track_file_weights.get(name)
+    if over is not None:
+        return _int_or_none(over.args[1]), _at(over)
+    item = s.track_files.get(name)
+    w = item.child("weight") if item is not None else None
+    if w is not None and w.args:
+        return _int_or_none(w.args[0]), _at(w)
+    return 1, _at(item, f"track_file {name}: no weight (keepalived's default, 1)")
+
+
+def _int_or_none(text: str) -> Optional[int]:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def check_warmup_gate(d: DoctorInput) -> List[Finding]:
+    """The lvs-hooks track file lowers a cold director's priority: only a negative weight does
+    that. Weight 0 turns a non-zero value into FAULT: a cold director would not even take over
+    when it is alone."""
+    s = d.setup
+    if s is None:
+        return []
+    out = []
+    for inst in s.lvs_instances():
+        for name in inst.track_files:
+            item = s.track_files.get(name)
+            path = item.value("file") if item is not None else None
+            if not path or "lvs-hooks" not in path:
+                continue
+            weight, where = _gate_weight(s, inst, name)
+            if weight is not None and weight < 0:
+                continue
+            out.append(
+                Finding(
+                    "warmup-gate-weight",
+                    "error" if weight == 0 else "warning",
+                    f"{inst.name}: the lvs-hooks warm-up track file {name} has weight {weight}: "
+                    + (
+                        "a cold director goes to FAULT and will not take over even alone"
+                        if weight == 0
+                        else "it does not lower a cold director's priority"
+                    ),
+                    (where,),
+                    "Give it a negative weight larger than the priority gap between the "
+                    "directors (e.g. weight -60 for priorities 150 and 100): a cold director "
+                    "then stays below its peer but still takes over when it is alone. See "
+                    "etc/keepalived/lvs-hooks-warmup.conf.",
+                )
+            )
+    return out
+
+
 def check_preemption(d: DoctorInput) -> List[Finding]:
     s = d.setup
     if s is None or not d.persistent:
@@ -970,8 +1026,10 @@ def check_preemption(d: DoctorInput) -> List[Finding]:
                 "A director that comes back preempts with an empty IPVS table: sync flows only "
                 "master to backup and only for connections that see traffic, so its clients are "
                 "scheduled afresh (seed 000, question 4). Use nopreempt with state BACKUP on "
-                "every director, or gate preemption on lvs-hooks' warm-up check (a vrrp_script "
-                "running `lvs-hooks ready` in track_script).",
+                "every director, or gate preemption on lvs-hooks' warm-up gate: run "
+                "lvs-hooks-agent.service and add its track file (track_file, negative weight; "
+                "etc/keepalived/lvs-hooks-warmup.conf), or a vrrp_script running `lvs-hooks "
+                "ready` in track_script.",
             )
         )
     return out
@@ -993,6 +1051,7 @@ CHECKS: Tuple[Callable[[DoctorInput], List[Finding]], ...] = (
     check_hooks_instances,
     check_timeouts_owner,
     check_preemption,
+    check_warmup_gate,
 )
 
 

@@ -47,7 +47,7 @@ TOP_LEVEL_BLOCKS = (
     "vrrp_instance",
     "vrrp_sync_group",
     "vrrp_script",
-    "vrrp_track_file",
+    "vrrp_track_file",  # (also `track_file` since 2.1, which is a vrrp_instance keyword too)
     "virtual_server",
     "virtual_server_group",
     "static_ipaddress",
@@ -588,6 +588,7 @@ class VrrpInstance:
     preempt_delay: Optional[str] = None
     track_scripts: List[str] = field(default_factory=list)
     track_files: List[str] = field(default_factory=list)
+    track_file_weights: Dict[str, "Item"] = field(default_factory=dict)  # per-instance weight
     own_addrs: List[str] = field(default_factory=list)  # mcast_src_ip, unicast_src_ip
     peer_addrs: List[str] = field(default_factory=list)  # unicast_peer
     virtual_addrs: List[str] = field(default_factory=list)
@@ -660,8 +661,9 @@ class KeepalivedSetup:
             c = item.child("script")
             if c is not None and c.args:
                 s.scripts.append(Script("script", c.args[0], _user(c), c))
-        for item in conf.top("vrrp_track_file"):
-            s.track_files[item.args[0] if item.args else ""] = item
+        for kw in ("vrrp_track_file", "track_file"):
+            for item in conf.top(kw):
+                s.track_files[item.args[0] if item.args else ""] = item
         for item in conf.top("virtual_server"):
             s.virtual_servers.append(_virtual_server(item))
             for sub, _ in item.walk():
@@ -716,6 +718,11 @@ class KeepalivedSetup:
         for kw, target in (("track_script", inst.track_scripts), ("track_file", inst.track_files)):
             for block in item.children(kw):
                 target.extend(c.keyword for c in block.children())
+        for block in item.children("track_file"):
+            for c in block.children():
+                # `NAME weight W [reverse]` in the instance overrides the track file's own weight
+                if len(c.args) >= 2 and c.args[0] == "weight":
+                    inst.track_file_weights[c.keyword] = c
         for kw in ("mcast_src_ip", "unicast_src_ip"):
             v = item.value(kw)
             if v:

@@ -537,3 +537,47 @@ def test_colocated_protected_by_lvs_hooks_rules(tmp_path):
     r = run_checks(conf(unwired, tmp_path, hooks=redirect, hooks_path="h"))
     assert checks(r) == ["colocated-no-loop-protection"]
     assert "does not run lvs-hooks" in " ".join(r["findings"][0]["evidence"])
+
+
+GATE = """track_file lvs_hooks_warmup {
+    file "/run/lvs-hooks/warmup.track"
+    %s
+    init_file 1 overwrite
+}
+"""
+
+
+def gated(weight_line, instance_ref="        lvs_hooks_warmup\n"):
+    text = GATE % weight_line + (WIRED % "").replace(
+        "    nopreempt\n", "    track_file {\n" + instance_ref + "    }\n"
+    )
+    return text
+
+
+def test_the_warmup_gate_as_the_example_writes_it_is_a_gate(tmp_path):
+    h = hooks_cfg("sync:\n  syncid: 7\n")
+    r = run_checks(conf(gated("weight -60"), tmp_path, hooks=h, hooks_path="h.yaml"))
+    assert r["findings"] == []
+    # the same with keepalived 2.0's name for the block
+    old = gated("weight -60").replace("track_file lvs_hooks_warmup", "vrrp_track_file lvs_hooks_warmup")
+    assert run_checks(conf(old, tmp_path, hooks=h, hooks_path="h.yaml"))["findings"] == []
+
+
+def test_a_gate_of_weight_0_is_an_error_and_without_weight_a_warning(tmp_path):
+    h = hooks_cfg("sync:\n  syncid: 7\n")
+    r = run_checks(conf(gated("weight 0"), tmp_path, hooks=h, hooks_path="h.yaml"))
+    assert checks(r) == ["warmup-gate-weight"] and r["exit_code"] == 2
+    assert "FAULT" in r["findings"][0]["title"]
+    r = run_checks(conf(gated(""), tmp_path, hooks=h, hooks_path="h.yaml"))
+    assert checks(r, "warning") == ["warmup-gate-weight"]
+    assert "keepalived's default, 1" in r["findings"][0]["evidence"][0]
+
+
+def test_an_instance_weight_overrides_the_track_file_weight(tmp_path):
+    h = hooks_cfg("sync:\n  syncid: 7\n")
+    fixed = gated("weight 0", "        lvs_hooks_warmup weight -80\n")
+    assert run_checks(conf(fixed, tmp_path, hooks=h, hooks_path="h.yaml"))["findings"] == []
+    broken = gated("weight -60", "        lvs_hooks_warmup weight 0\n")
+    r = run_checks(conf(broken, tmp_path, hooks=h, hooks_path="h.yaml"))
+    assert checks(r) == ["warmup-gate-weight"]
+    assert "weight 0" in r["findings"][0]["evidence"][0]
