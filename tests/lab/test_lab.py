@@ -298,6 +298,9 @@ def test_handover_moves_no_client_and_push_cost(request, lab):
     r = result(lab, "handover")
     assert r["received"]["complete"] and r["received"]["missing"] == 0
     assert r["received"]["templates"] == r["templates_dir1"]
+    # five stale templates on the cold peer (the other real server, no connection): re-pointed
+    assert (r["stale_same_before"], r["stale_same_after"]) == (0, 5)
+    assert r["received"]["repointed"] == 5
     assert (r["after_same"], r["after_moved"], r["new_same"], r["new_moved"]) == (20, 0, 20, 0)
     h = r["handover"]
     assert h["templates"] == h["peer_verified"] >= r["bulk"] + r["clients"]
@@ -307,6 +310,6 @@ def test_handover_moves_no_client_and_push_cost(request, lab):
     show(request, f"\n[lab tier] push of {p['planned']} templates: {p['datagrams']} datagrams, "
          f"{p['bytes']} bytes, {p['ms']:.0f} ms on the wire ({p['rate']:.0f} templates/s); "
          f"cold peer: {r['received']['put_back']} of {r['received']['templates']} lost on the "
-         f"way (put back); handover: {h['templates']} templates moved, {h['peer_verified']} "
+         f"way (put back), {r['received']['repointed']} stale re-pointed; handover: {h['templates']} templates moved, {h['peer_verified']} "
          f"verified by {h['peer']}, confirmed after {h['ms_to_confirmation']} ms, 0 clients "
          f"moved")

@@ -4,9 +4,11 @@
 # the agent, the warm-up gate).
 #  1. dir1 (master) holds LAB_PUSH_N (10,000) templates from spoofed sources plus the flows of
 #     LAB_CLIENTS clients, while dir2 is down: its kernel got none of them by sync.
+#     Five of them are put on dir2 beforehand with the other real server (stale templates).
 #  2. dir2 starts, cold: its agent asks for a push, dir1's agent pushes the whole table at
 #     push.rate (default 20,000/s); dir2's agent checks its table: the templates its kernel
-#     lost on the way are counted (the loss at the default rate) and put back locally.
+#     lost on the way are counted (the loss at the default rate) and put back locally; the
+#     stale ones are re-pointed (no connection uses them).
 #  3. `lvs-hooks push` on dir1, timed: templates/s, datagrams, bytes on the wire.
 #  4. `lvs-hooks handover` on dir1 during steady traffic: dir2 confirms the push, dir1 lowers
 #     its priority through the gate, dir2 preempts. Clients probed (existing flows) and a new
@@ -35,6 +37,31 @@ lab_wait 60 "$N + $LAB_CLIENTS templates on dir1" lab_tpl_at_least dir1 $((N + L
     || lab_die "bulk templates missing on dir1"
 on_dir1=$(lab_tpl_count dir1)
 
+lab_step "stale templates on dir2: a backup that kept what the master has since changed"
+# five bulk clients, each put on dir2 with the OTHER real server than dir1's (by the lab's own
+# injector, through a backup daemon started for it): the push must re-point them (none of them
+# has a connection on dir2)
+nsx dir2 ipvsadm --start-daemon backup --mcast-interface "$LAB_SYNC_IF" --syncid "$LAB_SYNCID" \
+    || lab_die "backup daemon on dir2"
+# (awk on the raw table: a bash loop over 10,000 lines takes half a minute under TCG)
+stale=() stale_clients=()
+while read -r hc hr; do
+    _lab_hex_ip "$hc"; c=$REPLY
+    [ "$hr" = 0A01000B ] && other=10.1.0.12 || other=10.1.0.11
+    stale+=("$c,$LAB_VIP:$LAB_VPORT,$other:$LAB_VPORT"); stale_clients+=("$hc")
+done < <(lab_conn dir1 | awk '$3 == "0000" && $2 ~ /^0A02/ {print $2, $6}' | head -n 5)
+[ ${#stale[@]} = 5 ] || lab_die "no bulk clients on dir1"
+lab_inject dir2 --timeout 600 "${stale[@]}" || lab_die "inject"
+lab_wait 20 "5 stale templates on dir2" lab_tpl_at_least dir2 5 || lab_die "stale templates"
+nsx dir2 ipvsadm --stop-daemon backup || lab_die "stop the backup daemon on dir2"
+same_rs() {  # clients (hex, as /proc shows them) whose template names the same real server
+    local want=" $* "         # and port on dir1 and on dir2
+    pick() { lab_conn "$1" | awk -v w="$want" '$3 == "0000" && index(w, " " $2 " ") {print $2, $6, $7}' | sort; }
+    comm -12 <(pick dir1) <(pick dir2) | wc -l
+}
+stale_same_before=$(same_rs "${stale_clients[@]}")
+lab_log "stale clients on dir2 with dir1's real server before the push: $stale_same_before/5"
+
 lab_step "dir2 starts cold: its agent asks, dir1's pushes the whole table"
 lab_keepalived_start dir2 100 BACKUP
 t=$EPOCHREALTIME
@@ -44,7 +71,9 @@ sed 's/^/    /' "$LAB_TMP/dir2/run/warmup.json"
 received=$("$LAB_PYTHON" -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))["figures"]))' \
     "$LAB_TMP/dir2/run/warmup.json")
 on_dir2=$(lab_tpl_count dir2)
-lab_log "dir2 warm after $warm_s s; templates: dir1 $on_dir1, dir2 $on_dir2"
+stale_same_after=$(same_rs "${stale_clients[@]}")
+lab_log "dir2 warm after $warm_s s; templates: dir1 $on_dir1, dir2 $on_dir2; stale clients" \
+    "re-pointed to dir1's real server: $stale_same_after/5 (before the push: $stale_same_before/5)"
 
 lab_step "the cost of a push of the whole table (lvs-hooks push on dir1)"
 push=$(nsx dir1 lvs-hooks --config "$LAB_TMP/dir1/lvs-hooks.yaml" push --json) \
@@ -79,7 +108,8 @@ lab_syslog 'lvs-hooks' > "$LAB_OUT/lvs-hooks.log"
 for d in dir1 dir2; do cp "$LAB_TMP/$d/agent.log" "$LAB_OUT/agent-$d.log" 2>/dev/null; done
 lab_result_json result.json "scenario=\"handover\"" "clients=$LAB_CLIENTS" "bulk=$N" \
     "templates_dir1=$on_dir1" "templates_dir2_when_warm=$on_dir2" "warm_s=$warm_s" \
-    "received=$received" "push=$push" "handover=$handover" "handover_s=$handover_s" \
+    "received=$received" "stale_same_before=$stale_same_before" \
+    "stale_same_after=$stale_same_after" "push=$push" "handover=$handover" "handover_s=$handover_s" \
     "before_same=$before_same" "after_same=$after_same" "after_moved=$after_moved" \
     "new_same=$new_same" "new_moved=$new_moved"
 lab_log "handover done: figures in $LAB_OUT/result.json"
