@@ -19,7 +19,6 @@ import logging
 import math
 import select
 import socket
-import struct
 import time
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
@@ -35,25 +34,12 @@ from lvs_hooks.control.message import (
     new_message,
 )
 from lvs_hooks.errors import ControlError
+from lvs_hooks.kernel import mcast
 
 log = logging.getLogger(__name__)
 
-# Linux values, missing from the socket module of some Python versions.
-_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
-_IPV6_MULTICAST_ALL = getattr(socket, "IPV6_MULTICAST_ALL", 29)
-
 _RECV_SIZE = 65535
 _SENT_KEEP = 10_000  # nonces of our own messages remembered at most
-
-
-def _multicast_all_off(sock: socket.socket, level: int, option: int) -> None:
-    """Only datagrams for groups this socket joined, on the interface it joined them on. Best
-    effort (IPV6_MULTICAST_ALL needs Linux 4.20): the bind to the group already keeps out
-    everything but the group and port."""
-    try:
-        sock.setsockopt(level, option, 0)
-    except OSError as e:
-        log.debug("control channel: cannot turn MULTICAST_ALL off: %s", e.strerror or e)
 
 
 class ControlChannel:
@@ -99,50 +85,17 @@ class ControlChannel:
         self.sock = self._open(where)
 
     def _open(self, where: str) -> socket.socket:
-        family = socket.AF_INET6 if self.ipv6 else socket.AF_INET
-        step = "socket"
         try:
-            sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+            sock = mcast.udp_socket(self.ipv6)
         except OSError as e:
-            raise ControlError(f"{where}: {step}: {e.strerror or e}") from None
+            raise ControlError(f"{where}: {e.strerror}") from None
         try:
-            step = "SO_REUSEADDR"
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if self.ipv6:
-                packed = socket.inet_pton(socket.AF_INET6, self.group)
-                step = "bind"
-                # The scope id is needed for a link-scope group (ff02::/16), ignored otherwise.
-                sock.bind((self.group, self.port, 0, self.ifindex))
-                step = "IPV6_JOIN_GROUP"
-                # struct ipv6_mreq {ipv6mr_multiaddr, ipv6mr_interface}
-                mreq = struct.pack("16sI", packed, self.ifindex)
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
-                _multicast_all_off(sock, socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL)
-                step = "IPV6_MULTICAST_IF"
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, self.ifindex)
-                step = "IPV6_MULTICAST_HOPS"
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, self.ttl)
-                step = "IPV6_MULTICAST_LOOP"
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 1)
-            else:
-                step = "bind"
-                sock.bind((self.group, self.port))
-                # struct ip_mreqn {imr_multiaddr, imr_address, imr_ifindex}: picks the interface
-                mreqn = struct.pack(
-                    "4s4si", socket.inet_aton(self.group), socket.inet_aton("0.0.0.0"), self.ifindex
-                )
-                step = "IP_ADD_MEMBERSHIP"
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
-                _multicast_all_off(sock, socket.IPPROTO_IP, _IP_MULTICAST_ALL)
-                step = "IP_MULTICAST_IF"
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-                step = "IP_MULTICAST_TTL"
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, self.ttl)
-                step = "IP_MULTICAST_LOOP"
-                sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
+            mcast.join(sock, self.ipv6, self.group, self.port, self.ifindex)
+            # loop on: two directors in one host (or namespace) must hear each other
+            mcast.set_sending(sock, self.ipv6, self.group, self.ifindex, self.ttl, loop=True)
         except OSError as e:
             sock.close()
-            raise ControlError(f"{where}: {step}: {e.strerror or e}") from None
+            raise ControlError(f"{where}: {e.strerror}") from None
         return sock
 
     @classmethod

@@ -14,12 +14,12 @@ import ipaddress
 import logging
 import os
 import socket
-import struct
 import time
 from dataclasses import dataclass
 from typing import Iterable, List, Optional
 
 from lvs_hooks.errors import KernelError
+from lvs_hooks.kernel import mcast
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +86,9 @@ class SyncSender:
             ifindex = socket.if_nametoindex(ifname)
         except OSError as e:
             raise KernelError(f"sync interface {ifname!r} does not exist") from e
-        family = socket.AF_INET6 if self.ipv6 else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
+        self.sock = mcast.udp_socket(self.ipv6)
         try:
-            if self.ipv6:
-                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
-                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, int(loop))
-                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, ttl)
-            else:
-                # struct ip_mreqn {imr_multiaddr, imr_address, imr_ifindex}: picks the interface
-                mreqn = struct.pack(
-                    "4s4si", socket.inet_aton(group), socket.inet_aton("0.0.0.0"), ifindex
-                )
-                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, mreqn)
-                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, int(loop))
-                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, ttl)
+            mcast.set_sending(self.sock, self.ipv6, group, ifindex, ttl, loop)
         except OSError:
             self.sock.close()
             raise

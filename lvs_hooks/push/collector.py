@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Deque, Dict, List, Optional, Tuple
 
 from lvs_hooks.errors import KernelError
+from lvs_hooks.kernel import mcast
 from lvs_hooks.kernel.model import PROTO_NAMES
 from lvs_hooks.kernel.syncproto import SyncDecodeError, decode_datagram
 from lvs_hooks.push.sender import push_digest
@@ -272,10 +273,8 @@ class PushCollector:
 
 # Linux values, not all exposed by Python's socket module.
 _IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
-_IP_MULTICAST_ALL = getattr(socket, "IP_MULTICAST_ALL", 49)
 _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
-_IPV6_MULTICAST_ALL = 29
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 _IN6_PKTINFO = struct.Struct("=16si")  # ipi6_addr, ipi6_ifindex
 RCVBUF = 4 << 20  # asked for; the kernel caps it at net.core.rmem_max
@@ -297,25 +296,17 @@ class SyncGroupListener:
             raise KernelError(f"sync interface {ifname!r} does not exist") from e
         self.ifname, self.group, self.port = ifname, group, port
         self.ipv6 = ipaddress.ip_address(group).version == 6
-        family = socket.AF_INET6 if self.ipv6 else socket.AF_INET
-        self.sock = socket.socket(family, socket.SOCK_DGRAM, socket.IPPROTO_UDP)
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock = mcast.udp_socket(self.ipv6)
+        except OSError as e:
+            raise KernelError(f"cannot listen to the sync group: {e.strerror}") from e
+        try:
             _try_setsockopt(self.sock, socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-            packed = socket.inet_pton(family, group)
             if self.ipv6:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
-                _try_setsockopt(self.sock, socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
-                self.sock.bind((group, port, 0, self.ifindex))
-                mreq = packed + struct.pack("=I", self.ifindex)
-                self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, mreq)
             else:
                 self.sock.setsockopt(socket.IPPROTO_IP, _IP_PKTINFO, 1)
-                _try_setsockopt(self.sock, socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
-                self.sock.bind((group, port))
-                # struct ip_mreqn {imr_multiaddr, imr_address, imr_ifindex}
-                mreqn = struct.pack("=4s4si", packed, bytes(4), self.ifindex)
-                self.sock.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, mreqn)
+            mcast.join(self.sock, self.ipv6, group, port, self.ifindex)
         except OSError as e:
             self.sock.close()
             raise KernelError(
