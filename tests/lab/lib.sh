@@ -357,35 +357,30 @@ $hooks_instance
 $gate_instance
 }
 EOF
-    if [ -n "$LAB_FWMARK" ]; then
-        # a fwmark service: packets to the VIP are marked (lab_fwmark_rules) and balanced to
-        # real servers that listen on LAB_VPORT
-        echo "virtual_server fwmark $LAB_FWMARK {"
-        echo "    delay_loop 10"
-        echo "    lb_algo $LAB_SCHED"
-        echo "    lb_kind NAT"
-        echo "    persistence_timeout $LAB_PERSIST"
-        for r in $LAB_RS; do
-            echo "    real_server 10.1.0.$((10 + ${r#rs})) $LAB_VPORT {"
-            echo "        weight 1"
-            echo "    }"
-        done
-        echo "}"
-    fi
+    # a fwmark service: packets to the VIP are marked (lab_fwmark_rules) and balanced to
+    # real servers that listen on LAB_VPORT
+    [ -n "$LAB_FWMARK" ] && _lab_virtual_server "fwmark $LAB_FWMARK"
     for proto in $LAB_PROTOS; do
-        echo "virtual_server $LAB_VIP $LAB_VPORT {"
-        echo "    delay_loop 10"
-        echo "    lb_algo $LAB_SCHED"
-        echo "    lb_kind NAT"
-        echo "    persistence_timeout $LAB_PERSIST"
-        echo "    protocol $proto"
-        for r in $LAB_RS; do
-            echo "    real_server 10.1.0.$((10 + ${r#rs})) $LAB_VPORT {"
-            echo "        weight 1"
-            echo "    }"
-        done
-        echo "}"
+        _lab_virtual_server "$LAB_VIP $LAB_VPORT" "    protocol $proto"
     done
+    return 0
+}
+
+# _lab_virtual_server WHAT [LINE]: a persistent NAT virtual_server WHAT to every real server
+_lab_virtual_server() {
+    local r
+    echo "virtual_server $1 {"
+    echo "    delay_loop 10"
+    echo "    lb_algo $LAB_SCHED"
+    echo "    lb_kind NAT"
+    echo "    persistence_timeout $LAB_PERSIST"
+    [ -n "${2:-}" ] && echo "$2"
+    for r in $LAB_RS; do
+        echo "    real_server 10.1.0.$((10 + ${r#rs})) $LAB_VPORT {"
+        echo "        weight 1"
+        echo "    }"
+    done
+    echo "}"
 }
 
 # lab_keepalived_start DIR PRIO [STATE]: render $LAB_TMP/DIR/keepalived.conf, start keepalived
