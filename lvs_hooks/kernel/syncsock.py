@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Iterable, List, Optional
+from typing import Iterable, List, Optional, Set
 
 from lvs_hooks.errors import KernelError
 from lvs_hooks.kernel import mcast
@@ -31,6 +31,7 @@ class UdpSocketState:
     local: str
     rx_queue: int
     drops: int
+    inode: int = 0
 
 
 def parse_proc_udp(data: bytes, port: int) -> List[UdpSocketState]:
@@ -48,14 +49,36 @@ def parse_proc_udp(data: bytes, port: int) -> List[UdpSocketState]:
         try:
             rx = int(fields[4].split(b":")[1], 16)
             drops = int(fields[12])
+            inode = int(fields[9])
         except (IndexError, ValueError):
             continue
-        result.append(UdpSocketState(fields[1].decode(), rx, drops))
+        result.append(UdpSocketState(fields[1].decode(), rx, drops, inode))
     return result
 
 
+def own_socket_inodes(fd_dir: str = "/proc/self/fd") -> Set[int]:
+    """Inodes of the sockets this process holds (readlink gives "socket:[INODE]")."""
+    inodes = set()
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
 class SyncQueueProbe:
-    """Reads the receive queue of the sockets bound to the sync port (the backup daemon's)."""
+    """Reads the receive queue of the sockets bound to the sync port (the backup daemon's).
+
+    Sockets of this process on that port are not the receiver: the agent's own listener on the
+    sync group (push.collector) queues what it has not read yet while the agent injects, and
+    waiting for it to drain would wait for ourselves."""
 
     def __init__(self, proc_root: str, port: int, ipv6: bool = False):
         self.path = os.path.join(proc_root, "net", "udp6" if ipv6 else "udp")
@@ -64,9 +87,11 @@ class SyncQueueProbe:
     def sockets(self) -> List[UdpSocketState]:
         try:
             with open(self.path, "rb") as f:
-                return parse_proc_udp(f.read(), self.port)
+                found = parse_proc_udp(f.read(), self.port)
         except OSError as e:
             raise KernelError(f"cannot read {self.path}: {e.strerror}") from e
+        own = own_socket_inodes()
+        return [s for s in found if s.inode not in own]
 
     def rx_queue(self) -> int:
         """Bytes queued on the fullest socket bound to the sync port (0 if none)."""

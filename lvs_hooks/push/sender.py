@@ -160,7 +160,8 @@ def send_push(
     )
     if on_end is not None:
         on_end(push_id, entries, len(datagrams), nbytes, digest)
-    log.info(
+    # push.run logs the push with its plan; this line is for a caller that has none
+    log.debug(
         "push %s: %d entries in %d datagrams (%d bytes), %.0f ms, %.0f entries/s (asked %g)",
         push_id,
         entries,
