@@ -52,6 +52,15 @@ def emit(report: Any, as_json: bool, render: Callable[[Any], str]) -> None:
         click.echo(render(report))
 
 
+class OperatorError(click.ClickException):
+    """An LvsHooksError as click shows it: `Error: <message>` on stderr, then the error's own
+    exit code (the core layers do not depend on click, so the CLI translates)."""
+
+    def __init__(self, error: LvsHooksError):
+        super().__init__(error.format_message())
+        self.exit_code = error.exit_code
+
+
 class _Group(click.Group):
     """Turns operator-actionable errors into one line (traceback only with --debug)."""
 
@@ -65,7 +74,7 @@ class _Group(click.Group):
 
                 traceback.print_exc()
             log.error("%s", e.format_message(), extra=SYSLOG_ONLY)
-            raise
+            raise OperatorError(e) from e
 
 
 @click.group(cls=_Group)

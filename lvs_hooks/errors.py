@@ -1,16 +1,22 @@
 """One error type per failure an operator can act on.
 
-Each is a click.ClickException: the CLI prints one line on stderr and exits with `exit_code`;
-`--debug` adds the traceback. Bugs are not wrapped and still crash loudly.
+The core layers raise these without knowing how they are shown; the CLI prints the one-line
+`format_message()` on stderr and exits with `exit_code` (`--debug` adds the traceback). Bugs are
+not wrapped and still crash loudly.
 """
 
-import click
 
-
-class LvsHooksError(click.ClickException):
+class LvsHooksError(Exception):
     """Base of every error an operator can act on."""
 
     exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def format_message(self) -> str:
+        return self.message
 
 
 class ConfigError(LvsHooksError):
