@@ -7,7 +7,8 @@ between, and what needs a peer:
   peer asks (push-request), announcing each push on the control channel;
 - while not master: collect each announced push (the sync datagrams, beside the kernel's own
   backup daemon, and the digest in push-end), check the table against a complete one (put back
-  what the kernel dropped, re-point stale templates no connection uses: push.verify), and then
+  what the kernel dropped, re-point stale templates no connection uses: director.push_check),
+  and then
   count as warm; ask for a push while cold;
 - at start, once: reseed from the newest snapshot, if one is young enough, once keepalived's
   checkers have created the services (a rebooted director gets its clients back from disk;
@@ -25,6 +26,16 @@ import select
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+from lvs_hooks.director import Director
+from lvs_hooks.director.lock import transition_lock
+from lvs_hooks.director.push_check import check_received_push
+from lvs_hooks.director.reseed import reseed
+from lvs_hooks.kernel.model import TemplateKey
+from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.push.collector import PushCollector, format_source
+from lvs_hooks.push.run import push_table
+from lvs_hooks.warmup import WarmupStore, refresh
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +270,6 @@ class Agent:
         except (KeyError, TypeError, ValueError):
             log.warning("control: push-begin from %s without push_id, port, templates", src)
             return
-        from lvs_hooks.push.collector import PushCollector, format_source
-
         source = format_source(src, port)
         collector = PushCollector(push_id, source, templates)
         # Datagrams can overtake the announcement: give it what came just before.
@@ -328,82 +337,32 @@ def _text(e: BaseException) -> str:
 
 
 class KernelOps:
-    """The agent's kernel work, each under the transition lock (a keepalived transition and
-    the agent never act on the table at the same time)."""
+    """The agent's kernel work, through the director layer: every injection takes the
+    transition lock there, so none runs inside a keepalived transition."""
 
-    def __init__(self, app: Any):
-        self.app = app
-        self.cfg = app.config
-
-    def _locked(self):
-        import filelock
-
-        from lvs_hooks.events.sequencer import LOCK_NAME
-
-        return filelock.FileLock(
-            f"{self.cfg.paths.run_dir}/{LOCK_NAME}", timeout=self.cfg.transitions.lock_timeout,
-            mode=0o600,
-        )
+    def __init__(self, director: Director):
+        self.director = director
+        self.cfg = director.cfg
 
     def push(self, channel: Optional[Any]) -> dict:
-        from lvs_hooks.kernel.netlink import IPVS
-        from lvs_hooks.push.run import push_table
-
-        with self._locked(), IPVS() as ipvs:
+        # Under the lock: a push reads the table a transition may be changing.
+        lock = transition_lock(self.cfg.paths.run_dir)
+        with lock.acquire(timeout=self.cfg.transitions.lock_timeout), IPVS() as ipvs:
             return push_table(self.cfg, ipvs, channel)
 
-    def check_push(self, keys: List[Tuple]) -> dict:
+    def check_push(self, keys: List[TemplateKey]) -> dict:
         """Compare the table with a complete push, put back and re-point: figures."""
-        from lvs_hooks.explain import record_injections
-        from lvs_hooks.kernel.conntable import read_conn_table
-        from lvs_hooks.kernel.netlink import IPVS
-        from lvs_hooks.push.verify import check_push
-        from lvs_hooks.reseed.runner import run_reseed_configured
-
-        t0 = time.monotonic()
-        with self._locked(), IPVS() as ipvs:
-            table = read_conn_table(self.cfg.paths.proc_root, client_counts=True)
-            services = ipvs.services()
-            check = check_push(keys, table.templates, table.client_counts or {}, services)
-            send = check.missing + check.repoint
-            missing_after = 0
-            if send:
-                res = run_reseed_configured(send, ipvs, self.cfg)
-                missing_after = res.missing
-                record_injections(
-                    self.cfg.paths.run_dir, [(p.table_key(), p.timeout) for p in send], "push"
-                )
-        fig = {
-            **check.figures(),
-            "verified": check.present + len(send) - missing_after,
-            "put_back": len(check.missing),
-            "repointed": len(check.repoint),
-            "missing_after": missing_after + check.unknown,
-            "ms": round((time.monotonic() - t0) * 1000, 1),
-        }
-        log.info(
-            "push received: %(pushed)d templates, %(present)d already in the table, "
-            "%(put_back)d put back (lost on the way), %(repointed)d re-pointed (stale, no "
-            "connection), %(stale_in_use)d stale but in use (kept), %(unknown)d without a local "
-            "service or real server, %(missing_after)d missing after; %(ms).0f ms",
-            fig,
-        )
-        return fig
+        return check_received_push(self.cfg, keys)
 
     def startup_reseed(self) -> Optional[dict]:
         """Reseed from the newest snapshot once the services exist. None: no services yet."""
-        from lvs_hooks.commands.templates import reseed_from_snapshot
-        from lvs_hooks.kernel.netlink import IPVS
-        from lvs_hooks.snapshot import SnapshotStore
-
-        if not SnapshotStore(self.cfg.paths.state_dir).generations():
+        if not self.director.store().generations():
             log.info("start-up reseed: no snapshot in %s", self.cfg.paths.state_dir)
             return {"usable": False}
         with IPVS() as ipvs:
             if not ipvs.services():
                 return None
-        with self._locked():
-            report = reseed_from_snapshot(self.app, None, dry_run=False)
+        report = reseed(self.director, by="start-up reseed")
         usable = report.get("planned", 0) + report.get("skipped", {}).get("already present", 0)
         report["usable"] = bool(usable)
         report["warm"] = bool(usable) and report.get("missing", 0) == 0
@@ -422,8 +381,6 @@ class WarmGate:
     """The agent's view of the warm-up state (lvs_hooks.warmup), for the configuration."""
 
     def __init__(self, cfg: Any):
-        from lvs_hooks.warmup import WarmupStore
-
         self.cfg = cfg
         self.store = WarmupStore(cfg.paths.run_dir)
 
@@ -441,8 +398,6 @@ class WarmGate:
             log.info("warm: %s", reason)
 
     def refresh(self) -> None:
-        from lvs_hooks.warmup import refresh
-
         try:
             refresh(self.cfg)
         except Exception as e:

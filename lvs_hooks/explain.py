@@ -1,6 +1,6 @@
 """`lvs-hooks explain`: why each persistence template exists and when it ends.
 
-The kernel facts behind every sentence (../shared/DESIGN.md, net/netfilter/ipvs/ip_vs_conn.c):
+The kernel facts behind every sentence (docs/design.md section 2, net/netfilter/ipvs/ip_vs_conn.c):
 
 - A template gets its timeout when it is made: the service's persistence_timeout when the kernel
   schedules a client's first connection (LOCAL), the timeout carried by the sync message when it
@@ -25,7 +25,6 @@ kernel; `render_explanation` prints it.
 """
 
 import ipaddress
-import json
 import math
 import os
 import re
@@ -33,7 +32,9 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.director import ledger
+from lvs_hooks.director.ledger import Injection
+from lvs_hooks.kernel.model import ConnEntry, Service, TemplateKey, template_key
 
 REARM_SECONDS = 60  # ip_vs_conn_expire: cp->timeout = 60*HZ
 SYNC_V0_TEMPLATE_SECONDS = 180  # ip_vs_proc_conn: a v0 message carries no timeout
@@ -53,74 +54,8 @@ TCP_STATE_TIMEOUTS = {
     "SYNACK": 120,
 }
 
-INJECTIONS_FILE = "injected.json"
-
-Key = Tuple[str, str, str, int, str, int]
-
-
-def template_key(e) -> Key:
-    """How a template shows in the table: protocol, client, virtual address, port, real server."""
-    return (e.protocol, e.caddr, e.vaddr, e.vport, e.daddr, e.dport)
-
-
-@dataclass(frozen=True)
-class Injection:
-    """lvs-hooks put this template into the kernel itself (reseed or keeper) at `at` with
-    `timeout` seconds."""
-
-    at: float
-    timeout: int
-    by: str
-
-
-# ---- the ledger of injected templates ---------------------------------------------------------
-# The kernel cannot tell a template injected by lvs-hooks from one a peer's master daemon sent:
-# both arrive through the backup daemon (origin SYNC). Whoever injects records it here, and
-# explain names the origin from it.
-
-
-def _key_text(k: Key) -> str:
-    return "|".join(str(x) for x in k)
-
-
-def record_injections(
-    run_dir: str, keys_timeouts: Iterable[Tuple[Key, int]], by: str, now: Optional[float] = None
-) -> None:
-    """Add injected templates to `<run_dir>/injected.json` (entries long expired are dropped)."""
-    from lvs_hooks.atomicfile import write_atomic
-
-    now = time.time() if now is None else now
-    path = os.path.join(run_dir, INJECTIONS_FILE)
-    current = _read_ledger(path)
-    kept = {k: v for k, v in current.items() if v.get("at", 0) + v.get("timeout", 0) + 3600 > now}
-    for key, timeout in keys_timeouts:
-        kept[_key_text(key)] = {"at": now, "timeout": int(timeout), "by": by}
-    os.makedirs(run_dir, mode=0o700, exist_ok=True)
-    write_atomic(path, json.dumps(kept, sort_keys=True).encode(), 0o600)
-
-
-def load_injections(run_dir: str) -> Dict[Key, Injection]:
-    """The ledger, keyed like template_key(); empty when there is none or it is unreadable."""
-    out: Dict[Key, Injection] = {}
-    for text, v in _read_ledger(os.path.join(run_dir, INJECTIONS_FILE)).items():
-        parts = text.split("|")
-        if len(parts) != 6:
-            continue
-        try:
-            key = (parts[0], parts[1], parts[2], int(parts[3]), parts[4], int(parts[5]))
-            out[key] = Injection(float(v["at"]), int(v["timeout"]), str(v.get("by", "lvs-hooks")))
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
-
-
-def _read_ledger(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+# The ledger of injected templates (director.ledger) tells them from synced ones.
+load_injections = ledger.load
 
 
 # ---- kernel versions --------------------------------------------------------------------------
@@ -572,7 +507,7 @@ def explain(
     release: Optional[str] = None,
     sysctls: Optional[Mapping[str, str]] = None,
     daemons: Sequence = (),
-    injections: Optional[Mapping[Key, Injection]] = None,
+    injections: Optional[Mapping[TemplateKey, Injection]] = None,
     client: Optional[str] = None,
     has_origin: bool = True,
     clock: Optional[Clock] = None,
@@ -694,7 +629,7 @@ def build_explanation(cfg, client: Optional[str] = None) -> dict:
     release = os.uname().release
     hz = kernel_hz(release, proc_root)
     j_before = read_jiffies(proc_root)
-    table = read_conn_table(proc_root, sync=has_origin)
+    table = read_conn_table(proc_root, sync=has_origin, reason="explain")
     j_after = read_jiffies(proc_root)
     now = time.time()  # Expires are counted from the moment the table was read
     clock = None

@@ -41,6 +41,7 @@ def handover(
 ) -> dict:
     from lvs_hooks.agent import KernelOps
     from lvs_hooks.control.channel import ControlChannel
+    from lvs_hooks.director import Director
     from lvs_hooks.events.role import read_role
     from lvs_hooks.warmup import WarmupStore, refresh
 
@@ -53,7 +54,7 @@ def handover(
             "only the master hands over"
         )
     name = node_name(cfg)
-    ops = ops or KernelOps(app)
+    ops = ops or KernelOps(Director(cfg))
     own_channel = channel is None
     ch = channel or ControlChannel.from_config(cfg, sender=f"{name}/handover")
     t0 = clock()

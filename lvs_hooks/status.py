@@ -88,7 +88,7 @@ def build_status(cfg, store) -> dict:
         timeouts = ipvs.timeouts()
     # ip_vs_conn_sync says LOCAL or SYNC for each entry; older kernels lack it.
     sync_path = os.path.join(proc_root, "net", "ip_vs_conn_sync")
-    table = read_conn_table(proc_root, sync=os.path.exists(sync_path))
+    table = read_conn_table(proc_root, sync=os.path.exists(sync_path), reason="status")
     newest = _newest_snapshot(store)
     return summarize(services, table.entries, daemons, timeouts, newest, table.malformed)
 

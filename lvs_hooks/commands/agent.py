@@ -18,6 +18,7 @@ def agent_cmd(app: AppContext) -> None:
     disk and the warm-up gate's track file."""
     from lvs_hooks.agent import Agent, KernelOps, WarmGate
     from lvs_hooks.control.channel import ControlChannel
+    from lvs_hooks.director import Director
     from lvs_hooks.events.role import read_role
     from lvs_hooks.handover import node_name
     from lvs_hooks.push.collector import SyncGroupListener
@@ -36,7 +37,7 @@ def agent_cmd(app: AppContext) -> None:
     signal.signal(signal.SIGINT, on_term)
     agent = Agent(
         cfg,
-        KernelOps(app),
+        KernelOps(Director(cfg)),
         channel,
         listener,
         lambda: read_role(cfg.paths.run_dir),
@@ -59,6 +60,7 @@ def push_cmd(app: AppContext, as_json: bool) -> None:
     configured), and print the figures."""
     from lvs_hooks.agent import KernelOps
     from lvs_hooks.control.channel import ControlChannel
+    from lvs_hooks.director import Director
     from lvs_hooks.handover import node_name
 
     cfg = app.config
@@ -66,7 +68,7 @@ def push_cmd(app: AppContext, as_json: bool) -> None:
     if cfg.control.key_file:
         channel = ControlChannel.from_config(cfg, sender=f"{node_name(cfg)}/push")
     try:
-        fig = KernelOps(app).push(channel)
+        fig = KernelOps(Director(cfg)).push(channel)
     finally:
         if channel is not None:
             channel.close()

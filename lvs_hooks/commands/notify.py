@@ -17,8 +17,11 @@ from typing import Iterator, Tuple
 import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
+from lvs_hooks.director import Director
+from lvs_hooks.director.duties import Duties
 from lvs_hooks.errors import TransitionIncomplete, UsageError
 from lvs_hooks.events.clock import notify_order
+from lvs_hooks.events.fifo import FifoReader, serve
 from lvs_hooks.events.journal import Journal, render_history
 from lvs_hooks.events.keepalived import (
     ROLE_COMMANDS,
@@ -27,6 +30,7 @@ from lvs_hooks.events.keepalived import (
     parse_notify_args,
     role_event,
 )
+from lvs_hooks.events.role import read_role
 from lvs_hooks.events.sequencer import Sequencer
 from lvs_hooks.events.transitions import lock_timeout_for, make_planner
 
@@ -66,7 +70,7 @@ def dispatch(app: AppContext, event: Event) -> None:
     log.info("%s: from keepalived (%s)", event.describe(), event.source)
     with _finish_on_sigterm(event):
         outcome = _sequencer(app).handle(
-            event, make_planner(app), lock_timeout_for(event, cfg.transitions)
+            event, make_planner(Director(cfg)), lock_timeout_for(event, cfg.transitions)
         )
     if outcome.failed:
         failed = [s["step"] for s in outcome.record["steps"] if not s["ok"]]
@@ -138,22 +142,23 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
 
     In keepalived.conf (global_defs): vrrp_notify_fifo /run/keepalived/vrrp.fifo and
     vrrp_notify_fifo_script "/usr/libexec/keepalived/lvs-hooks fifo"."""
-    from lvs_hooks.events.fifo import FifoReader, serve
-    from lvs_hooks.events.periodic import idle_period, make_idle
-
     if len(args) != 1:
         raise UsageError(
             f"fifo: expected one argument, the FIFO path keepalived appends; got {len(args)}"
             + (f": {' '.join(args)}" if args else "")
         )
     cfg = app.config
+    # One director for the transitions and the duties: the MASTER reseed finishes the fwmark
+    # repairs this process began as backup.
+    director = Director(cfg)
+    duties = Duties(director, lambda: read_role(cfg.paths.run_dir))
     reader = FifoReader(
         args[0],
         _sequencer(app),
-        make_planner(app),
+        make_planner(director),
         lambda event: lock_timeout_for(event, cfg.transitions),
-        idle=make_idle(app),
-        idle_interval=idle_period(cfg),
+        idle=duties.run_due,
+        idle_interval=duties.period,
     )
     serve(reader)
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import filelock
 
 from lvs_hooks.atomicfile import write_atomic
+from lvs_hooks.director.lock import LOCK_NAME, transition_lock
 from lvs_hooks.errors import LockTimeout, LvsHooksError
 from lvs_hooks.events.clock import now_ns
 from lvs_hooks.events.journal import Journal
@@ -38,7 +39,6 @@ from lvs_hooks.events.role import write_role
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = "transition.lock"
 SEEN_NAME = "seen.json"
 SEEN_LOCK_NAME = "seen.lock"
 BOOT_ID = "/proc/sys/kernel/random/boot_id"
@@ -173,9 +173,9 @@ class Sequencer:
         """
         arrived = now_ns()
         self.note(event)
-        lock = filelock.FileLock(self.run_dir / LOCK_NAME, timeout=lock_timeout, mode=0o600)
+        lock = transition_lock(str(self.run_dir))
         try:
-            lock.acquire()
+            lock.acquire(timeout=lock_timeout)
         except filelock.Timeout:
             raise LockTimeout(
                 f"{event.describe()}: the transition before it held {self.run_dir / LOCK_NAME} "

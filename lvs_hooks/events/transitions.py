@@ -16,14 +16,19 @@ which replaces its file atomically, so a kill leaves the previous generation who
 """
 
 import logging
-import os
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, Tuple
 
-from lvs_hooks.config import RoleConfig, TransitionsConfig
+from lvs_hooks.config import Config, RoleConfig, TransitionsConfig
+from lvs_hooks.director import Director
+from lvs_hooks.director.reseed import reseed
+from lvs_hooks.director.snapshot import take_snapshot
 from lvs_hooks.errors import LvsHooksError
 from lvs_hooks.events.clock import now_ns
 from lvs_hooks.events.keepalived import Event
 from lvs_hooks.events.sequencer import Plan, Step, StepFailed, StepResult
+from lvs_hooks.kernel import tunables
+from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.rules.manager import transition_step
 
 log = logging.getLogger(__name__)
 
@@ -31,27 +36,23 @@ log = logging.getLogger(__name__)
 # the snapshot needs the rest.
 STOP_LOCK_TIMEOUT = 0.3
 
-SYSCTL_DIR = "sys/net/ipv4/vs"
-
 
 def lock_timeout_for(event: Event, settings: TransitionsConfig) -> float:
     return STOP_LOCK_TIMEOUT if event.state == "STOP" else settings.lock_timeout
 
 
-def make_planner(app: Any) -> Callable[[Event], Plan]:
-    """The planner for the sequencer: the steps for an event, from this director's config.
-
-    `app` is the CLI's AppContext (core steps such as take_snapshot take it).
-    """
+def make_planner(director: Director) -> Callable[[Event], Plan]:
+    """The planner for the sequencer: the steps for an event, from this director's config and
+    state (the MASTER reseed finishes the fwmark repairs the same director began as backup)."""
 
     def plan(event: Event) -> Plan:
-        return plan_transition(event, app)
+        return plan_transition(event, director)
 
     return plan
 
 
-def plan_transition(event: Event, app: Any) -> Plan:
-    cfg = app.config
+def plan_transition(event: Event, director: Director) -> Plan:
+    cfg = director.cfg
     settings: TransitionsConfig = cfg.transitions
     if settings.instances and event.name not in settings.instances:
         return Plan(
@@ -63,74 +64,47 @@ def plan_transition(event: Event, app: Any) -> Plan:
         role = cfg.master
         return Plan(
             [
-                Step("firewall", lambda: firewall_step("master", app)),
+                Step("firewall", lambda: firewall_step("master", cfg)),
                 Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
                 Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
-                Step("reseed", lambda: reseed_step(app, event)),
+                Step("reseed", lambda: reseed_step(director, event)),
             ]
         )
     if state in ("BACKUP", "FAULT"):
         role = cfg.backup
         return Plan(
             [
-                Step("firewall", lambda: firewall_step("backup", app)),
+                Step("firewall", lambda: firewall_step("backup", cfg)),
                 Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
                 Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
-                Step("snapshot", lambda: snapshot_step(app)),
+                Step("snapshot", lambda: snapshot_step(cfg)),
             ]
         )
     if state == "STOP":
-        return Plan([Step("snapshot", lambda: snapshot_step(app))])
+        return Plan([Step("snapshot", lambda: snapshot_step(cfg))])
     return Plan(note=f"keepalived reports {state}: nothing to do")
 
 
 # -- the steps
 
 
-def firewall_step(role: str, app: Any = None) -> StepResult:
-    """The loop-protection rules of the role (lvs_hooks.rules): one atomic swap. Without
-    `app`, the built-in defaults (no rules)."""
-    from lvs_hooks.config import Config
-    from lvs_hooks.rules.manager import transition_step
-
-    return transition_step(app.config if app is not None else Config(), role)
-
-
-def _read_sysctl(path: str) -> List[str]:
-    with open(path) as f:
-        return f.read().split()
+def firewall_step(role: str, cfg: Config) -> StepResult:
+    """The loop-protection rules of the role (lvs_hooks.rules): one atomic swap."""
+    return transition_step(cfg, role)
 
 
 def sysctl_step(assignments: Tuple[str, ...], proc_root: str) -> StepResult:
-    """Set net.ipv4.vs sysctls (of the current network namespace) that differ from `name=value`.
-
-    All are tried; if any fails, StepFailed names each failure and what was set.
-    """
-    changed: List[str] = []
-    unchanged: List[str] = []
-    failed: List[str] = []
-    for assignment in assignments:
-        name, _, value = assignment.partition("=")
-        path = os.path.join(proc_root, SYSCTL_DIR, name)
-        try:
-            current = _read_sysctl(path)
-            if current == value.split():
-                unchanged.append(name)
-                continue
-            with open(path, "w") as f:
-                f.write(value + "\n")
-            changed.append(f"{name} {' '.join(current)}->{value}")
-        except FileNotFoundError:
-            failed.append(f"net.ipv4.vs.{name}: no such sysctl (is ip_vs loaded here?)")
-        except OSError as e:
-            failed.append(f"net.ipv4.vs.{name}={value}: {e.strerror or e}")
-    figures: Dict[str, Any] = {"changed": changed, "unchanged": unchanged, "failed": failed}
-    done = ", ".join(changed) if changed else "nothing changed"
-    if failed:
-        raise StepFailed(f"{'; '.join(failed)} ({done})", figures)
+    """Set net.ipv4.vs sysctls (of the current network namespace) that differ from `name=value`,
+    each read back (kernel.tunables). If any fails, StepFailed names each failure and what was
+    set."""
+    report = tunables.apply_sysctls(assignments, proc_root)
+    figures: Dict[str, Any] = dict(report.figures())
+    done = ", ".join(report.changed) if report.changed else "nothing changed"
+    if report.failed:
+        raise StepFailed(f"{'; '.join(report.failed)} ({done})", figures)
     if not assignments:
         return "no sysctls configured", figures
-    return f"{done}; {len(unchanged)} already set", figures
+    return f"{done}; {len(report.unchanged)} already set", figures
 
 
 def timeouts_step(role: RoleConfig, keepalived_lvs_timeouts: bool) -> StepResult:
@@ -146,18 +120,13 @@ def timeouts_step(role: RoleConfig, keepalived_lvs_timeouts: bool) -> StepResult
         return "left to keepalived's lvs_timeouts", {"wanted": wanted, "applied": False}
     if not any(wanted.values()):
         return "no timeouts configured", {"applied": False}
-    from lvs_hooks.kernel.netlink import IPVS
-
     with IPVS() as ipvs:
-        before = ipvs.timeouts()
-        old = {"tcp": before.tcp, "tcpfin": before.tcpfin, "udp": before.udp}
-        diff = {k: v for k, v in wanted.items() if v and old[k] != v}
-        if diff:
-            ipvs.set_timeouts(**{k: diff.get(k, 0) for k in wanted})
-    figures = {"before": old, "wanted": wanted, "applied": bool(diff)}
-    if not diff:
+        report = tunables.apply_timeouts(ipvs, **wanted)
+    old = report.before
+    figures = {"before": old, "wanted": wanted, "applied": bool(report.changed)}
+    if not report.changed:
         return f"already {_show_timeouts(old)}", figures
-    changes = ", ".join(f"{k} {old[k]}->{v}" for k, v in diff.items())
+    changes = ", ".join(f"{k} {old[k]}->{v}" for k, v in report.changed.items())
     return f"set {changes}", figures
 
 
@@ -165,12 +134,10 @@ def _show_timeouts(t: Dict[str, int]) -> str:
     return f"tcp {t['tcp']} tcpfin {t['tcpfin']} udp {t['udp']}"
 
 
-def reseed_step(app: Any, event: Event) -> StepResult:
+def reseed_step(director: Director, event: Event) -> StepResult:
     """Reseed the kernel from the newest good snapshot; log the time since keepalived's MASTER."""
-    from lvs_hooks.commands.templates import reseed_from_snapshot
-
     try:
-        report = reseed_from_snapshot(app, None, False, include_live=True)
+        report = reseed(director, include_live=True, by="takeover reseed")
         error = None
     except LvsHooksError as e:
         report, error = {}, e
@@ -197,10 +164,8 @@ def reseed_step(app: Any, event: Event) -> StepResult:
     return summary, figures
 
 
-def snapshot_step(app: Any) -> StepResult:
-    from lvs_hooks.commands.templates import take_snapshot
-
-    report = take_snapshot(app)
+def snapshot_step(cfg: Config) -> StepResult:
+    report = take_snapshot(cfg, reason="transition snapshot")
     return (
         f"{report['templates']} templates of {report['services']} services to "
         f"{report['path']} in {report['ms']:.0f} ms",

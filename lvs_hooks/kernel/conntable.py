@@ -20,9 +20,11 @@ Python objects. A malformed line is counted and reported, never fatal.
 import binascii
 import contextlib
 import gc
+import logging
 import os
 import re
 import socket
+import time
 from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -32,6 +34,8 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 
 from lvs_hooks.errors import KernelError
 from lvs_hooks.kernel.model import ConnEntry, ipv6_text
+
+log = logging.getLogger(__name__)
 
 CONN_HEADER = b"Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Expires PEName PEData"
 SYNC_HEADER = b"Pro FromIP   FPrt ToIP     TPrt DestIP   DPrt State       Origin Expires"
@@ -156,18 +160,28 @@ def read_conn_table(
     sync: bool = False,
     templates_only: bool = False,
     client_counts: bool = False,
+    reason: str = "",
 ) -> ConnTable:
     """Read and parse <proc_root>/net/ip_vs_conn (ip_vs_conn_sync with `sync`).
 
+    `reason` names the read in the log line that gives its cost (see read_proc_file).
     Raises KernelError when the file is missing (IPVS not loaded) or unreadable.
     """
     name = "ip_vs_conn_sync" if sync else "ip_vs_conn"
-    data = read_proc_file(os.path.join(proc_root, "net", name))
+    data = read_proc_file(os.path.join(proc_root, "net", name), reason)
     return parse_conn_table(data, templates_only=templates_only, client_counts=client_counts)
 
 
-def read_proc_file(path: str) -> bytes:
-    """The whole file, read with few large read() calls (see READ_CHUNK)."""
+# A whole read costs the kernel a walk of its table per read() call (quadratic in its size,
+# docs/design.md section 2): every one is logged with its reason and cost, at INFO once it
+# takes this long, at DEBUG below (the periodic duties of a small director read every second).
+SLOW_READ_MS = 100.0
+
+
+def read_proc_file(path: str, reason: str = "") -> bytes:
+    """The whole file, read with few large read() calls (see READ_CHUNK); the read is logged
+    with `reason`, its size and its time."""
+    t0 = time.monotonic()
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -188,6 +202,12 @@ def read_proc_file(path: str) -> bytes:
     finally:
         view.release()
         os.close(fd)
+    ms = (time.monotonic() - t0) * 1000
+    log.log(
+        logging.INFO if ms >= SLOW_READ_MS else logging.DEBUG,
+        "whole read of %s for %s: %d bytes in %.0f ms",
+        path, reason or "an unnamed caller", len(data), ms,
+    )
     return bytes(data)
 
 

@@ -8,7 +8,7 @@ entries read from /proc, from a snapshot and from netlink compare equal.
 import ipaddress
 import socket
 from dataclasses import asdict, dataclass, field
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional, Sequence, Tuple
 
 # Protocol names as /proc/net/ip_vs_conn prints them (ip_vs_proto_name) and their numbers.
 PROTO_NUMBERS = {"IP": 0, "TCP": 6, "UDP": 17, "SCTP": 132}
@@ -37,6 +37,32 @@ def ipv6_text(packed: bytes) -> str:
     """
     text = socket.inet_ntop(socket.AF_INET6, packed)
     return str(ipaddress.IPv6Address(packed)) if "." in text else text
+
+
+# A template's identity in the kernel: protocol, client, virtual address and port (the kernel
+# keeps one template per client and service, whatever its real server).
+TemplateId = Tuple[str, str, str, int]
+# How a template shows in /proc/net/ip_vs_conn: its identity and its real server.
+TemplateKey = Tuple[str, str, str, int, str, int]
+
+
+def template_id(t) -> TemplateId:
+    """The identity of a template (a ConnEntry, a PlannedTemplate, anything with these
+    fields): one per client and service in the kernel's table."""
+    return (t.protocol, t.caddr, t.vaddr, t.vport)
+
+
+def template_key(t) -> TemplateKey:
+    """A template as the table shows it: its identity and the real server it names (what a
+    verification looks for, what the ledger of injections records)."""
+    return (t.protocol, t.caddr, t.vaddr, t.vport, t.daddr, t.dport)
+
+
+def parse_template_key(parts: Sequence[str]) -> TemplateKey:
+    """The inverse of joining a TemplateKey's fields as text (ValueError if it is not one)."""
+    if len(parts) != 6:
+        raise ValueError(f"a template key has 6 fields, not {len(parts)}")
+    return (parts[0], parts[1], parts[2], int(parts[3]), parts[4], int(parts[5]))
 
 
 class ConnEntry(NamedTuple):

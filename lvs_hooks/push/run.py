@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 def push_table(cfg: Any, ipvs: Any, channel: Optional[Any] = None) -> dict:
     """Push every template (and connection, with push.connections); the figures."""
     t0 = time.monotonic()
-    table = read_conn_table(cfg.paths.proc_root, templates_only=not cfg.push.connections)
+    table = read_conn_table(
+        cfg.paths.proc_root, templates_only=not cfg.push.connections, reason="push"
+    )
     services = ipvs.services()
     # plan_push takes the templates of the whole table and skips them among the connections
     conns = table.entries if cfg.push.connections else ()

@@ -6,9 +6,16 @@ a reason an operator can read.
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence
 
-from lvs_hooks.kernel.model import ConnEntry, Destination, Service
+from lvs_hooks.kernel.model import (
+    ConnEntry,
+    Destination,
+    Service,
+    TemplateKey,
+    template_id,
+    template_key,
+)
 
 # Why a template is not sent (stable strings: they appear in reports and JSON).
 SKIP_EXPIRED = "expired"
@@ -70,9 +77,9 @@ class PlannedTemplate:
         svc = f"FWM {self.fwmark}" if self.fwmark else f"{self.protocol} {self.vaddr}:{self.vport}"
         return f"{self.caddr} -> {svc} -> {self.daddr}:{self.dport} ({self.timeout} s)"
 
-    def table_key(self) -> Tuple:
+    def table_key(self) -> TemplateKey:
         """How the entry shows in /proc/net/ip_vs_conn (to verify it arrived)."""
-        return (self.protocol, self.caddr, self.vaddr, self.vport, self.daddr, self.dport)
+        return template_key(self)
 
 
 @dataclass
@@ -101,9 +108,8 @@ def describe_template(t: ConnEntry) -> str:
     return f"{t.protocol} {t.caddr} -> {t.vaddr}:{t.vport} -> {t.daddr}:{t.dport}"
 
 
-def entry_key(t: ConnEntry) -> Tuple:
-    """Identity of a template in the kernel: client and virtual service (not the real server)."""
-    return (t.protocol, t.caddr, t.vaddr, t.vport)
+# Identity of a template in the kernel: client and virtual service (not the real server).
+entry_key = template_id
 
 
 def plan_reseed(

@@ -18,15 +18,16 @@ from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
 from lvs_hooks.errors import ConfigError, SyncDaemonError
 from lvs_hooks.kernel import syncproto
 from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.kernel.model import TemplateKey, template_id, template_key
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon
 from lvs_hooks.kernel.syncsock import SyncQueueProbe, SyncSender, send_paced, wait_drained
 from lvs_hooks.reseed.planner import PlannedTemplate
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP = "224.0.0.81"
-DEFAULT_PORT = 8848
-DEFAULT_MAXLEN = 1472  # what the kernel master sends at most: 40 IPv4 entries
+DEFAULT_GROUP = syncproto.IP_VS_SYNC_GROUP
+DEFAULT_PORT = syncproto.IP_VS_SYNC_PORT
+DEFAULT_MAXLEN = syncproto.SYNC_MAXLEN_DEFAULT  # what the kernel master sends at most
 
 
 @dataclass
@@ -43,6 +44,7 @@ class ReseedResult:
     daemon: str = ""
     daemon_started: bool = False
     replaced: int = 0  # unbound templates expired first, then sent anew
+    abandoned: bool = False  # the plan no longer held once the lock was ours: nothing sent
     ms: float = 0.0
     missing_examples: List[str] = field(default_factory=list)
 
@@ -226,13 +228,13 @@ def _expire_first(
     connection loses its template here.
     """
     send([dataclasses.replace(p, timeout=1) for p in replace])
-    keys = {p.table_key()[:4] for p in replace}
+    keys = {template_id(p) for p in replace}
     deadline = clock() + EXPIRE_WAIT
     wait_drained(probe, EXPIRE_WAIT)
     delay = 0.2
     while True:
-        table = read_conn_table(proc_root, templates_only=True)
-        left = sum(1 for t in table.templates if (t.protocol, t.caddr, t.vaddr, t.vport) in keys)
+        table = read_conn_table(proc_root, templates_only=True, reason="reseed: expiry wait")
+        left = sum(1 for t in table.templates if template_id(t) in keys)
         if not left or clock() > deadline:
             if left:
                 log.warning("%d templates to replace did not expire in time", left)
@@ -257,15 +259,13 @@ def _wait_for_arrival(
     delay = 0.05
     while True:
         present = _present_keys(proc_root)
-        pending = [p for p in pending if p.table_key() not in present]
+        pending = [p for p in pending if template_key(p) not in present]
         if not pending or clock() + delay > deadline:
             return pending
         time.sleep(delay)
         delay = min(delay * 2, 1.0)
 
 
-def _present_keys(proc_root: str) -> Set[Tuple]:
-    table = read_conn_table(proc_root, templates_only=True)
-    return {
-        (t.protocol, t.caddr, t.vaddr, t.vport, t.daddr, t.dport) for t in table.templates
-    }
+def _present_keys(proc_root: str) -> Set[TemplateKey]:
+    table = read_conn_table(proc_root, templates_only=True, reason="reseed: verification")
+    return {template_key(t) for t in table.templates}

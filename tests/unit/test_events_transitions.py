@@ -2,12 +2,11 @@
 
 import dataclasses
 import logging
-import types
 
 import pytest
 
-from lvs_hooks.commands import templates
 from lvs_hooks.config import Config, MasterRoleConfig, PathsConfig, TransitionsConfig
+from lvs_hooks.director import Director
 from lvs_hooks.errors import KernelError, SnapshotError
 from lvs_hooks.events import transitions
 from lvs_hooks.events.keepalived import Event
@@ -24,7 +23,7 @@ def app_with(tmp_path, **sections):
         ),
         **sections,
     )
-    return types.SimpleNamespace(config=cfg)
+    return Director(cfg)
 
 
 def ev(state, name="VI_1"):
@@ -67,7 +66,7 @@ def test_stop_waits_briefly_for_the_lock():
 
 
 def test_firewall_placeholder():
-    summary, figures = transitions.firewall_step("master")
+    summary, figures = transitions.firewall_step("master", Config())
     assert summary == "no firewall rules configured"
 
 
@@ -130,14 +129,19 @@ class FakeIPVS:
     def timeouts(self):
         return self.current
 
+    ignores = False  # a kernel that accepts the request and keeps its values
+
     def set_timeouts(self, tcp=0, tcpfin=0, udp=0):
         self.set_calls.append((tcp, tcpfin, udp))
+        if not self.ignores:
+            c = self.current
+            self.current = Timeouts(tcp or c.tcp, tcpfin or c.tcpfin, udp or c.udp)
 
 
 @pytest.fixture
 def fake_ipvs(monkeypatch):
     FakeIPVS.instances = []
-    monkeypatch.setattr("lvs_hooks.kernel.netlink.IPVS", FakeIPVS)
+    monkeypatch.setattr(transitions, "IPVS", FakeIPVS)
     return FakeIPVS
 
 
@@ -147,6 +151,12 @@ def test_timeouts_set_only_what_differs(fake_ipvs):
     assert fake_ipvs.instances[0].set_calls == [(7200, 0, 0)]
     assert summary == "set tcp 900->7200"
     assert figures["applied"] is True
+
+
+def test_timeouts_read_back_and_a_value_that_did_not_hold_fails(fake_ipvs, monkeypatch):
+    monkeypatch.setattr(FakeIPVS, "ignores", True)
+    with pytest.raises(KernelError, match=r"the kernel shows tcp 900 \(wanted 7200\)"):
+        transitions.timeouts_step(MasterRoleConfig(tcp=7200), keepalived_lvs_timeouts=False)
 
 
 def test_timeouts_already_right(fake_ipvs):
@@ -175,7 +185,7 @@ def test_timeouts_kernel_error_propagates(monkeypatch):
     def no_ipvs():
         raise KernelError("IPVS is not available: the ip_vs module is not loaded")
 
-    monkeypatch.setattr("lvs_hooks.kernel.netlink.IPVS", no_ipvs)
+    monkeypatch.setattr(transitions, "IPVS", no_ipvs)
     with pytest.raises(KernelError):
         transitions.timeouts_step(MasterRoleConfig(tcp=1), keepalived_lvs_timeouts=False)
 
@@ -186,9 +196,9 @@ def test_timeouts_kernel_error_propagates(monkeypatch):
 def test_reseed_step_reports_figures_and_latency(tmp_path, monkeypatch, caplog):
     caplog.set_level(logging.INFO)
     monkeypatch.setattr(
-        templates,
-        "reseed_from_snapshot",
-        lambda app, f, dry, include_live=False: {
+        transitions,
+        "reseed",
+        lambda director, **kw: {
             "snapshot": "/s",
             "snapshot_age_s": 3.0,
             "seen": 20,
@@ -211,9 +221,9 @@ def test_reseed_step_reports_figures_and_latency(tmp_path, monkeypatch, caplog):
 
 def test_reseed_step_missing_templates_fail_with_figures(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        templates,
-        "reseed_from_snapshot",
-        lambda app, f, dry, include_live=False: {
+        transitions,
+        "reseed",
+        lambda director, **kw: {
             "seen": 20,
             "planned": 20,
             "sent": 20,
@@ -229,10 +239,10 @@ def test_reseed_step_missing_templates_fail_with_figures(tmp_path, monkeypatch):
 
 
 def test_reseed_step_error_keeps_the_latency(tmp_path, monkeypatch):
-    def no_snapshot(app, f, dry, include_live=False):
+    def no_snapshot(director, **kw):
         raise SnapshotError("no usable snapshot in /var/lib/lvs-hooks: no snapshot files")
 
-    monkeypatch.setattr(templates, "reseed_from_snapshot", no_snapshot)
+    monkeypatch.setattr(transitions, "reseed", no_snapshot)
     with pytest.raises(StepFailed) as info:
         transitions.reseed_step(app_with(tmp_path), ev("MASTER"))
     assert str(info.value).startswith("no usable snapshot")
@@ -241,16 +251,16 @@ def test_reseed_step_error_keeps_the_latency(tmp_path, monkeypatch):
 
 def test_snapshot_step(tmp_path, monkeypatch):
     monkeypatch.setattr(
-        templates,
+        transitions,
         "take_snapshot",
-        lambda app: {
+        lambda cfg, reason="": {
             "path": "/var/lib/lvs-hooks/snapshot-x.json",
             "templates": 5,
             "services": 2,
             "ms": 3.2,
         },
     )
-    summary, figures = transitions.snapshot_step(app_with(tmp_path))
+    summary, figures = transitions.snapshot_step(app_with(tmp_path).cfg)
     assert summary == "5 templates of 2 services to /var/lib/lvs-hooks/snapshot-x.json in 3 ms"
     assert figures["templates"] == 5
 

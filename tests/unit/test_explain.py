@@ -1,22 +1,21 @@
 """explain: origin, timeout source, predicted end and what then, for each kind of template
-(the kernel's rules from ../shared/DESIGN.md; the lab checks the predictions on a real kernel:
+(the kernel's rules from docs/design.md; the lab checks the predictions on a real kernel:
 tests/lab/scenarios/explain.sh)."""
 
 from click.testing import CliRunner
 
 from lvs_hooks.cli import cli
+from lvs_hooks.director.ledger import Injection
+from lvs_hooks.director.ledger import load as load_injections
+from lvs_hooks.director.ledger import record as record_injections
 from lvs_hooks.explain import (
-    Injection,
     conn_timeout,
     explain,
     kernel_notes,
-    load_injections,
     parse_release,
-    record_injections,
     render_explanation,
-    template_key,
 )
-from lvs_hooks.kernel.model import ConnEntry, Destination, Service
+from lvs_hooks.kernel.model import ConnEntry, Destination, Service, template_key
 from lvs_hooks.kernel.netlink import SyncDaemon
 
 VIP = "10.0.0.100"

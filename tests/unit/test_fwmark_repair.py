@@ -1,11 +1,8 @@
 """The backup's repair of fwmark templates synced with port 0 (issue 4), and the FIFO reader's
 periodic task schedule."""
 
-import types
 
-from lvs_hooks.config import parse_config
-from lvs_hooks.events import periodic
-from lvs_hooks.fwmark_repair import RepairState, plan_repairs, state_for, take_pending
+from lvs_hooks.director.fwmark_repair import RepairState, plan_repairs, take_pending
 from lvs_hooks.kernel.model import ConnEntry, Destination, Service
 
 FWM = Service(
@@ -88,9 +85,7 @@ def test_a_template_counting_down_is_not_re_armed_until_the_master_refreshes_it(
 
 
 def test_takeover_takes_the_pending_repairs_with_port_and_time_left():
-    app = types.SimpleNamespace()
-    state = state_for(app)
-    assert state_for(app) is state
+    state = RepairState()
     plan_repairs([fwm_tpl("10.0.0.70", expires=15), fwm_tpl("10.0.0.71", expires=1)], [FWM],
                  state, now=50.0)
     entries = take_pending(state, now=52.0)
@@ -110,42 +105,3 @@ def test_a_template_whose_life_ran_out_is_not_put_back():
 def test_non_persistent_fwmark_service_is_ignored():
     svc = Service(4, None, None, 0, fwmark=1, persistent=False, destinations=FWM.destinations)
     assert plan_repairs([fwm_tpl("10.0.0.50")], [svc], RepairState(), 0.0).expire == []
-
-
-def _app(text):
-    return types.SimpleNamespace(config=parse_config(text, "test"))
-
-
-def test_periodic_tasks_each_on_its_own_interval_and_role(tmp_path, monkeypatch):
-    app = _app(
-        f"paths:\n  run_dir: {tmp_path}\nkeeper:\n  interval: 5\n"
-        "  fwmark_repair_interval: 1\n  snapshot_interval: 30\n"
-    )
-    assert periodic.idle_period(app.config) == 1
-    ran = []
-    monkeypatch.setattr(periodic, "_run", lambda name, app, st: ran.append(name))
-    now = [1000.0]
-    idle = periodic.make_idle(app, clock=lambda: now[0])
-    idle("BACKUP")
-    assert ran == ["fwmark-repair", "snapshot"]
-    for _ in range(4):
-        now[0] += 1
-        idle("BACKUP")
-    assert ran.count("fwmark-repair") == 5 and ran.count("snapshot") == 1
-    idle("MASTER")
-    idle("FAULT")
-    assert ran[-1] == "keeper" and ran.count("keeper") == 1
-
-
-def test_periodic_disabled_tasks_do_not_run(tmp_path, monkeypatch):
-    app = _app(
-        f"paths:\n  run_dir: {tmp_path}\nkeeper:\n  enabled: false\n"
-        "  fwmark_repair_interval: 0\n  snapshot_interval: 0\n  interval: 7\n"
-    )
-    assert periodic.idle_period(app.config) == 7
-    ran = []
-    monkeypatch.setattr(periodic, "_run", lambda name, app, st: ran.append(name))
-    idle = periodic.make_idle(app)
-    idle("MASTER")
-    idle("BACKUP")
-    assert ran == []

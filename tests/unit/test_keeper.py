@@ -1,4 +1,4 @@
-from lvs_hooks.keeper import clients_in_use, plan_renewals
+from lvs_hooks.director.keeper import clients_in_use, plan_renewals
 from lvs_hooks.kernel.model import ConnEntry, Destination, Service
 
 RS = (Destination("10.1.0.11", 5000, "masq"), Destination("10.1.0.12", 5000, "masq"))

@@ -2,7 +2,6 @@
 against a fake nft (no root, no kernel)."""
 
 import json
-import types
 
 import pytest
 from click.testing import CliRunner
@@ -164,7 +163,7 @@ def test_transition_step_summary_and_figures(tmp_path, fake):
     summary, figures = transition_step(cfg, "BACKUP")
     assert summary.startswith("backup rules: create table inet lvs_hooks, ")
     assert figures["role"] == "backup" and figures["rules"] == 5
-    summary, figures = transitions.firewall_step("master", types.SimpleNamespace(config=cfg))
+    summary, figures = transitions.firewall_step("master", cfg)
     assert summary.startswith("master rules: point redirect_prerouting at redirect_master; 5 rules")
 
 

@@ -4,7 +4,7 @@ The kernel keeps its own templates alive while they control connections: when th
 template fires and connections still point at it, it is re-armed (60 s). Templates that came
 from the old master by the sync protocol are never linked to the synced connections, so on the
 new master they expire on their own timer while the client's flow goes on; the client's next
-flow is then scheduled afresh, maybe to another real server (DESIGN.md section 1).
+flow is then scheduled afresh, maybe to another real server (docs/design.md section 1).
 
 The keeper reads the table once per period and renews (through the local sync path, TTL 0) each
 template that is about to expire while its client still has a connection entry to the same
@@ -18,13 +18,20 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
+from lvs_hooks.config import Config
+from lvs_hooks.director.inject import inject
 from lvs_hooks.kernel.conntable import ClientKey, read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Destination, Service
+from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate
 
 log = logging.getLogger(__name__)
+
+# A periodic duty waits this long for the transition lock, then leaves its turn to the next
+# period: a transition holds it, and that comes first.
+DUTY_LOCK_TIMEOUT = 0.2
 
 
 @dataclass
@@ -122,24 +129,28 @@ def _fwd_method(svc: Service, t: ConnEntry) -> str:
     return dest.fwd_method if dest is not None else "masq"
 
 
-def keep_once(cfg, ipvs) -> dict:
-    """One period of the keeper on this director (call it only while master): figures."""
-    from lvs_hooks.explain import record_injections
-    from lvs_hooks.reseed.runner import run_reseed_configured
+def keep_once(cfg: Config, proceed: Optional[Callable[[], bool]] = None) -> dict:
+    """One period of the keeper on this director (while master): figures.
 
+    The table is read without the transition lock (on a large table that read takes seconds,
+    and a keepalived event must not wait for it); the renewals go through the inject path,
+    which takes the lock and asks `proceed` whether the director is still what it was.
+    """
     t0 = time.monotonic()
-    table = read_conn_table(cfg.paths.proc_root, templates_only=True, client_counts=True)
-    services = ipvs.services()
-    plan = plan_renewals(
-        table.templates, table.client_counts or {}, services, cfg.keeper.refresh_below
+    table = read_conn_table(
+        cfg.paths.proc_root, templates_only=True, client_counts=True, reason="keeper"
     )
-    figures = plan.figures()
-    if plan.renew:
-        res = run_reseed_configured(plan.renew, ipvs, cfg, resend_rounds=0, verify=False)
-        figures["sent"] = res.sent
-        record_injections(
-            cfg.paths.run_dir, [(p.table_key(), p.timeout) for p in plan.renew], "keeper"
+    with IPVS() as ipvs:
+        services = ipvs.services()
+        plan = plan_renewals(
+            table.templates, table.client_counts or {}, services, cfg.keeper.refresh_below
         )
+        figures: Dict[str, Any] = dict(plan.figures())
+        if plan.renew:
+            res = inject(cfg, plan.renew, "keeper", verify=False, resend_rounds=0, ipvs=ipvs,
+                         lock_timeout=DUTY_LOCK_TIMEOUT, proceed=proceed)
+            figures["sent"] = res.sent
+            figures["abandoned"] = res.abandoned
     figures["ms"] = round((time.monotonic() - t0) * 1000, 1)
     if plan.renew or plan.expiring:
         log.info(

@@ -4,14 +4,14 @@ The kernel master keys a fwmark template `<IP, caddr, 0, mark, 0, rip, 0>`: port
 real server's port. The backup binds a synced template to a real server by address and port; in
 NAT mode a real server with a port never matches port 0, so the template stays unbound, and at
 the takeover the client's first packet finds a template without a real server: it is
-invalidated and the client scheduled afresh (DESIGN.md section 2, checked in the lab). A
+invalidated and the client scheduled afresh (docs/design.md section 3, checked in the lab). A
 template that carries the real server's port binds and is honoured.
 
 IPVS never re-points a template (a sync message for its key only updates timeout, state and a
 few flags), so an unbound one must go before a good one can come: it is given a timeout of 1 s,
 and once it has expired it is put back with the real server's port and what was left of its
 life. The master's sync refreshes a template at every packet of its client (templates are
-synced with their connections, DESIGN.md section 2), which re-arms the long timeout: a busy
+synced with their connections, docs/design.md section 3), which re-arms the long timeout: a busy
 client's template is repaired only when the master falls silent. A dead master falls silent at
 once, and VRRP needs about three advertisement intervals to notice, so the repair, looking
 every second, is done before the takeover. An unbound template is of no use to anyone, so
@@ -24,10 +24,18 @@ period's I/O.
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from lvs_hooks.kernel.model import ConnEntry, Service
-from lvs_hooks.reseed.planner import PlannedTemplate, entry_key, is_unbound_fwmark
+import filelock
+
+from lvs_hooks.config import Config
+from lvs_hooks.director.inject import inject
+from lvs_hooks.director.keeper import DUTY_LOCK_TIMEOUT
+from lvs_hooks.director.lock import transition_lock
+from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.kernel.model import ConnEntry, Service, template_id
+from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.reseed.planner import PlannedTemplate, is_unbound_fwmark
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +84,7 @@ def plan_repairs(
     live: Dict[Tuple, ConnEntry] = {}
     for t in templates:
         if t.is_template and not t.is_invalidated:
-            live[entry_key(t)] = t
+            live[template_id(t)] = t
     for key, t in live.items():
         svc = fwmark.get(t.service_key())
         if svc is None or not is_unbound_fwmark(t, svc):
@@ -107,15 +115,6 @@ def plan_repairs(
     return plan
 
 
-def state_for(app) -> RepairState:
-    """The repair state of this process (the FIFO reader): its periodic task fills it while
-    backup, and the MASTER transition's reseed finishes what it left."""
-    state = getattr(app, "fwmark_repair", None)
-    if state is None:
-        state = app.fwmark_repair = RepairState()
-    return state
-
-
 def take_pending(state: RepairState, now: float) -> List[ConnEntry]:
     """The templates under repair, as entries with their port and true time left, for the
     takeover's reseed (the table shows them with port 0 and the 1 s we gave them); clears
@@ -139,31 +138,42 @@ def has_fwmark_services(services: Sequence[Service]) -> bool:
     return any(s.fwmark and s.persistent for s in services)
 
 
-def repair_once(cfg, ipvs, state: RepairState) -> dict:
-    """One period on a backup: figures. Reads the table only when fwmark services exist."""
-    from lvs_hooks.explain import record_injections
-    from lvs_hooks.kernel.conntable import read_conn_table
-    from lvs_hooks.reseed.runner import run_reseed_configured
+def repair_once(
+    cfg: Config, state: RepairState, proceed: Optional[Callable[[], bool]] = None
+) -> dict:
+    """One period on a backup: figures. Reads the table only when fwmark services exist.
 
+    The table is read without the transition lock (a keepalived event must not wait for the
+    read); the plan is made and sent under it, where `proceed` says whether the director is
+    still a backup: the MASTER reseed takes over `state` under the same lock.
+    """
     t0 = time.monotonic()
-    services = ipvs.services()
-    if not has_fwmark_services(services):
-        state.pending.clear()
-        return {}
-    table = read_conn_table(cfg.paths.proc_root, templates_only=True)
-    before = len(state.pending)
-    plan = plan_repairs(table.templates, services, state, time.monotonic())
-    figures = plan.figures()
-    send = plan.expire + plan.restore
-    if send:
-        res = run_reseed_configured(send, ipvs, cfg, resend_rounds=0, verify=False)
-        figures["sent"] = res.sent
-    if plan.restore:
-        record_injections(
-            cfg.paths.run_dir,
-            [(p.table_key(), p.timeout) for p in plan.restore],
-            "fwmark-repair",
-        )
+    with IPVS() as ipvs:
+        services = ipvs.services()
+        if not has_fwmark_services(services):
+            state.pending.clear()
+            return {}
+        table = read_conn_table(cfg.paths.proc_root, templates_only=True, reason="fwmark repair")
+        lock = transition_lock(cfg.paths.run_dir)
+        try:
+            lock.acquire(timeout=DUTY_LOCK_TIMEOUT)
+        except filelock.Timeout:
+            log.debug("fwmark repair: a transition holds the lock; next period")
+            return {"skipped": "locked"}
+        try:
+            if proceed is not None and not proceed():
+                return {"abandoned": True}
+            before = len(state.pending)
+            plan = plan_repairs(table.templates, services, state, time.monotonic())
+            figures: Dict[str, Any] = dict(plan.figures())
+            send = plan.expire + plan.restore
+            if send:
+                # re-entrant: this thread holds the lock already
+                res = inject(cfg, send, "fwmark-repair", verify=False, resend_rounds=0,
+                             ipvs=ipvs)
+                figures["sent"] = res.sent
+        finally:
+            lock.release()
     figures["ms"] = round((time.monotonic() - t0) * 1000, 1)
     # Every period re-arms the 1 s timer of the unbound templates of busy clients (the master
     # keeps refreshing them): say so at INFO only when something changed.

@@ -1,8 +1,8 @@
-"""push.verify.check_push: a received push against the local table (pure)."""
+"""director.push_check.check_push: a received push against the local table (pure)."""
 
+from lvs_hooks.director.push_check import check_push
 from lvs_hooks.kernel.conntable import count_connections_by_client
 from lvs_hooks.kernel.model import ConnEntry, Destination, Service
-from lvs_hooks.push.verify import check_push
 from lvs_hooks.reseed.planner import PlannedTemplate
 
 UDP = Service(4, "UDP", "10.0.0.100", 5000, persistent=True, timeout=20,

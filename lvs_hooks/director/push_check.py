@@ -1,6 +1,7 @@
 """What a backup does with a complete push: compare it with its own table.
 
-Pure: the caller reads the table and sends what this plans. For each pushed template key:
+`check_push` is pure; `check_received_push` reads the table and sends what it plans through
+the inject path. For each pushed template key:
 
 - present: the table holds it, with the same real server;
 - missing: the table has no template for that client and service (the kernel's socket dropped
@@ -8,18 +9,23 @@ Pure: the caller reads the table and sends what this plans. For each pushed temp
 - stale: the table names another real server (the backup kept a template the master has since
   replaced). IPVS never re-points a template, so it is expired (timeout 1) and sent anew, but
   only when none of this client's connections to the service is left in the table: a
-  connection that still uses the old real server keeps it (DESIGN.md section 2).
+  connection that still uses the old real server keeps it (docs/design.md section 3).
 """
 
+import logging
+import time
 from dataclasses import dataclass, field, replace
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Sequence
 
-from lvs_hooks.keeper import clients_in_use
-from lvs_hooks.kernel.conntable import ClientKey
-from lvs_hooks.kernel.model import ConnEntry, Service
-from lvs_hooks.reseed.planner import PlannedTemplate, entry_key
+from lvs_hooks.config import Config
+from lvs_hooks.director.inject import inject
+from lvs_hooks.director.keeper import clients_in_use
+from lvs_hooks.kernel.conntable import ClientKey, read_conn_table
+from lvs_hooks.kernel.model import ConnEntry, Service, TemplateKey, template_id
+from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.reseed.planner import PlannedTemplate
 
-TemplateKey = Tuple[str, str, str, int, str, int]  # as PlannedTemplate.table_key()
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,13 +55,13 @@ def check_push(
     services: Sequence[Service],
 ) -> PushCheck:
     by_key = {s.key(): s for s in services}
-    live = {entry_key(t): t for t in live_templates if t.is_template and not t.is_invalidated}
+    live = {template_id(t): t for t in live_templates if t.is_template and not t.is_invalidated}
     used = clients_in_use(conn_counts, services)
     check = PushCheck()
     for proto, caddr, vaddr, vport, daddr, dport in keys:
         check.pushed += 1
         pushed = ConnEntry(proto, caddr, 0, vaddr, vport, daddr, dport, "ASSURED", 0)
-        local = live.get(entry_key(pushed))
+        local = live.get(template_id(pushed))
         if local is not None and (local.daddr, local.dport) == (daddr, dport):
             check.present += 1
             continue
@@ -74,3 +80,30 @@ def check_push(
         else:
             check.repoint.append(replace(planned, replace=True))
     return check
+
+
+def check_received_push(cfg: Config, keys: List[TemplateKey]) -> Dict[str, Any]:
+    """Compare the table with a complete push, put back and re-point: figures."""
+    t0 = time.monotonic()
+    table = read_conn_table(cfg.paths.proc_root, client_counts=True, reason="push check")
+    with IPVS() as ipvs:
+        services = ipvs.services()
+        check = check_push(keys, table.templates, table.client_counts or {}, services)
+        send = check.missing + check.repoint
+        res = inject(cfg, send, "push", ipvs=ipvs)
+    fig: Dict[str, Any] = {
+        **check.figures(),
+        "verified": check.present + len(send) - res.missing,
+        "put_back": len(check.missing),
+        "repointed": len(check.repoint),
+        "missing_after": res.missing + check.unknown,
+        "ms": round((time.monotonic() - t0) * 1000, 1),
+    }
+    log.info(
+        "push received: %(pushed)d templates, %(present)d already in the table, "
+        "%(put_back)d put back (lost on the way), %(repointed)d re-pointed (stale, no "
+        "connection), %(stale_in_use)d stale but in use (kept), %(unknown)d without a local "
+        "service or real server, %(missing_after)d missing after; %(ms).0f ms",
+        fig,
+    )
+    return fig

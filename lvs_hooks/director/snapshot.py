@@ -1,0 +1,53 @@
+"""Taking a snapshot: every template of the table, and the services they use, to disk."""
+
+import logging
+import os
+import time
+from typing import Any, Dict
+
+from lvs_hooks.config import Config
+from lvs_hooks.director.state import snapshot_store
+from lvs_hooks.kernel.conntable import parse_conn_table, read_proc_file
+from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.snapshot import Snapshot
+
+log = logging.getLogger(__name__)
+
+
+def take_snapshot(cfg: Config, reason: str = "snapshot") -> Dict[str, Any]:
+    """Read templates and services from the kernel and store them as a new generation."""
+    t0 = time.monotonic()
+    with IPVS() as ipvs:
+        services = ipvs.services()
+    t1 = time.monotonic()
+    # Read and parse timed apart: reading is the kernel's walk of its table (compare with cat).
+    data = read_proc_file(os.path.join(cfg.paths.proc_root, "net", "ip_vs_conn"), reason)
+    t_read = time.monotonic()
+    table = parse_conn_table(data, templates_only=True)
+    t2 = time.monotonic()
+    snap = Snapshot.capture(services=services, templates=list(table.templates))
+    path = snapshot_store(cfg).save(snap)
+    t3 = time.monotonic()
+    report = {
+        "path": str(path),
+        "templates": len(snap.templates),
+        "services": len(services),
+        "malformed_lines": table.malformed,
+        "ms_netlink": round((t1 - t0) * 1000, 1),
+        "ms_read_table": round((t_read - t1) * 1000, 1),
+        "ms_parse": round((t2 - t_read) * 1000, 1),
+        "ms_write": round((t3 - t2) * 1000, 1),
+        "ms": round((t3 - t0) * 1000, 1),
+    }
+    log.info(
+        "snapshot: %d templates of %d services, table read in %.0f ms and parsed in %.0f ms, "
+        "written to %s in %.0f ms%s",
+        report["templates"],
+        report["services"],
+        report["ms_read_table"],
+        report["ms_parse"],
+        path,
+        report["ms_write"],
+        f" ({table.malformed} malformed lines skipped)" if table.malformed else "",
+    )
+    return report

@@ -1,0 +1,94 @@
+"""director.duties: each periodic task on its own interval and role, yielding to events, and a
+failing task counted without stopping the others. The tasks themselves are replaced at one
+seam (Duties._run): they have their own tests."""
+
+import logging
+
+from lvs_hooks.config import parse_config
+from lvs_hooks.director import Director
+from lvs_hooks.director.duties import Duties
+from lvs_hooks.director.fwmark_repair import _Pending
+from lvs_hooks.errors import KernelError
+
+
+def duties_for(tmp_path, text, role="BACKUP", clock=None):
+    cfg = parse_config(f"paths:\n  run_dir: {tmp_path}\n" + text, "test")
+    roles = [role]
+    d = Duties(Director(cfg), lambda: roles[0], **({"clock": clock} if clock else {}))
+    ran = []
+    d._run = lambda name, proceed: ran.append((name, proceed()))
+    return d, ran, roles
+
+
+def test_each_task_on_its_own_interval_and_role(tmp_path):
+    now = [1000.0]
+    d, ran, roles = duties_for(
+        tmp_path,
+        "keeper:\n  interval: 5\n  fwmark_repair_interval: 1\n  snapshot_interval: 30\n",
+        clock=lambda: now[0],
+    )
+    assert d.period == 1
+    d.run_due("BACKUP")
+    assert [n for n, _ in ran] == ["fwmark-repair", "snapshot"]
+    for _ in range(4):
+        now[0] += 1
+        d.run_due("BACKUP")
+    names = [n for n, _ in ran]
+    assert names.count("fwmark-repair") == 5 and names.count("snapshot") == 1
+    roles[0] = "MASTER"
+    d.run_due("MASTER")
+    d.run_due("FAULT")
+    assert ran[-1] == ("keeper", True) and names.count("keeper") == 0
+
+
+def test_disabled_tasks_do_not_run(tmp_path):
+    d, ran, _ = duties_for(
+        tmp_path,
+        "keeper:\n  enabled: false\n  fwmark_repair_interval: 0\n  snapshot_interval: 0\n"
+        "  interval: 7\n",
+    )
+    assert d.period == 7
+    d.run_due("MASTER")
+    d.run_due("BACKUP")
+    assert ran == []
+
+
+def test_a_waiting_event_comes_first(tmp_path):
+    d, ran, _ = duties_for(tmp_path, "keeper:\n  fwmark_repair_interval: 1\n")
+    d.run_due("BACKUP", should_yield=lambda: True)
+    assert ran == []
+    # not run, so still due at the next turn
+    d.run_due("BACKUP")
+    assert [n for n, _ in ran] == ["fwmark-repair", "snapshot"]
+
+
+def test_the_plan_is_dropped_when_the_role_changed_meanwhile(tmp_path):
+    d, ran, roles = duties_for(tmp_path, "keeper:\n  fwmark_repair_interval: 1\n")
+    roles[0] = "MASTER"  # the transition ran after the duty was chosen
+    d.run_due("BACKUP")
+    assert ran and all(ok is False for _, ok in ran)
+
+
+def test_a_failing_task_is_counted_and_the_others_run(tmp_path, caplog):
+    d, ran, _ = duties_for(tmp_path, "keeper:\n  fwmark_repair_interval: 1\n")
+
+    def run(name, proceed):
+        if name == "fwmark-repair":
+            raise KernelError("IPVS not loaded (no /proc/net/ip_vs_conn)")
+        ran.append(name)
+
+    d._run = run
+    caplog.set_level(logging.ERROR)
+    d.run_due("BACKUP")
+    assert ran == ["snapshot"]
+    assert d.failures == {"fwmark-repair": 1}
+    assert "periodic fwmark-repair while BACKUP failed (1 so far)" in caplog.text
+
+
+def test_leaving_backup_forgets_the_repairs(tmp_path):
+    d, _, _ = duties_for(tmp_path, "keeper:\n  fwmark_repair_interval: 1\n")
+    d.director.repair.pending[("IP", "10.0.0.1", "0.0.0.1", 0)] = _Pending(None, 0.0)
+    d.run_due("BACKUP")
+    assert d.director.repair.pending
+    d.run_due("MASTER")
+    assert d.director.repair.pending == {}
