@@ -24,6 +24,7 @@ a template holds is not shown and is inferred here, saying so where it cannot be
 kernel; `render_explanation` prints it.
 """
 
+import gzip
 import ipaddress
 import math
 import os
@@ -34,7 +35,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from lvs_hooks.director import ledger
 from lvs_hooks.director.ledger import Injection
+from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service, TemplateKey, template_key
+from lvs_hooks.kernel.netlink import IPVS
 
 REARM_SECONDS = 60  # ip_vs_conn_expire: cp->timeout = 60*HZ
 SYNC_V0_TEMPLATE_SECONDS = 180  # ip_vs_proc_conn: a v0 message carries no timeout
@@ -591,8 +594,6 @@ def read_jiffies(proc_root: str = "/proc") -> Optional[int]:
 def kernel_hz(release: str, proc_root: str = "/proc") -> Optional[int]:
     """CONFIG_HZ: from /boot/config-RELEASE or /proc/config.gz, else measured from jiffies
     over a fifth of a second and rounded to the nearest usual value."""
-    import gzip
-
     for path, opener in (
         (f"/boot/config-{release}", open),
         (os.path.join(proc_root, "config.gz"), gzip.open),
@@ -617,9 +618,6 @@ def kernel_hz(release: str, proc_root: str = "/proc") -> Optional[int]:
 
 def build_explanation(cfg, client: Optional[str] = None) -> dict:
     """Read the kernel (services, daemons, timeouts, the table with origins) and explain."""
-    from lvs_hooks.kernel.conntable import read_conn_table
-    from lvs_hooks.kernel.netlink import IPVS
-
     proc_root = cfg.paths.proc_root
     with IPVS() as ipvs:
         services = ipvs.services()

@@ -16,7 +16,12 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
+from lvs_hooks.agent import KernelOps
+from lvs_hooks.control.channel import ControlChannel
+from lvs_hooks.director import Director
 from lvs_hooks.errors import HandoverFailed
+from lvs_hooks.events.role import read_role
+from lvs_hooks.warmup import WarmupStore, refresh, refresh_detail
 
 log = logging.getLogger(__name__)
 
@@ -39,12 +44,6 @@ def handover(
     channel: Optional[Any] = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict:
-    from lvs_hooks.agent import KernelOps
-    from lvs_hooks.control.channel import ControlChannel
-    from lvs_hooks.director import Director
-    from lvs_hooks.events.role import read_role
-    from lvs_hooks.warmup import WarmupStore, refresh
-
     cfg = app.config
     run_dir = cfg.paths.run_dir
     role = read_role(run_dir)
@@ -147,8 +146,6 @@ def _await_confirmation(ch: Any, name: str, push_id: str, deadline: float, clock
 
 
 def cancel(app: Any) -> dict:
-    from lvs_hooks.warmup import WarmupStore, refresh_detail
-
     store = WarmupStore(app.config.paths.run_dir)
     state = store.load()
     if state is not None and state.handover:
