@@ -235,7 +235,7 @@ def _scalar_ok(tp: Any, value: Any, meta: Any) -> Tuple[bool, Any]:
 
 
 def _value(tp: Any, value: Any, meta: Any, path: str, ctx: _Context, described: Any) -> Any:
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass(tp, value, path, ctx)
     inner = _optional_inner(tp)
     if inner is not None:
@@ -259,7 +259,7 @@ def _all_paths(cls: Type[Any], prefix: str = "") -> List[str]:
         path = _join(prefix, f.name)
         paths.append(path)
         tp = _hints(cls)[f.name]
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             paths.extend(_all_paths(tp, path))
     return paths
 
@@ -1017,7 +1017,7 @@ def _dump(cls: Type[Any], value: Any, indent: int, out: List[str]) -> None:
     for f in dataclasses.fields(cls):
         tp = hints[f.name]
         pad = " " * indent
-        if dataclasses.is_dataclass(tp):
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
             out.append("")
             out.extend(_comment(inspect.cleandoc(tp.__doc__ or ""), indent))
             out.append(f"{pad}{f.name}:")

@@ -698,14 +698,15 @@ def check_backup_only(d: DoctorInput) -> List[Finding]:
         return []
     if d.hooks_wired and getattr(getattr(d.hooks, "rules", None), "backup_only", False):
         return []  # lvs-hooks sets it per role: 1 on BACKUP and FAULT, 0 on MASTER
-    s = d.setup
+    spec = d.setup.sync_daemon if d.setup is not None else None
     out = []
     states = {x.state for x in d.kernel.daemons}
-    both_always = s is not None and s.sync_daemon is not None and not s.sync_daemon.instance
-    if both_always or {"master", "backup"} <= states:
+    # a sync daemon line without an instance: keepalived runs both daemons all the time
+    both_always = spec if spec is not None and not spec.instance else None
+    if both_always is not None or {"master", "backup"} <= states:
         evidence = ["kernel: net.ipv4.vs.backup_only = 1"]
-        if both_always:
-            evidence.append(_at(s.sync_daemon.item) + " (no instance: both daemons always run)")
+        if both_always is not None:
+            evidence.append(_at(both_always.item) + " (no instance: both daemons always run)")
         if {"master", "backup"} <= states:
             evidence.append("kernel: a master and a backup sync daemon run now")
         out.append(

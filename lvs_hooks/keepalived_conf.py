@@ -375,9 +375,10 @@ class _Reader:
                 continue
             if not text:
                 continue
-            text = self._conditional(text)
-            if text is None:
+            kept = self._conditional(text)
+            if kept is None:
                 continue
+            text = kept
             m = _DEF.match(text)
             if m:
                 name, value = m.group(1), m.group(2).strip()

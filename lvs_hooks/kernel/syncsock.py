@@ -58,7 +58,7 @@ def parse_proc_udp(data: bytes, port: int) -> List[UdpSocketState]:
 
 def own_socket_inodes(fd_dir: str = "/proc/self/fd") -> Set[int]:
     """Inodes of the sockets this process holds (readlink gives "socket:[INODE]")."""
-    inodes = set()
+    inodes: Set[int] = set()
     try:
         names = os.listdir(fd_dir)
     except OSError:

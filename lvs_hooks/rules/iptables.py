@@ -426,14 +426,14 @@ class IptablesBackend:
     @staticmethod
     def active_role(live: Dict[int, Dict[str, LiveTable]]) -> Optional[str]:
         """The role the nat pointer names (None: no pointer, or pointers disagree)."""
+        role_of_chain = {CHAIN[c]: r for r, c in ROLE_CHAINS.items()}
         roles = set()
         for tables in live.values():
             nat = tables.get("nat")
             if nat is None or CHAIN[REDIRECT] not in nat.chains:
                 continue
             ptr = nat.chains[CHAIN[REDIRECT]]
-            target = ptr[0].spec.split()[-1] if len(ptr) == 1 else None
-            roles.add({CHAIN[c]: r for r, c in ROLE_CHAINS.items()}.get(target))
+            roles.add(role_of_chain.get(ptr[0].spec.split()[-1]) if len(ptr) == 1 else None)
         return roles.pop() if len(roles) == 1 else None
 
 

@@ -26,7 +26,7 @@ from lvs_hooks.rules.model import (
     services_from_config,
 )
 from lvs_hooks.rules.peers import PeerMacs, resolve_peer_macs
-from lvs_hooks.rules.select import Backend, choose_backend
+from lvs_hooks.rules.select import AnyBackend, Backend, L, P, choose_backend
 from lvs_hooks.rules.state import Applied, RulesState, StateFile
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class RulesManager:
     def __init__(
         self,
         cfg: Any,
-        backend: Optional[Backend] = None,
+        backend: Optional[AnyBackend] = None,
         peer_resolver=resolve_peer_macs,
         boot_id: Optional[str] = None,
     ):
@@ -68,7 +68,7 @@ class RulesManager:
         return bool(self.protected) or self.rcfg.backup_only
 
     @property
-    def backend(self) -> Backend:
+    def backend(self) -> AnyBackend:
         if self._backend is None:
             self._backend, self._backend_why = choose_backend(self.rcfg.backend)
         return self._backend
@@ -125,7 +125,18 @@ class RulesManager:
     def _apply_rules(self, role: str, state: RulesState, dry_run: bool, report: Dict) -> None:
         peers = self.peer_macs(state)
         ruleset = build_rule_set(self.services, peers.macs)
-        backend = self.backend
+        self._converge(self.backend, role, ruleset, peers, state, dry_run, report)
+
+    def _converge(
+        self,
+        backend: Backend[P, L],
+        role: str,
+        ruleset: RuleSet,
+        peers: PeerMacs,
+        state: RulesState,
+        dry_run: bool,
+        report: Dict,
+    ) -> None:
         families = self._families(ruleset, state)
         recorded = state.recorded_text(backend.name)
         target = ruleset if not ruleset.empty else None
@@ -137,7 +148,7 @@ class RulesManager:
         if peers.missing:
             report["peers_unknown"] = peers.missing
         t_send = time.monotonic()
-        live = None
+        live: Optional[L] = None
         if not dry_run and self._swap_only(role, ruleset, state):
             # The same rules as the last apply of this boot, another role: the batch is the
             # pointer alone, sent without reading first; the read-back below checks everything
@@ -222,22 +233,25 @@ class RulesManager:
         t0 = time.monotonic()
         with self._lock():
             state = self.state_file.load()
-            backend = self.backend
-            live = backend.read(ALL_FAMILIES)
-            plans = backend.plan(None, "backup", live, {})
-            report: Dict[str, Any] = {
-                "backend": backend.name,
-                "changes": [c for p in plans for c in p.changes],
-            }
-            if dry_run:
-                report["batch"] = backend.batch_text(plans)
-            else:
-                if plans:
-                    backend.send(plans)
-                state.applied = None
-                self.state_file.save(state)
-                log.info("rules removed: %s", ", ".join(report["changes"]) or "none were there")
+            report = self._remove(self.backend, state, dry_run)
         report["ms"] = round((time.monotonic() - t0) * 1000, 1)
+        return report
+
+    def _remove(self, backend: Backend[P, L], state: RulesState, dry_run: bool) -> Dict[str, Any]:
+        live = backend.read(ALL_FAMILIES)
+        plans = backend.plan(None, "backup", live, {})
+        report: Dict[str, Any] = {
+            "backend": backend.name,
+            "changes": [c for p in plans for c in p.changes],
+        }
+        if dry_run:
+            report["batch"] = backend.batch_text(plans)
+        else:
+            if plans:
+                backend.send(plans)
+            state.applied = None
+            self.state_file.save(state)
+            log.info("rules removed: %s", ", ".join(report["changes"]) or "none were there")
         return report
 
     # -- verify
@@ -302,22 +316,30 @@ class RulesManager:
             report["peer_macs_error"] = e.format_message()
             ruleset = None
         try:
-            backend = self.backend
-            report["backend"] = backend.name
-            report["backend_why"] = self._backend_why
-            live = backend.read(ALL_FAMILIES)
-            report["kernel_role"] = backend.active_role(live)
-            report["kernel_rules"] = backend.rules_listing(live)
-            if ruleset is not None and state.applied is not None:
-                target = ruleset if not ruleset.empty else None
-                plans = backend.plan(
-                    target, state.applied.role, live, state.recorded_text(backend.name)
-                )
-                report["drift"] = [c for p in plans for c in p.changes]
+            self._show_kernel(self.backend, ruleset, state, report)
         except FirewallError as e:
             report["backend_error"] = e.format_message()
         report["backup_only"] = self.backup_only_advice()
         return report
+
+    def _show_kernel(
+        self,
+        backend: Backend[P, L],
+        ruleset: Optional[RuleSet],
+        state: RulesState,
+        report: Dict[str, Any],
+    ) -> None:
+        report["backend"] = backend.name
+        report["backend_why"] = self._backend_why
+        live = backend.read(ALL_FAMILIES)
+        report["kernel_role"] = backend.active_role(live)
+        report["kernel_rules"] = backend.rules_listing(live)
+        if ruleset is not None and state.applied is not None:
+            target = ruleset if not ruleset.empty else None
+            plans = backend.plan(
+                target, state.applied.role, live, state.recorded_text(backend.name)
+            )
+            report["drift"] = [c for p in plans for c in p.changes]
 
     def _notes(self) -> List[str]:
         notes = []

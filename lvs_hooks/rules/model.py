@@ -32,6 +32,7 @@ in the kernel by it and tell a changed rule from an unchanged one.
 import hashlib
 import ipaddress
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from lvs_hooks.errors import ConfigError
@@ -181,7 +182,8 @@ class RuleSet:
 def build_fwmark_rules(service: ServiceSpec, peer_macs: Sequence[str]) -> List[Rule]:
     """The mark chain's rules for one fwmark service: per peer MAC a counted return (packets the
     peer forwarded: this host's real server takes them), then the mark for everything else."""
-    common = dict(
+    service_rule = partial(
+        Rule,
         family=service.family,
         daddr=service.vip,
         protocol=service.protocol,
@@ -189,10 +191,10 @@ def build_fwmark_rules(service: ServiceSpec, peer_macs: Sequence[str]) -> List[R
     )
     what = f"fwmark {service.fwmark} {service.describe()}"
     rules = [
-        Rule(MARK, src_mac=mac, action="return", note=f"{what} from peer {mac}", **common)
+        service_rule(MARK, src_mac=mac, action="return", note=f"{what} from peer {mac}")
         for mac in peer_macs
     ]
-    rules.append(Rule(MARK, src_mac=None, action="mark", value=service.fwmark, note=what, **common))
+    rules.append(service_rule(MARK, src_mac=None, action="mark", value=service.fwmark, note=what))
     return rules
 
 
@@ -210,7 +212,9 @@ def build_redirect_rules(role: str, service: ServiceSpec, peer_macs: Sequence[st
     which delivers it locally by its own connection entry, as before. A redirected connection
     stays redirected by its conntrack entry, SYN or not.
     """
-    common = dict(
+    service_rule = partial(
+        Rule,
+        ROLE_CHAINS[role],
         family=service.family,
         daddr=service.vip,
         protocol=service.protocol,
@@ -218,16 +222,13 @@ def build_redirect_rules(role: str, service: ServiceSpec, peer_macs: Sequence[st
         syn=service.protocol == "tcp",
     )
     what = f"redirect {service.describe()}"
-    chain = ROLE_CHAINS[role]
     if role == "backup":
-        return [Rule(chain, src_mac=None, action="redirect", note=f"{what} backup", **common)]
+        return [service_rule(src_mac=None, action="redirect", note=f"{what} backup")]
     rules = [
-        Rule(chain, src_mac=mac, action="redirect", note=f"{what} from peer {mac}", **common)
+        service_rule(src_mac=mac, action="redirect", note=f"{what} from peer {mac}")
         for mac in peer_macs
     ]
-    rules.append(
-        Rule(chain, src_mac=None, action="return", note=f"{what} master: to IPVS", **common)
-    )
+    rules.append(service_rule(src_mac=None, action="return", note=f"{what} master: to IPVS"))
     return rules
 
 

@@ -396,6 +396,8 @@ class NftBackend:
         if ptr is None or len(ptr.rules) != 1:
             return None
         target = (ptr.rules[0].expr[-1].get("jump") or {}).get("target")
+        if not isinstance(target, str):
+            return None  # not a jump: no role named
         return {CHAIN[c]: r for r, c in ROLE_CHAINS.items()}.get(target)
 
 

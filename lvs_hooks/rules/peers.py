@@ -75,8 +75,8 @@ def resolve_peer_macs(
             out.macs.append(mac)
             out.sources[mac] = source
 
-    for mac in static:
-        add(normalize_mac(mac), "config")
+    for configured in static:
+        add(normalize_mac(configured), "config")
     found = {p: lookup(p) for p in peers}
     missing = [p for p, mac in found.items() if mac is None and p not in recorded]
     if missing:
@@ -89,7 +89,7 @@ def resolve_peer_macs(
                 found[p] = lookup(p)
                 if found[p] is not None:
                     missing.remove(p)
-    unknown = []
+    unknown: List[str] = []
     for p in peers:
         mac = found[p]
         if mac is not None:

@@ -7,13 +7,59 @@ user's, in the same nf_tables world); iptables-legacy when iptables is the legac
 
 import shutil
 import subprocess
-from typing import Callable, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple, TypeVar
 
 from lvs_hooks.errors import FirewallError
 from lvs_hooks.rules.iptables import FLAVOURS, IptablesBackend
+from lvs_hooks.rules.model import RuleSet
 from lvs_hooks.rules.nftables import NftBackend
 
-Backend = Union[IptablesBackend, NftBackend]
+
+class Plan(Protocol):
+    """One atomic batch of a backend."""
+
+    @property
+    def changes(self) -> List[str]:
+        """The batch in words, for reports and the log."""
+        ...
+
+
+P = TypeVar("P", bound=Plan)
+L = TypeVar("L")
+
+
+class Backend(Protocol[P, L]):
+    """What the rules manager needs of a firewall tool. Each backend has its own batches (`P`)
+    and its own reading of the kernel (`L`), and takes back only those it made: the manager
+    passes them through unopened, and type-checking code generic in P and L keeps it from
+    mixing them up."""
+
+    @property
+    def name(self) -> str: ...
+
+    def read(self, families: Sequence[int] = ...) -> L: ...
+
+    def plan(
+        self, ruleset: Optional[RuleSet], role: str, live: L, recorded: Dict[str, str]
+    ) -> List[P]: ...
+
+    def pointer_plans(self, role: str, families: Sequence[int]) -> List[P]: ...
+
+    def send(self, plans: Sequence[P]) -> None: ...
+
+    def batch_text(self, plans: Sequence[P]) -> str: ...
+
+    def rendered(self, ruleset: RuleSet) -> Dict[str, str]: ...
+
+    def record(self, live: L) -> Dict[str, str]: ...
+
+    def rules_listing(self, live: L) -> List[Dict]: ...
+
+    def active_role(self, live: L) -> Optional[str]: ...
+
+
+# The backend is chosen at run time, so its plan and reading types are not known statically.
+AnyBackend = Backend[Any, Any]
 
 
 def iptables_flavour(
@@ -37,7 +83,7 @@ def iptables_flavour(
 
 def choose_backend(
     name: str, which: Callable = shutil.which, run: Callable = subprocess.run
-) -> Tuple[Backend, str]:
+) -> Tuple[AnyBackend, str]:
     """The backend for rules.backend `name`, and why it was chosen (for `rules show`)."""
     if name == "nft":
         return NftBackend(), "rules.backend: nft"
