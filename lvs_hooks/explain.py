@@ -256,6 +256,26 @@ def controlled_connections(
     return linked, synced
 
 
+class ConnIndex:
+    """The connections of a table by real server and client address as a service's
+    persistence netmask keys them, so that explaining every template reads each connection a
+    bounded number of times (once per distinct netmask), not once per template."""
+
+    def __init__(self, conns: Iterable[ConnEntry]):
+        self.conns = [c for c in conns if not c.is_template]
+        self._by_mask: Dict[str, Dict[Tuple[str, str], List[ConnEntry]]] = {}
+
+    def candidates(self, t: ConnEntry, svc: Optional[Service]) -> List[ConnEntry]:
+        """The connections to `t`'s real server from `t`'s client (masked as `svc` masks)."""
+        mask = svc.netmask if svc is not None else ""
+        index = self._by_mask.get(mask)
+        if index is None:
+            index = self._by_mask[mask] = {}
+            for c in self.conns:
+                index.setdefault((c.daddr, _masked(c.caddr, svc)), []).append(c)
+        return index.get((t.daddr, t.caddr), [])
+
+
 def _role(daemons: Sequence) -> str:
     states = {getattr(d, "state", "") for d in daemons}
     if "master" in states and "backup" in states:
@@ -523,6 +543,7 @@ def explain(
     conns: List[ConnEntry] = []
     for e in entries:
         (templates if e.is_template else conns).append(e)
+    index = ConnIndex(conns)
     by_key = {s.key(): s for s in services}
     addr_keys = [s.key() for s in services if not s.fwmark]
     version = parse_release(release)
@@ -541,7 +562,18 @@ def explain(
         if inj is not None and t.expires > inj.timeout:
             inj = None  # more time left than was injected: a master's message replaced it since
         reports.append(
-            explain_template(t, conns, by_key, addr_keys, timeouts, now, role, inj, v0_only, clock)
+            explain_template(
+                t,
+                index.candidates(t, by_key.get(t.service_key())),
+                by_key,
+                addr_keys,
+                timeouts,
+                now,
+                role,
+                inj,
+                v0_only,
+                clock,
+            )
         )
     return {
         "now": round(now, 1),

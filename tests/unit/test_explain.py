@@ -296,3 +296,58 @@ def test_jiffies_and_hz_from_proc(tmp_path):
     with gzip.open(tmp_path / "config.gz", "wt") as f:
         f.write("CONFIG_X=y\nCONFIG_HZ=300\n")
     assert kernel_hz("no-such-release", str(tmp_path)) == 300
+
+
+def test_the_index_gives_each_template_the_connections_a_whole_scan_would():
+    """explain reads each connection once per netmask (ConnIndex), not once per template: the
+    answer must be the one the whole scan gives, on a mixed table (netmasks, fwmark, IPv6,
+    synced and local, several real servers)."""
+    import random
+
+    from lvs_hooks.explain import ConnIndex, controlled_connections
+
+    rnd = random.Random(7)
+    s24 = svc(netmask="255.255.255.0")
+    s6 = Service(6, "UDP", "fd00::100", 5000, persistent=True, timeout=360, netmask="64",
+                 destinations=(Destination("fd00:1::11", 5000),))
+    fw = Service(4, None, None, 0, fwmark=1, persistent=True, timeout=300,
+                 destinations=(Destination("10.1.0.11", 5000), Destination("10.1.0.12", 5000)))
+    services = [s24, s6, fw]
+    entries = []
+    for i in range(300):
+        origin = rnd.choice(["LOCAL", "SYNC"])
+        rs = rnd.choice(["10.1.0.11", "10.1.0.12"])
+        kind = rnd.choice(["v4", "v6", "fw"])
+        if kind == "v4":
+            c = f"10.0.{rnd.randrange(4)}.{rnd.randrange(1, 250)}"
+            entries.append(ConnEntry("UDP", c, 40000 + i, VIP, 5000, rs, 5000, "UDP", 100,
+                                     origin=origin))
+            entries.append(ConnEntry("UDP", c.rsplit(".", 1)[0] + ".0", 0, VIP, 5000, rs, 5000,
+                                     "ASSURED", 50, origin=origin))
+        elif kind == "v6":
+            c = f"fd00:{rnd.randrange(3)}::{rnd.randrange(1, 999):x}"
+            entries.append(ConnEntry("UDP", c, 40000 + i, "fd00::100", 5000, "fd00:1::11", 5000,
+                                     "UDP", 100, origin=origin))
+            entries.append(ConnEntry("UDP", c.split("::")[0] + "::", 0, "fd00::100", 5000,
+                                     "fd00:1::11", 5000, "ASSURED", 50, origin=origin))
+        else:
+            c = f"10.2.0.{rnd.randrange(1, 60)}"
+            entries.append(ConnEntry("TCP", c, 40000 + i, "10.0.0.102", 443, rs, 5000,
+                                     "ESTABLISHED", 100, origin=origin))
+            entries.append(ConnEntry("IP", c, 0, "0.0.0.1", 0, rs, 5000, "ASSURED", 50,
+                                     origin=origin))
+    by_key = {s.key(): s for s in services}
+    addr_keys = [s.key() for s in services if not s.fwmark]
+    index = ConnIndex(entries)
+    conns = [e for e in entries if not e.is_template]
+    templates = [e for e in entries if e.is_template]
+    linked_total = 0
+    for t in templates:
+        s = by_key[t.service_key()]
+        whole = controlled_connections(t, conns, s, addr_keys)
+        fast = controlled_connections(t, index.candidates(t, s), s, addr_keys)
+        assert fast == whole, t
+        linked_total += len(whole[0]) + len(whole[1])
+    assert linked_total > len(templates)  # the table really pairs them
+    r = explain(entries, services, TIMEOUTS, NOW)
+    assert len(r["templates"]) == len(templates)
