@@ -9,7 +9,7 @@ hands them here. This path owns what they must not each get right on their own:
 - a last look, under the lock, whether the plan still holds (`proceed`): a periodic duty
   planned from a table read without the lock, and a transition may have changed the role since;
 - the IPVS session, the receiving backup daemon, the paced local sender and the verification
-  (reseed.runner, docs/design.md section 3);
+  (reseed.runner, docs/design.md sections 3.4 to 3.6);
 - the ledger of injected templates (director.ledger), written only here.
 """
 

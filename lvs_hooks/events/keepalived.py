@@ -3,7 +3,7 @@
 Three forms reach us (keepalived `vrrp_notify.c`):
 
 - the generic `notify` script gets `INSTANCE|GROUP NAME STATE PRIORITY` appended to its own
-  arguments (STATE is MASTER, BACKUP, FAULT or STOP; keepalived 2.3+ also sends DELETED, and
+  arguments (STATE is MASTER, BACKUP, FAULT or STOP; keepalived 2.1+ also sends DELETED, and
   `{UNKNOWN}` for anything else; the priority of a GROUP is always 0);
 - `notify_master`, `notify_backup`, `notify_fault` and `notify_stop` get no arguments: the state
   is in the script's own command line (`lvs-hooks master VI_1`);
