@@ -13,10 +13,15 @@ SYSLOG_SOCKET = "/dev/log"
 SYSLOG_ONLY = {"to_console": False}
 
 
+_configured = False  # once per process: a door that falls back to the CLI calls this again
+
+
 def setup_logging(debug: bool = False) -> None:
-    root = logging.getLogger()
-    if getattr(root, "_lvs_hooks_configured", False):
+    global _configured
+    if _configured:
         return
+    _configured = True
+    root = logging.getLogger()
     root.setLevel(logging.DEBUG if debug else logging.INFO)
     syslog = None
     if os.path.exists(SYSLOG_SOCKET):
@@ -37,4 +42,3 @@ def setup_logging(debug: bool = False) -> None:
         root.addHandler(err)
     # Never Python's last-resort handler: it would print a second copy of every error.
     root.addHandler(logging.NullHandler())
-    root._lvs_hooks_configured = True

@@ -15,7 +15,7 @@ hands them here. This path owns what they must not each get right on their own:
 
 import logging
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import filelock
 
@@ -66,7 +66,7 @@ def inject(
             log.info("%s: %d templates planned, not sent: the director changed meanwhile",
                      by, len(planned))
             return ReseedResult(planned=len(planned), abandoned=True)
-        overrides = {"verify": verify}
+        overrides: Dict[str, Any] = {"verify": verify}
         if resend_rounds is not None:
             overrides["resend_rounds"] = resend_rounds
         t0 = time.monotonic()

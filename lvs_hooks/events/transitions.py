@@ -61,12 +61,12 @@ def plan_transition(event: Event, director: Director) -> Plan:
         )
     state = event.state
     if state == "MASTER":
-        role = cfg.master
+        master = cfg.master
         return Plan(
             [
                 Step("firewall", lambda: firewall_step("master", cfg)),
-                Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
-                Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
+                Step("sysctls", lambda: sysctl_step(master.sysctls, cfg.paths.proc_root)),
+                Step("timeouts", lambda: timeouts_step(master, settings.keepalived_lvs_timeouts)),
                 Step("reseed", lambda: reseed_step(director, event)),
             ]
         )

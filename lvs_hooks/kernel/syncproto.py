@@ -22,7 +22,7 @@ import socket
 import struct
 from collections import namedtuple
 from dataclasses import dataclass
-from typing import Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 from lvs_hooks.kernel.model import FWD_METHODS, PROTO_NUMBERS, ipv6_text
 
@@ -94,7 +94,8 @@ class KStruct:
         self.name = name
         self.struct = struct.Struct(fmt)
         self.size = self.struct.size
-        self.tuple = namedtuple(name, fields)
+        # A record type made at run time, one per kernel struct: its fields are the kernel's.
+        self.tuple: Any = namedtuple(name, fields)  # type: ignore[misc]
 
     def unpack_from(self, buf: bytes, offset: int = 0):
         return self.tuple._make(self.struct.unpack_from(buf, offset))
@@ -410,7 +411,7 @@ def encode_datagrams(
     pack_mesg = ip_vs_sync_mesg.struct.pack_into
     pton, af_inet = socket.inet_pton, socket.AF_INET
     # vaddr and daddr repeat (a few services and real servers); client addresses do not.
-    known = {}
+    known: Dict[str, bytes] = {}
     conn = None
     try:
         for conn in conns:

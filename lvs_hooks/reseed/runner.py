@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 from lvs_hooks.errors import ConfigError, SyncDaemonError
 from lvs_hooks.kernel import syncproto
@@ -87,7 +87,7 @@ def receiving_backup_daemon(
                 "sync.interface is not set and no sync daemon runs to take it from"
             )
         ifname = master.ifname
-    optional = {}
+    optional: Dict[str, Any] = {}
     if group != DEFAULT_GROUP:
         optional["group"] = group
     if port != DEFAULT_PORT:
