@@ -41,6 +41,7 @@ import yaml
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
 from lvs_hooks.errors import ConfigError
+from lvs_hooks.kernel import syncproto
 
 log = logging.getLogger(__name__)
 
@@ -540,14 +541,14 @@ class SyncConfig:
         le=255,
     )
     group: str = setting(
-        "224.0.0.81",
+        syncproto.IP_VS_SYNC_GROUP,
         "Multicast group of the sync messages; the backup daemon listens only there. "
         "224.0.0.81 is the kernel's default; keepalived's lvs_sync_daemon 'group' changes it.",
         check=is_multicast_address,
         allowed="an IPv4 or IPv6 multicast address",
     )
     port: int = setting(
-        8848,
+        syncproto.IP_VS_SYNC_PORT,
         "UDP port of the sync messages (the kernel's default is 8848; keepalived's 'port').",
         ge=1,
         le=65535,
@@ -560,7 +561,7 @@ class SyncConfig:
         le=255,
     )
     maxlen: int = setting(
-        1472,
+        syncproto.SYNC_MAXLEN_DEFAULT,
         "Largest sync message payload in bytes that we send, and the receive limit of a backup "
         "daemon we start. A datagram bigger than the receiver's limit (by default its MTU, at "
         "least 1500, minus headers) is dropped without a trace; 1472 fits a 1500-byte MTU, 40 "

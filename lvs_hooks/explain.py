@@ -388,7 +388,9 @@ def explain_template(
     # How far ahead the timer was armed decides how late the wheel runs it: the template's
     # timeout; when that is either persistence_timeout or a re-arm, the widest of the two.
     p = svc.timeout if svc is not None and svc.persistent else None
-    armed: List[Optional[int]] = [seconds] if seconds is not None else ([p, REARM_SECONDS] if p else [None])
+    armed: List[Optional[int]] = (
+        [seconds] if seconds is not None else ([p, REARM_SECONDS] if p else [None])
+    )
     windows = [_window(clock, now, e, a) for a in armed]
     earliest, latest = min(w[0] for w in windows), max(w[1] for w in windows)
     end = (earliest + latest) / 2

@@ -82,6 +82,7 @@ IPVS_OPT_F_PARAM = 1 << (IPVS_OPT_PARAM - 1)
 # The kernel master's payload limit on a 1500-byte MTU (sync_maxlen: MTU - IPv4 - UDP
 # headers): 40 IPv4 entries. A backup silently drops a datagram longer than its own limit.
 SYNC_MAXLEN_DEFAULT = 1500 - 20 - 8
+SYNC_MAXLEN_DEFAULT_V6 = 1500 - 40 - 8  # the same over an IPv6 sync group
 MAX_NR_CONNS = 255  # nr_conns is a u8
 
 IPPROTO_IP = 0

@@ -8,10 +8,12 @@ them. Each apply returns what it found, what it changed and what did not hold.
 
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
 from lvs_hooks.errors import KernelError
-from lvs_hooks.kernel.netlink import IPVS
+
+if TYPE_CHECKING:  # the sysctl half serves the rules unit, which needs no netlink
+    from lvs_hooks.kernel.netlink import IPVS
 
 SYSCTL_DIR = os.path.join("sys", "net", "ipv4", "vs")
 TIMEOUT_NAMES = ("tcp", "tcpfin", "udp")
@@ -32,6 +34,24 @@ def read_sysctl(proc_root: str, name: str) -> Optional[str]:
             return " ".join(f.read().split())
     except FileNotFoundError:
         return None
+
+
+def write_sysctl(proc_root: str, name: str, value: str) -> str:
+    """Write net.ipv4.vs.`name` and read it back: the value the kernel now shows.
+    FileNotFoundError when ip_vs is not loaded; KernelError when the write is refused or the
+    kernel shows another value afterwards."""
+    want = " ".join(value.split())
+    try:
+        with open(sysctl_path(proc_root, name), "w") as f:
+            f.write(value + "\n")
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise KernelError(f"net.ipv4.vs.{name}={value}: {e.strerror or e}") from None
+    after = read_sysctl(proc_root, name)
+    if after != want:
+        raise KernelError(f"net.ipv4.vs.{name}={value}: written, but the kernel shows {after}")
+    return after
 
 
 @dataclass
@@ -58,14 +78,7 @@ def apply_sysctls(assignments: Sequence[str], proc_root: str) -> SysctlReport:
             if current == want:
                 report.unchanged.append(name)
                 continue
-            with open(sysctl_path(proc_root, name), "w") as f:
-                f.write(value + "\n")
-            after = read_sysctl(proc_root, name)
-            if after != want:
-                report.failed.append(
-                    f"net.ipv4.vs.{name}={value}: written, but the kernel shows {after}"
-                )
-                continue
+            write_sysctl(proc_root, name, value)
             report.changed.append(f"{name} {current}->{want}")
         except KernelError as e:
             report.failed.append(e.format_message())
@@ -86,7 +99,7 @@ class TimeoutsReport:
         return all(self.after[k] == v for k, v in self.wanted.items() if v)
 
 
-def apply_timeouts(ipvs: IPVS, tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> TimeoutsReport:
+def apply_timeouts(ipvs: "IPVS", tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> TimeoutsReport:
     """Set the IPVS timeouts that differ (0: leave that one) and read them back; KernelError
     when the kernel shows another value afterwards."""
     wanted = {"tcp": tcp, "tcpfin": tcpfin, "udp": udp}

@@ -34,8 +34,6 @@ from lvs_hooks.reseed.runner import to_sync_conn
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAXLEN = syncproto.SYNC_MAXLEN_DEFAULT  # 1472: sync.maxlen 0 means the kernel's default
-DEFAULT_MAXLEN_V6 = 1500 - 40 - 8  # the kernel's default over an IPv6 sync group
 BURST_SECONDS = 0.001  # the bucket holds one datagram, or this much of the rate if more
 
 OnBegin = Callable[[str, int], None]
@@ -71,7 +69,9 @@ def datagrams_for(planned: Iterable[PushEntry], syncid: int, maxlen: int) -> Lis
     as they are. maxlen 0 means the kernel's default, 1472 (40 IPv4 entries).
     """
     conns = [p if isinstance(p, syncproto.SyncConn) else to_sync_conn(p) for p in planned]
-    return syncproto.encode_datagrams(conns, syncid=syncid, maxlen=maxlen or DEFAULT_MAXLEN)
+    return syncproto.encode_datagrams(
+        conns, syncid=syncid, maxlen=maxlen or syncproto.SYNC_MAXLEN_DEFAULT
+    )
 
 
 def push_digest(datagrams: Iterable[bytes]) -> str:
@@ -113,7 +113,7 @@ def send_push(
         raise ValueError(f"push rate {rate}: must be positive")
     planned = list(planned)
     if not maxlen and getattr(sender, "ipv6", False):
-        maxlen = DEFAULT_MAXLEN_V6
+        maxlen = syncproto.SYNC_MAXLEN_DEFAULT_V6
     datagrams = datagrams_for(planned, syncid, maxlen)
     entries = len(planned)
     push_id = secrets.token_hex(8)

@@ -25,9 +25,6 @@ from lvs_hooks.reseed.planner import PlannedTemplate
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP = syncproto.IP_VS_SYNC_GROUP
-DEFAULT_PORT = syncproto.IP_VS_SYNC_PORT
-DEFAULT_MAXLEN = syncproto.SYNC_MAXLEN_DEFAULT  # what the kernel master sends at most
 
 
 @dataclass
@@ -88,9 +85,9 @@ def receiving_backup_daemon(
             )
         ifname = master.ifname
     optional: Dict[str, Any] = {}
-    if group != DEFAULT_GROUP:
+    if group != syncproto.IP_VS_SYNC_GROUP:
         optional["group"] = group
-    if port != DEFAULT_PORT:
+    if port != syncproto.IP_VS_SYNC_PORT:
         optional["port"] = port
     ipvs.start_daemon("backup", ifname, syncid, **optional)
     try:
@@ -134,7 +131,7 @@ def run_reseed(
         d_port = daemon.port or port
         # The receiver drops a datagram longer than its own maxlen: honour both limits.
         limits = [x for x in (maxlen, daemon.maxlen) if x]
-        d_maxlen = min(limits) if limits else DEFAULT_MAXLEN
+        d_maxlen = min(limits) if limits else syncproto.SYNC_MAXLEN_DEFAULT
         # A backup daemon with syncid 0 takes any syncid; otherwise ours must match its own.
         msg_syncid = daemon.syncid if daemon.syncid else syncid
         probe = SyncQueueProbe(proc_root, d_port, ipv6=":" in d_group)

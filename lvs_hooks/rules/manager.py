@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from lvs_hooks.errors import FirewallError, KernelError, PeerMacUnknown, UsageError
+from lvs_hooks.kernel import tunables
 from lvs_hooks.rules.model import (
     RuleSet,
     ServiceSpec,
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = "rules.lock"
 LOCK_TIMEOUT = 30.0
-BACKUP_ONLY = "sys/net/ipv4/vs/backup_only"
+BACKUP_ONLY = "backup_only"  # net.ipv4.vs.backup_only
 ALL_FAMILIES = (4, 6)
 
 
@@ -360,13 +361,10 @@ class RulesManager:
 
     # -- net.ipv4.vs.backup_only
 
-    def _backup_only_path(self) -> str:
-        return os.path.join(self.cfg.paths.proc_root, BACKUP_ONLY)
-
     def _read_backup_only(self) -> Optional[int]:
         try:
-            with open(self._backup_only_path()) as f:
-                return int(f.read().strip())
+            value = tunables.read_sysctl(self.cfg.paths.proc_root, BACKUP_ONLY)
+            return None if value is None else int(value)
         except (OSError, ValueError):
             return None
 
@@ -376,15 +374,12 @@ class RulesManager:
         if have == want:
             return f"already {want}"
         try:
-            with open(self._backup_only_path(), "w") as f:
-                f.write(f"{want}\n")
+            tunables.write_sysctl(self.cfg.paths.proc_root, BACKUP_ONLY, str(want))
         except FileNotFoundError:
             # No ip_vs yet (the boot unit runs before keepalived loads it): no IPVS and no sync
             # daemon either, so nothing to switch off; the next transition sets it.
             log.warning("net.ipv4.vs.backup_only: ip_vs not loaded; left to the next transition")
             return "not set: ip_vs not loaded"
-        except OSError as e:
-            raise KernelError(f"net.ipv4.vs.backup_only={want}: {e.strerror or e}") from None
         log.info("net.ipv4.vs.backup_only %s -> %d (%s)", have, want, role)
         return f"{have} -> {want}"
 
