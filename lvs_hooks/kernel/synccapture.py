@@ -24,15 +24,21 @@ What is and is not captured, besides the kernel's master daemon:
 
 - lvs-hooks' own datagrams to the group that leave by the interface (a push to the peers,
   section 5.7, TTL 1) are captured too; the caller tells them apart by source port.
-- Its injections into this kernel (TTL 0, loop on, section 3.4) never reach the device: only
-  the looped copy exists, of type PACKET_LOOPBACK, which the filter drops. So is the looped
-  copy of anything sent with loop on.
-- Datagrams sent by this host's own backup daemon's peers arrive as PACKET_MULTICAST: dropped.
-- Fragments: a master daemon never sends more than its maxlen, and its maxlen fits the
-  interface's MTU, so a fragmented datagram is not a sync message from a kernel. The filter
-  drops IPv4 fragments after the first (they have no UDP header to test) and every IPv6
-  fragment (an extension header); a first IPv4 fragment passes the filter and is counted here
-  as `fragmented` and skipped.
+- Looped copies (anything sent with IP_MULTICAST_LOOP on) are never delivered: af_packet drops
+  every packet of type PACKET_LOOPBACK before any filter (packet_rcv), as a duplicate of the
+  outgoing one. lvs-hooks' injections into this kernel (TTL 0, loop on, section 3.4) never
+  reach the device at all (ip_mc_output frees them after the looped copy): not captured.
+- Datagrams from the peers (their masters, their pushes) arrive as PACKET_MULTICAST: dropped
+  by the filter.
+- Fragments. The master's sockets allow fragmentation (IP_PMTUDISC_DONT, "if MTU changes")
+  and fill datagrams up to its maxlen, 1500 minus the IP and UDP headers whatever the MTU, or
+  up to 65535 minus headers when set (ip_vs_sync.c, start_sync_thread, make_send_sock). On a
+  sync interface with an MTU of 1500 or more and maxlen left alone, nothing is fragmented.
+  With a smaller MTU (an overlay) or a larger maxlen, full datagrams are, and this capture
+  loses them: the filter drops IPv4 fragments after the first (they have no UDP header to
+  test) and every IPv6 fragment (an extension header); a first IPv4 fragment passes the
+  filter and is counted as `fragmented` and skipped. A `fragmented` count above 0 means the
+  sync interface's MTU is below the master's maxlen plus headers.
 
 Counters: PACKET_STATISTICS gives the packets that passed the filter since the last read (both
 queued and dropped: tp_packets includes tp_drops) and those dropped because the receive buffer
