@@ -73,7 +73,7 @@ def lab(request, tmp_path_factory, ext_dir):
     out = tmp_path_factory.mktemp("lab-run")
     scenarios = ["smoke", "helpers", "seed000", "seed000-hooks", "takeover", "takeover-hooks",
                  "capture_sync", "reseed_core", "reseed_scale", "explain", "colocated",
-                 "failback3", "handover",
+                 "failback3", "handover", "reload",
                  str(ext_dir / "exit7.sh"), str(ext_dir / "hang.sh")]
     proc, wall = run_lab(["--out", str(out), *scenarios], RUN_LIMIT + 60)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("LAB: scenario", "[lab]"))]
@@ -100,7 +100,7 @@ def test_run_reports_every_scenario(lab):
     assert [x["name"] for x in s["scenarios"]] == [
         "smoke", "helpers", "seed000", "seed000-hooks", "takeover", "takeover-hooks",
         "capture_sync", "reseed_core", "reseed_scale", "explain", "colocated", "failback3",
-        "handover", "exit7", "hang"]
+        "handover", "reload", "exit7", "hang"]
     assert all(x["wall_s"] is not None for x in s["scenarios"])
     assert lab["rc"] == 1  # several scenarios, one failed on purpose: non-zero
     for x in s["scenarios"]:
@@ -313,3 +313,23 @@ def test_handover_moves_no_client_and_push_cost(request, lab):
          f"way (put back), {r['received']['repointed']} stale re-pointed; handover: {h['templates']} templates moved, {h['peer_verified']} "
          f"verified by {h['peer']}, confirmed after {h['ms_to_confirmation']} ms, 0 clients "
          f"moved")
+
+
+def test_reload_keeps_the_keeper(request, lab):
+    """keepalived reloaded (SIGHUP) twice on the master, a hard failure, reloaded twice on the
+    new master, then 1.5 x persistence_timeout of traffic: every client keeps its real server,
+    existing flows and new ones (the keeper ran after the reloads: the new `lvs-hooks fifo`
+    started as master); no traceback in any log the scenario kept."""
+    r = result(lab, "reload")
+    assert r["completed"], r["failures"]
+    steps = ["start", "r1", "takeover", "r2", "expired", "new"]
+    assert r["same_rs"] == {s: 20 for s in steps}, r["same_rs"]
+    assert r["clients"] == 20
+    k = r["keeper_lines"]
+    assert k["dir2_before_reloads"] > 0 and k["dir2_after_reloads"] > 0, k
+    assert r["templates_dir2"]["expired"] == 20, r["templates_dir2"]
+    assert r["tracebacks_total"] == 0, r["tracebacks"]
+    assert lab["by_name"]["reload"]["rc"] == 0, lab["output"][-3000:]
+    show(request, f"\n[lab tier] reload: 20/20 at every step ({', '.join(steps)}); keeper lines "
+         f"after the reloads: dir1 {k['dir1_after_reloads']}, dir2 {k['dir2_after_reloads']}; "
+         f"keeper back {r['keeper_resumed_s']['dir2']} s after dir2's second reload")
