@@ -13,7 +13,7 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Any, Iterator, List, Optional, Tuple
 
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
 from pyroute2.netlink.exceptions import NetlinkError
@@ -222,6 +222,50 @@ def decode_timeouts(msg) -> Timeouts:
     )
 
 
+# ---- per-real-server counters (pure) ----------------------------------------------------------
+
+# The counters the kernel puts in every real server of a GET_DEST reply (ip_vs_genl_fill_dest,
+# net/netfilter/ipvs/ip_vs_ctl.c), inside IPVS_CMD_ATTR_DEST (include/uapi/linux/ip_vs.h). All
+# three have been there since the IPVS netlink interface itself (2008, docs/design.md 2.5);
+# pyroute2's dest nla already declares them as uint32.
+#
+# | attribute                    | number | type | kernel field       | counts                  |
+# |------------------------------|--------|------|--------------------|-------------------------|
+# | IPVS_DEST_ATTR_ACTIVE_CONNS  | 7      | u32  | dest->activeconns  | connections, active     |
+# | IPVS_DEST_ATTR_INACT_CONNS   | 8      | u32  | dest->inactconns   | connections, inactive   |
+# | IPVS_DEST_ATTR_PERSIST_CONNS | 9      | u32  | dest->persistconns | templates bound to it   |
+#
+# ip_vs_bind_dest counts an entry when it is bound to the real server, ip_vs_unbind_dest when it
+# goes: a template that found no real server (docs/design.md 3.7) is in no count.
+
+
+@dataclass(frozen=True)
+class DestCounts:
+    """How many entries of the table are bound to one real server of one service.
+
+    Apart from Destination on purpose: snapshots compare Destinations for equality, and these
+    change with every client. Counts carry no keys (docs/design.md 2.5)."""
+
+    service_key: Tuple  # Service.key()
+    addr: str
+    port: int
+    active: int  # connections (not templates) that are active
+    inactive: int  # connections that are not
+    persistent: int  # persistence templates (ipvsadm -Ln --persistent-conn)
+
+
+def decode_dest_counts(msg, service_key: Tuple) -> DestCounts:
+    d = msg.get_attr("IPVS_CMD_ATTR_DEST")
+    return DestCounts(
+        service_key=service_key,
+        addr=str(d.get_attr("IPVS_DEST_ATTR_ADDR")),
+        port=d.get_attr("IPVS_DEST_ATTR_PORT") or 0,
+        active=d.get_attr("IPVS_DEST_ATTR_ACTIVE_CONNS") or 0,
+        inactive=d.get_attr("IPVS_DEST_ATTR_INACT_CONNS") or 0,
+        persistent=d.get_attr("IPVS_DEST_ATTR_PERSIST_CONNS") or 0,
+    )
+
+
 # ---- the I/O seam -----------------------------------------------------------------------------
 
 
@@ -258,7 +302,23 @@ class IPVS:
 
     def services(self) -> List[Service]:
         """Every virtual service with its real servers."""
-        result = []
+        return [
+            decode_service(smsg, tuple(decode_dest(d) for d in dmsgs))
+            for smsg, dmsgs in self._services_with_dests()
+        ]
+
+    def dest_counts(self) -> List[DestCounts]:
+        """The counters of every real server of every service, in the kernel's order: the
+        same requests as services(), one dump of the services and one of each one's real
+        servers, and no read of the connection table."""
+        result: List[DestCounts] = []
+        for smsg, dmsgs in self._services_with_dests():
+            key = decode_service(smsg).key()
+            result.extend(decode_dest_counts(d, key) for d in dmsgs)
+        return result
+
+    def _services_with_dests(self) -> Iterator[Tuple[Any, list]]:
+        """(service message, its real servers' messages) for every service."""
         for smsg in self._request(_msg(IPVS_CMD_GET_SERVICE, []), "list services", dump=True):
             svc_attrs = smsg.get_attr("IPVS_CMD_ATTR_SERVICE")
             key = _service_key_attrs(svc_attrs)
@@ -267,8 +327,7 @@ class IPVS:
                 "list real servers",
                 dump=True,
             )
-            result.append(decode_service(smsg, tuple(decode_dest(d) for d in dmsgs)))
-        return result
+            yield smsg, dmsgs
 
     # sync daemons
 
