@@ -281,7 +281,7 @@ class CaptureCounters:
     captured: int = 0  # datagrams recv() returned
     fragmented: int = 0  # first fragments of IPv4 datagrams to the port, skipped
     malformed: int = 0  # IP/UDP lengths that do not add up, skipped
-    other: int = 0  # not outgoing, or not UDP to the ports: kept out by the filter, never seen
+    other: int = 0  # not outgoing, not UDP to the ports: the filter keeps these out; 0 expected
     kernel_packets: int = 0  # passed the filter, queued or dropped (PACKET_STATISTICS)
     kernel_drops: int = 0  # of those, dropped by the kernel: the receive buffer was full
 
