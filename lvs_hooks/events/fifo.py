@@ -30,6 +30,7 @@ from typing import Callable, Dict, Optional
 from lvs_hooks.errors import LvsHooksError, UsageError
 from lvs_hooks.events.clock import fifo_order
 from lvs_hooks.events.keepalived import MAX_LINE, Event, Ignored, parse_fifo_line
+from lvs_hooks.events.role import read_role
 from lvs_hooks.events.sequencer import DONE, FAILED, Plan, Sequencer
 
 log = logging.getLogger(__name__)
@@ -57,7 +58,12 @@ class FifoReader:
         self.path = path
         self.idle = idle
         self.idle_interval = idle_interval
-        self.role: Optional[str] = None
+        # The role the last transition left, whichever process ran it. After a reload
+        # keepalived starts a new reader and, in most versions, writes no state lines: without
+        # this, the new reader would know no role and never run the master's keeper.
+        self.role: Optional[str] = read_role(str(sequencer.run_dir))
+        if self.role is not None:
+            log.info("FIFO %s: starting as %s, the role the last transition left", path, self.role)
         self.sequencer = sequencer
         self.planner = planner
         self.lock_timeout = lock_timeout
@@ -66,6 +72,7 @@ class FifoReader:
         self._queue: queue.Queue[Optional[Event]] = queue.Queue()
         self._seq = 0
         self._last_state: Dict[str, str] = {}
+        self._carried = b""
         self.drain_window = DRAIN_WINDOW
         self.counts = {"lines": 0, "events": 0, "ignored": 0, "failed": 0, "errors": 0}
 
@@ -79,12 +86,22 @@ class FifoReader:
         with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
             os.write(self._wake_w, b"x")
 
+    def carry_over(self, data: bytes, last_state: Dict[str, str], lines_before: int) -> None:
+        """Take over from another reader of this FIFO in this process (the door, when the agent
+        went away): `data` it read and did not hand on (read first, as if just read), the last
+        state it heard of each instance or group (for the drain), and how many lines it read
+        (line numbers go on). Call before run()."""
+        self._carried = data
+        self._last_state.update(last_state)
+        self._seq = lines_before
+
     # -- the reader thread
 
     def _read_loop(self) -> None:
-        buf = b""
         deadline = None  # set when asked to stop
         try:
+            buf = self._feed(self._carried)
+            self._carried = b""
             while True:
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready, _, _ = select.select([self.fd, self._wake_r], [], [], timeout)
@@ -119,16 +136,20 @@ class FifoReader:
                 return buf
             if not chunk:  # no writer at all: cannot happen while we hold it open read-write
                 return buf
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for line in lines:
-                self._line(line)
-            if len(buf) > MAX_LINE:
-                log.warning(
-                    "FIFO %s: %d bytes without a newline ignored: %r", self.path, len(buf), buf[:80]
-                )
-                self.counts["ignored"] += 1
-                buf = b""
+            buf = self._feed(buf + chunk)
+
+    def _feed(self, buf: bytes) -> bytes:
+        """Take the whole lines in `buf`; what is left of an unfinished line."""
+        *lines, buf = buf.split(b"\n")
+        for line in lines:
+            self._line(line)
+        if len(buf) > MAX_LINE:
+            log.warning(
+                "FIFO %s: %d bytes without a newline ignored: %r", self.path, len(buf), buf[:80]
+            )
+            self.counts["ignored"] += 1
+            buf = b""
+        return buf
 
     def _line(self, raw: bytes) -> None:
         self._seq += 1
@@ -184,8 +205,9 @@ class FifoReader:
                 log.exception("%s: transition crashed", event.describe())
         reader.join()
 
-
     def _run_idle(self) -> None:
+        if self.idle is None:  # run() waits for idle work only when there is some
+            return
         try:
             self.idle(self.role)
         except Exception:

@@ -11,6 +11,7 @@ import pytest
 from lvs_hooks.errors import UsageError
 from lvs_hooks.events.fifo import FifoReader, serve
 from lvs_hooks.events.journal import Journal
+from lvs_hooks.events.role import write_role
 from lvs_hooks.events.sequencer import DONE, SUPERSEDED, Plan, Sequencer, Step
 
 
@@ -247,3 +248,48 @@ def test_not_a_fifo(tmp_path):
         FifoReader(str(tmp_path / "plain"), seq, lambda e: Plan(), lambda e: 1.0)
     with pytest.raises(UsageError, match="does not exist"):
         FifoReader(str(tmp_path / "absent"), seq, lambda e: Plan(), lambda e: 1.0)
+
+
+def test_a_reader_started_after_a_reload_runs_the_role_the_last_transition_left(tmp_path):
+    """keepalived restarts its FIFO script at a reload and writes no state lines: the new
+    reader takes the role from the sequencer's role file, and the master's duties go on."""
+    write_role(str(tmp_path / "run"), "MASTER", "VI_1")
+    roles = []
+    h = Harness(tmp_path)
+    h.reader.idle = roles.append
+    h.reader.idle_interval = 0.01
+    h.start()
+    wait_for(lambda: "MASTER" in roles)
+    h.stop()
+    assert h.handled == []  # no event came
+    assert set(roles) == {"MASTER"}
+
+
+def test_a_reader_without_a_role_file_knows_no_role(tmp_path):
+    h = Harness(tmp_path)
+    assert h.reader.role is None
+    os.close(h.wfd)
+    h.reader.close()
+
+
+def test_carried_over_lines_are_read_first_and_count_in_the_drain(tmp_path):
+    """What another reader of the FIFO in this process read and did not hand on (the door,
+    when the agent went away) comes first; the states it heard count for the drain."""
+    h = Harness(tmp_path)
+    h.reader.drain_window = 5.0
+    h.reader.carry_over(
+        b'INSTANCE "VI_1" MASTER 100\nINSTANCE "VI_', {"INSTANCE VI_2": "MASTER"}, 7
+    )
+    h.write('2" MASTER 100')  # the unfinished line's end, as keepalived wrote it
+    h.start()
+    wait_for(lambda: len(h.journal()) == 2)
+    assert h.handled == [("INSTANCE", "VI_1", "MASTER"), ("INSTANCE", "VI_2", "MASTER")]
+    assert h.reader.counts["lines"] == 2
+    assert [r["event"]["order"][2] for r in h.journal()] == [8, 9]  # line numbers go on
+    h.reader.request_stop()
+    h.write('INSTANCE "VI_1" STOP 100', 'INSTANCE "VI_2" STOP 100')
+    h.thread.join(10)
+    assert not h.thread.is_alive()  # every instance heard of, here or before, has stopped
+    assert h.handled[2:] == [("INSTANCE", "VI_1", "STOP"), ("INSTANCE", "VI_2", "STOP")]
+    os.close(h.wfd)
+    h.reader.close()
