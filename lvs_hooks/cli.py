@@ -31,6 +31,7 @@ class AppContext:
     @property
     def config(self):
         if self._config is None:
+            # deferred: --help and --version need no YAML parser
             from lvs_hooks.config import load_config
 
             self._config = load_config(self.config_path, required=self.config_explicit)
@@ -70,7 +71,7 @@ class _Group(click.Group):
         except LvsHooksError as e:
             app = ctx.find_object(AppContext)
             if app is not None and app.debug:
-                import traceback
+                import traceback  # only with --debug
 
                 traceback.print_exc()
             log.error("%s", e.format_message(), extra=SYSLOG_ONLY)
@@ -90,7 +91,7 @@ class _Group(click.Group):
 @click.pass_context
 def cli(ctx: click.Context, config_path: Optional[str], debug: bool) -> None:
     """keepalived hooks that keep IPVS persistence templates across director failover."""
-    from lvs_hooks.logsetup import setup_logging
+    from lvs_hooks.logsetup import setup_logging  # deferred: --help and --version log nothing
 
     setup_logging(debug)
     ctx.obj = AppContext(config_path or DEFAULT_CONFIG, config_path is not None, debug)

@@ -19,6 +19,9 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from pyroute2 import IPRoute
+
+from lvs_hooks.errors import KeepalivedConfError, KernelError
 from lvs_hooks.explain import SYNC_V1_SINCE, parse_release, read_vs_sysctls
 from lvs_hooks.keepalived_conf import (
     DEFAULT_PATH,
@@ -31,7 +34,10 @@ from lvs_hooks.keepalived_conf import (
     RealServer,
     VirtualServer,
     VrrpInstance,
+    read_keepalived_conf,
 )
+from lvs_hooks.kernel.model import Service
+from lvs_hooks.kernel.netlink import IPVS, SyncDaemon
 
 SEVERITIES = ("error", "warning", "info")
 KERNEL_DEFAULT_TIMEOUTS = {"tcp": 900, "tcpfin": 120, "udp": 300}  # ip_vs_proto_{tcp,udp}.c
@@ -87,10 +93,7 @@ class KernelFacts:
 
     @classmethod
     def from_dict(cls, d: Mapping) -> "KernelFacts":
-        """From plain data (test fixtures: what a seed's write-up tells of its kernel)."""
-        from lvs_hooks.kernel.model import Service
-        from lvs_hooks.kernel.netlink import SyncDaemon
-
+        """From plain data (test fixtures: what a user's write-up tells of its kernel)."""
         return cls(
             ipvs=bool(d.get("ipvs", "timeouts" in d)),
             note=d.get("note", ""),
@@ -1156,8 +1159,6 @@ def inspect_path(path: str) -> PathInfo:
 
 def _local_addrs() -> Optional[Tuple[str, ...]]:
     try:
-        from pyroute2 import IPRoute
-
         with IPRoute() as ipr:
             return tuple(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr())
     except Exception:  # noqa: BLE001 - any netlink trouble only costs this one fact
@@ -1188,12 +1189,8 @@ def _firewall_lines() -> Optional[Tuple[str, ...]]:
 
 def gather_kernel(proc_root: str = "/proc") -> KernelFacts:
     """Everything doctor reads from the kernel; what cannot be read is left out, with a note."""
-    from lvs_hooks.errors import KernelError
-
     facts = KernelFacts(release=os.uname().release, sysctls=read_vs_sysctls(proc_root))
     try:
-        from lvs_hooks.kernel.netlink import IPVS
-
         with IPVS() as ipvs:
             facts.services = tuple(ipvs.services())
             facts.daemons = tuple(ipvs.daemons())
@@ -1230,9 +1227,6 @@ def gather(
 ) -> DoctorInput:
     """Read keepalived.conf, the kernel, the script paths: a DoctorInput. Never raises for
     what it cannot read; it says so in the notes or as a finding."""
-    from lvs_hooks.errors import KeepalivedConfError
-    from lvs_hooks.keepalived_conf import read_keepalived_conf
-
     path = conf_path or DEFAULT_PATH
     d = DoctorInput(
         setup=None, hooks=hooks_cfg, conf_path=path, hooks_config_path=hooks_config_path

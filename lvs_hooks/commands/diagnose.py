@@ -16,6 +16,7 @@ from typing import Optional
 
 import click
 
+from lvs_hooks.atomicfile import write_atomic
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.errors import UsageError
 
@@ -26,6 +27,7 @@ from lvs_hooks.errors import UsageError
 @pass_app
 def explain_cmd(app: AppContext, client: Optional[str], as_json: bool) -> None:
     """Why each persistence template exists and when it ends (or only CLIENT's)."""
+    # start-up: the CLI imports every command module; each loads its heavy parts when run
     from lvs_hooks.explain import build_explanation, render_explanation
 
     if client is not None:
@@ -54,7 +56,7 @@ def doctor_cmd(
 
     Exit code: 0 nothing found, 1 warnings, 2 errors.
     """
-    from lvs_hooks.doctor import gather, render_report, run_checks
+    from lvs_hooks.doctor import gather, render_report, run_checks  # start-up, as above
 
     cfg = app.config  # a bad lvs-hooks config stops here, with its own one-line error
     hooks_path = app.config_path if os.path.exists(app.config_path) else None
@@ -75,11 +77,12 @@ def doctor_cmd(
 @click.option("--force", is_flag=True, help="Replace an existing --output file.")
 def init_cmd(conf_path: Optional[str], output: Optional[str], force: bool) -> None:
     """Print a starter lvs-hooks configuration."""
-    from lvs_hooks.config import dump_default_config, parse_config
+    from lvs_hooks.config import dump_default_config, parse_config  # start-up, as above
 
     if conf_path is None:
         text = dump_default_config()
     else:
+        # start-up, as above
         from lvs_hooks.doctor import starter_config
         from lvs_hooks.keepalived_conf import KeepalivedSetup, read_keepalived_conf
 
@@ -90,8 +93,6 @@ def init_cmd(conf_path: Optional[str], output: Optional[str], force: bool) -> No
         return
     if os.path.exists(output) and not force:
         raise UsageError(f"{output} exists (--force replaces it)")
-    from lvs_hooks.atomicfile import write_atomic
-
     try:
         write_atomic(output, text.encode(), 0o644)
     except OSError as e:

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+import filelock
+
 from lvs_hooks.errors import FirewallError, KernelError, PeerMacUnknown, UsageError
 from lvs_hooks.kernel import tunables
 from lvs_hooks.rules.model import (
@@ -75,8 +77,6 @@ class RulesManager:
         return self._backend
 
     def _lock(self):
-        import filelock
-
         os.makedirs(self.run_dir, 0o700, exist_ok=True)
         return filelock.FileLock(str(self.run_dir / LOCK_NAME), timeout=LOCK_TIMEOUT)
 
@@ -386,6 +386,8 @@ class RulesManager:
     def backup_only_advice(self) -> Dict[str, Any]:
         daemons: Optional[List[str]]
         try:
+            # deferred: pyroute2's import costs the boot-time rules unit half a second, and
+            # only this advice needs netlink (an ImportError is one more reason it cannot tell)
             from lvs_hooks.kernel.netlink import IPVS
 
             with IPVS() as ipvs:

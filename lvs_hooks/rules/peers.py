@@ -24,6 +24,7 @@ DISCARD_PORT = 9
 
 def neighbour_table_mac(addr: str) -> Optional[str]:
     """The MAC the kernel's neighbour table has for `addr` (any interface), or None."""
+    # deferred: pyroute2 costs half a second to import, and only an unknown peer MAC needs it
     from pyroute2 import IPRoute
 
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
