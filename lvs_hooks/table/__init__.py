@@ -1,5 +1,9 @@
-"""The director's table in memory, fed by the sync stream, by lvs-hooks' own injections and by a
-/proc read when one is cheap (docs/design.md 2.4).
+"""The director's table in memory: templates and client connection deadlines, fed by the sync
+stream, by lvs-hooks' own injections and by a /proc read when one is cheap (docs/design.md 2.4).
 
-`feed` decodes sync datagrams into the entries a receiving kernel would apply.
+`store.TemplateTable` holds it and answers the planners; `feed` decodes sync datagrams for it.
 """
+
+from lvs_hooks.table.store import Expired, FeedStats, ReconcileReport, TemplateTable
+
+__all__ = ["Expired", "FeedStats", "ReconcileReport", "TemplateTable"]

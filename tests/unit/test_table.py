@@ -1,0 +1,377 @@
+"""table/store.TemplateTable: the table in memory against what the kernel would show in /proc.
+
+Datagrams are golden captures or made by kernel/syncproto's encoder; what the kernel would show is
+written as /proc lines (verbatim, or with test_conntable.kline, the kernel's printf formats) and
+parsed by kernel/conntable: the table must give the same ConnEntry fields.
+"""
+
+import random
+
+import pytest
+from test_conntable import HS, H, kline
+from test_syncproto import GOLDEN, load_golden
+
+from lvs_hooks.kernel import syncproto as sp
+from lvs_hooks.kernel.conntable import count_connections_by_client, parse_conn_table
+from lvs_hooks.kernel.model import template_id
+from lvs_hooks.kernel.syncproto import SyncConn, encode_datagrams, template_conn
+from lvs_hooks.reseed.planner import PlannedTemplate
+from lvs_hooks.table import TemplateTable
+
+NOW = 1000.0
+
+
+def golden(name):
+    return load_golden(GOLDEN / name)[0]
+
+
+def ingest(table, conns, now=NOW, **kw):
+    for d in encode_datagrams(conns, syncid=1):
+        table.ingest(d, now, **kw)
+    return table
+
+
+def tpl_conn(caddr, daddr="10.1.0.11", dport=5000, timeout=300, proto="UDP", vaddr="10.0.0.100",
+             vport=5000, fwd="masq", **kw):
+    return template_conn(protocol=proto, caddr=caddr, vaddr=vaddr, vport=vport, daddr=daddr,
+                         dport=dport, fwd_method=fwd, timeout=timeout, **kw)
+
+
+def conn(caddr, cport=40000, proto=6, state=1, timeout=900, vaddr="10.0.0.100", vport=5000,
+         daddr="10.1.0.11", dport=5000, flags=0, fwmark=0):
+    af = 6 if ":" in caddr else 4
+    return SyncConn(af=af, protocol=proto, flags=flags, state=state, cport=cport, vport=vport,
+                    dport=dport, fwmark=fwmark, timeout=timeout, caddr=caddr, vaddr=vaddr, daddr=daddr)
+
+
+def by_id(entries):
+    return sorted(entries, key=lambda e: (template_id(e), e.pe_data))
+
+
+# ---------------------------------------------------------------- what the kernel would show
+
+# What /proc/net/ip_vs_conn of a 6.1 backup holds half a second after receiving the lab's
+# capture of a kernel master (golden v1_kernel_master_capture_6.1): three templates, each last
+# updated to state 1 (ASSURED) with 300 s; the fwmark one as the master keys it (protocol IP,
+# the mark as ToIP, port 0); the connections with their last timeouts (TCP: TIME_WAIT, 120 s).
+CAPTURE_AS_BACKUP_SHOWS = (
+    b"UDP 0A000014 0000 0A000064 1388 0A01000C 1388 ASSURED         299\n"
+    b"IP  0A000016 0000 00000001 0000 0A01000C 0000 ASSURED         299\n"
+    b"TCP 0A000015 0000 0A000064 1388 0A01000C 1388 ASSURED         299\n"
+    b"UDP 0A000014 C2A3 0A000064 1388 0A01000C 1388 UDP             299\n"
+    b"UDP 0A000016 8A96 0A000066 1388 0A01000C 1388 UDP             299\n"
+    b"TCP 0A000015 C2B5 0A000064 1388 0A01000C 1388 TIME_WAIT       119\n"
+)
+
+
+def test_the_kernel_masters_capture_gives_what_a_backup_shows():
+    t = TemplateTable()
+    assert t.ingest(golden("v1_kernel_master_capture_6.1.txt"), NOW) == 22
+    proc = parse_conn_table(H + CAPTURE_AS_BACKUP_SHOWS)
+    assert by_id(t.templates(NOW + 0.5)) == by_id(proc.templates)
+    assert t.client_counts(NOW + 0.5) == count_connections_by_client(H + CAPTURE_AS_BACKUP_SHOWS)
+    assert len(t) == 3 and t.client_keys == 3
+    s = t.stats
+    assert (s.templates_new, s.templates_updated, s.connections, s.malformed) == (3, 14, 5, 0)
+
+
+def test_origin_is_what_ip_vs_conn_sync_would_show():
+    t = TemplateTable()
+    t.ingest(golden("v1_master_resend_reconstructed.txt"), NOW, origin="SYNC")
+    t.ingest(golden("v1_injector_6j_udp_template_assured.txt"), NOW, origin="LOCAL")
+    t.ingest(golden("v1_master_resend_reconstructed.txt"), NOW, origin="LOCAL")  # exists: stays SYNC
+    lines = (kline("UDP", "10.0.0.10", 0, "10.0.0.100", 5000, "10.1.0.12", 5000, "ASSURED", 360, origin="SYNC")
+             + kline("UDP", "10.0.0.87", 0, "10.0.0.100", 5000, "10.1.0.12", 5000, "ASSURED", 3000, origin="LOCAL"))
+    assert by_id(t.templates(NOW)) == by_id(parse_conn_table(HS + lines).templates)
+
+
+def test_ipv4_ipv6_fwmark_and_pe_templates_as_proc_shows_them():
+    conns = [
+        tpl_conn("10.0.0.20", timeout=300),
+        tpl_conn("fd00::20", proto="TCP", vaddr="fd00::100", vport=443, daddr="fd00:1::11", dport=443,
+                 fwd="droute", timeout=600),
+        # fwmark templates as the kernel master keys them (port 0) and as lvs-hooks sends them
+        tpl_conn("10.0.0.30", proto="IP", vaddr=None, vport=0, daddr="10.1.0.21", dport=0, fwmark=7),
+        tpl_conn("fd00::30", proto="IP", vaddr=None, vport=0, daddr="fd00:1::21", dport=8080, fwmark=9,
+                 timeout=120),
+        tpl_conn("10.0.0.40", proto="UDP", vport=5060, dport=5060, pe_name="sip", pe_data="call-1@\xe9x"),
+        conn("10.0.0.20", proto=17, state=0, timeout=300),
+        conn("fd00::20", vaddr="fd00::100", vport=443, daddr="fd00:1::11", dport=443),
+    ]
+    t = ingest(TemplateTable(), conns)
+    proc = (
+        kline("UDP", "10.0.0.20", 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 290)
+        + kline("TCP", "fd00::20", 0, "fd00::100", 443, "fd00:1::11", 443, "ASSURED", 590)
+        + kline("IP", "10.0.0.30", 0, "0.0.0.7", 0, "10.1.0.21", 0, "ASSURED", 290)
+        + kline("IP", "fd00::30", 0, "0:9::", 0, "fd00:1::21", 8080, "ASSURED", 110)
+        + kline("UDP", "10.0.0.40", 0, "10.0.0.100", 5060, "10.1.0.11", 5060, "ASSURED", 290,
+                pe=" sip call-1@\xe9x")
+        + kline("UDP", "10.0.0.20", 40000, "10.0.0.100", 5000, "10.1.0.11", 5000, "UDP", 290)
+        + kline("TCP", "fd00::20", 40000, "fd00::100", 443, "fd00:1::11", 443, "ESTABLISHED", 890)
+    )
+    # /proc prints PE data as raw bytes (kline encodes its text as UTF-8)
+    data = H + proc.replace("\xe9".encode(), "\xe9".encode("latin-1"))
+    parsed = parse_conn_table(data)
+    assert parsed.malformed == 0
+    assert by_id(t.templates(NOW + 10)) == by_id(parsed.templates)
+    assert t.client_counts(NOW + 10) == count_connections_by_client(data)
+    assert t.counts_by_dest(NOW) == {
+        (("UDP", "10.0.0.100", 5000), "10.1.0.11", 5000): 1,
+        (("TCP", "fd00::100", 443), "fd00:1::11", 443): 1,
+        (("fwmark", 4, 7), "10.1.0.21", 0): 1,
+        (("fwmark", 6, 9), "fd00:1::21", 8080): 1,
+        (("UDP", "10.0.0.100", 5060), "10.1.0.11", 5060): 1,
+    }
+
+
+# ---------------------------------------------------------------- updates: never re-pointed
+
+
+def test_a_message_for_an_existing_template_never_repoints_it():
+    t = ingest(TemplateTable(), [tpl_conn("10.0.0.20", daddr="10.1.0.11", timeout=300)])
+    # docs/design.md 3.6: another real server, a new timeout, state NONE
+    other = tpl_conn("10.0.0.20", daddr="10.1.0.12", timeout=40)
+    ingest(t, [SyncConn(**{**other.__dict__, "state": sp.IP_VS_CTPL_S_NONE})], now=NOW + 100)
+    (e,) = t.templates(NOW + 100)
+    assert (e.daddr, e.expires, e.state) == ("10.1.0.11", 40, "NONE")
+    assert t.stats.templates_updated == 1
+    # once it has ended (in the kernel as here), the same message makes a new one
+    ingest(t, [other], now=NOW + 140)
+    (e,) = t.templates(NOW + 140)
+    assert (e.daddr, e.expires, e.state) == ("10.1.0.12", 40, "ASSURED")
+
+
+def test_pe_templates_are_keyed_by_their_call_id_too():
+    a = tpl_conn("10.0.0.40", vport=5060, dport=5060, pe_name="sip", pe_data="call-a")
+    b = tpl_conn("10.0.0.40", vport=5060, dport=5060, daddr="10.1.0.12", pe_name="sip", pe_data="call-b")
+    t = ingest(TemplateTable(), [a, b, tpl_conn("10.0.0.40", vport=5060, dport=5060, daddr="10.1.0.12",
+                                                pe_name="sip", pe_data="call-a", timeout=10)])
+    assert sorted((e.pe_data, e.daddr, e.expires) for e in t.templates(NOW)) == [
+        ("call-a", "10.1.0.11", 10), ("call-b", "10.1.0.12", 300)]
+
+
+# ---------------------------------------------------------------- lifetime
+
+
+def test_an_entry_is_gone_at_its_deadline_and_expire_lets_it_go():
+    t = ingest(TemplateTable(), [tpl_conn("10.0.0.20", timeout=10), conn("10.0.0.21", timeout=20)])
+    assert [e.expires for e in t.templates(NOW + 9.999)] == [0]
+    assert list(t.templates(NOW + 10)) == [] and len(t) == 1
+    assert t.expire(NOW + 10) == (1, 0) and len(t) == 0
+    assert t.client_counts(NOW + 19.5) == {("10.0.0.21", ("TCP", "10.0.0.100", 5000)): 1}
+    assert t.client_counts(NOW + 20) == {}
+    assert t.expire(NOW + 21) == (0, 1) and t.client_keys == 0
+
+
+def test_timeouts_a_message_does_not_carry_are_the_kernels_defaults():
+    # v1 timeout 0: a template 180 s, a connection its state's (ip_vs_proc_conn)
+    t = ingest(TemplateTable(), [
+        SyncConn(**{**tpl_conn("10.0.0.20").__dict__, "timeout": 0}),
+        conn("10.0.0.21", state=5, timeout=0),  # TIME_WAIT: 120 s
+        conn("10.0.0.22", proto=17, state=0, timeout=0, cport=1),  # UDP: 300 s
+    ])
+    assert [e.expires for e in t.templates(NOW)] == [180]
+    assert set(t.client_counts(NOW + 119)) == {("10.0.0.21", ("TCP", "10.0.0.100", 5000)),
+                                              ("10.0.0.22", ("UDP", "10.0.0.100", 5000))}
+    assert set(t.client_counts(NOW + 120)) == {("10.0.0.22", ("UDP", "10.0.0.100", 5000))}
+    # v0 carries no timeout at all: the same defaults
+    v0 = TemplateTable()
+    v0.ingest(golden("v0_template_and_seq_connection_handmade.txt"), NOW)
+    assert [e.expires for e in v0.templates(NOW)] == [180]
+    assert v0.client_counts(NOW + 899) == {("10.0.0.10", ("TCP", "10.0.0.100", 21)): 1}  # ESTABLISHED
+    assert v0.client_counts(NOW + 900) == {}
+
+
+def test_a_clients_deadline_only_grows():
+    # One connection ESTABLISHED (900 s), then another of the same client closing (10 s): the
+    # table does not know they are two, so the longer one holds (docs/design.md 2.7).
+    t = ingest(TemplateTable(), [conn("10.0.0.21", cport=1000), conn("10.0.0.21", cport=1001, state=6, timeout=10)])
+    assert t.client_counts(NOW + 899) and not t.client_counts(NOW + 900)
+
+
+def test_connections_of_unknown_protocols_or_states_are_skipped_as_the_kernel_skips_them():
+    t = ingest(TemplateTable(), [conn("10.0.0.21", state=11), conn("10.0.0.22", proto=47)])
+    assert t.client_keys == 0 and t.stats.skipped == 2
+
+
+def test_busy_templates_cost_the_wheel_nothing():
+    # A master re-sends a busy client's template at every packet (docs/design.md 3.8): a second's
+    # re-sends for an hour must not pile up references to the same keys.
+    t = TemplateTable()
+    datagrams = encode_datagrams([tpl_conn(f"10.0.{i // 256}.{i % 256}", timeout=300)
+                                  for i in range(200)], syncid=1)
+    for s in range(3600):
+        for d in datagrams:
+            t.ingest(d, NOW + s)
+        if s % 7 == 0:
+            t.expire(NOW + s)
+    assert len(t) == 200 and t.footprint()["wheel_refs"] <= 2 * 200
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_random_feeds_against_a_plain_model(seed):
+    """Random templates, updates (later, earlier, other real servers), injections, expiry: the
+    table's answers against a dict that applies the kernel's rules the obvious way."""
+    rnd = random.Random(seed)
+    t = TemplateTable()
+    model = {}  # caddr -> (daddr, deadline)
+    clients = [f"10.0.{i // 256}.{i % 256}" if i % 5 else f"fd00::{i + 1:x}" for i in range(60)]
+    now = NOW
+    for _step in range(400):
+        now += rnd.choice((0, 0.25, 1, 3, 17))
+        for c in list(model):
+            if model[c][1] <= now:
+                del model[c]
+        c = rnd.choice(clients)
+        v6 = ":" in c
+        daddr = rnd.choice(("fd00:1::11", "fd00:1::12") if v6 else ("10.1.0.11", "10.1.0.12"))
+        timeout = rnd.choice((1, 2, 5, 30, 300))
+        vaddr = "fd00::100" if v6 else "10.0.0.100"
+        if rnd.random() < 0.8:
+            ingest(t, [tpl_conn(c, vaddr=vaddr, daddr=daddr, timeout=timeout)], now=now)
+            repoint = False
+        else:
+            repoint = rnd.random() < 0.3
+            t.note_injected([PlannedTemplate("UDP", c, vaddr, 5000, daddr, 5000, 0, "masq", timeout,
+                                             replace=repoint)], now)
+        old = model.get(c)
+        model[c] = (daddr if old is None or repoint else old[0], now + timeout)
+        if rnd.random() < 0.3:
+            t.expire(now)
+            assert len(t) == len(model)
+        got = {e.caddr: (e.daddr, e.expires) for e in t.templates(now)}
+        assert got == {k: (d, int(dl - now)) for k, (d, dl) in model.items()}
+        below = {e.caddr for e in t.templates(now, below=10)}
+        assert below == {k for k, (_, dl) in model.items() if dl - now < 10}
+
+
+# ---------------------------------------------------------------- bad datagrams
+
+
+def test_malformed_datagrams_are_counted_never_raised():
+    rnd = random.Random(7)
+    good = encode_datagrams([tpl_conn(f"10.0.0.{i}") for i in range(1, 6)], syncid=1)[0]
+    t = TemplateTable()
+    for _ in range(2000):
+        bad = bytearray(good)
+        for _ in range(rnd.randrange(1, 6)):
+            bad[rnd.randrange(len(bad))] = rnd.randrange(256)
+        if rnd.random() < 0.3:
+            bad = bad[: rnd.randrange(len(bad))]
+        t.ingest(bytes(bad), NOW)
+        t.ingest(bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 60))), NOW)
+    assert t.stats.datagrams == 4000 and t.stats.malformed > 1000
+    assert t.stats.last_error
+
+
+def test_the_entries_before_a_fault_are_kept_as_the_kernel_keeps_them():
+    data = bytearray(encode_datagrams([tpl_conn(f"10.0.0.{i}") for i in range(1, 6)], syncid=1)[0])
+    data[8 + 2 * 36] = 2  # the third entry's type: unknown, the rest is dropped
+    t = TemplateTable()
+    assert t.ingest(bytes(data), NOW) == 2
+    assert sorted(e.caddr for e in t.templates(NOW)) == ["10.0.0.1", "10.0.0.2"]
+    assert t.stats.malformed == 1 and "type" in t.stats.last_error
+    assert t.ingest(bytes(data[:-1]), NOW) == 0 and t.stats.malformed == 2  # size: all dropped
+
+
+def test_a_table_with_a_syncid_takes_only_that_one():
+    t = TemplateTable(syncid=51)
+    t.ingest(golden("v1_fwmark_template_handmade.txt"), NOW)  # syncid 42
+    t.ingest(golden("v1_master_resend_reconstructed.txt"), NOW)  # syncid 51
+    assert [e.caddr for e in t.templates(NOW)] == ["10.0.0.10"] and t.stats.other_syncid == 1
+
+
+# ---------------------------------------------------------------- injections
+
+
+def planned(caddr, daddr="10.1.0.11", timeout=300, replace=False, **kw):
+    base = dict(protocol="UDP", caddr=caddr, vaddr="10.0.0.100", vport=5000, daddr=daddr, dport=5000,
+                fwmark=0, fwd_method="droute", timeout=timeout, replace=replace)
+    return PlannedTemplate(**{**base, **kw})
+
+
+def test_injections_follow_the_same_rule_unless_planned_as_a_replacement():
+    t = TemplateTable()
+    t.ingest(golden("v1_injector_6a_udp_template_state_none.txt"), NOW, origin="LOCAL")  # 10.0.0.77 NONE
+    assert t.note_injected([
+        planned("10.0.0.77", daddr="10.1.0.11", timeout=40),  # exists: timeout and ASSURED only
+        planned("10.0.0.78", timeout=60),  # new: SYNC, as the kernel shows what a backup daemon made
+        planned("fd00::79", vaddr="fd00::100", daddr="fd00:1::11", timeout=50),
+        planned("10.0.0.80", protocol="IP", vaddr="0.0.0.7", vport=0, fwmark=7, daddr="10.1.0.21", dport=8080),
+        planned("10.0.0.81", pe_name="sip", pe_data="call-9"),
+    ], NOW) == 5
+    got = {(e.caddr, e.pe_data): (e.daddr, e.dport, e.expires, e.state, e.origin) for e in t.templates(NOW)}
+    assert got == {
+        ("10.0.0.77", ""): ("10.1.0.12", 5000, 40, "ASSURED", "LOCAL"),
+        ("10.0.0.78", ""): ("10.1.0.11", 5000, 60, "ASSURED", "SYNC"),
+        ("fd00::79", ""): ("fd00:1::11", 5000, 50, "ASSURED", "SYNC"),
+        ("10.0.0.80", ""): ("10.1.0.21", 8080, 300, "ASSURED", "SYNC"),
+        ("10.0.0.81", "call-9"): ("10.1.0.11", 5000, 300, "ASSURED", "SYNC"),
+    }
+    # a replacement, as the inject path sends it: 1 s first, then the new one after it is gone
+    t.note_injected([planned("10.0.0.77", daddr="10.1.0.11", timeout=1)], NOW + 1)
+    assert [e.expires for e in t.templates(NOW + 1.5) if e.caddr == "10.0.0.77"] == [0]
+    t.note_injected([planned("10.0.0.77", daddr="10.1.0.11", timeout=30, replace=True)], NOW + 2.1)
+    (e,) = [e for e in t.templates(NOW + 3) if e.caddr == "10.0.0.77"]
+    assert (e.daddr, e.expires, e.origin) == ("10.1.0.11", 29, "SYNC")
+
+
+# ---------------------------------------------------------------- reconcile
+
+
+def test_reconcile_reports_how_far_the_table_was_and_takes_procs_view():
+    t = ingest(TemplateTable(), [
+        tpl_conn("10.0.0.1", timeout=300),  # the same in /proc
+        tpl_conn("10.0.0.2", timeout=300),  # another real server in /proc
+        tpl_conn("10.0.0.3", timeout=300),  # gone from /proc
+        tpl_conn("10.0.0.5", timeout=300),  # /proc says 100 s left
+        tpl_conn("10.0.0.6", timeout=5),  # ended here before the read: not counted as dropped
+        conn("10.0.0.1"), conn("10.0.0.3"),
+    ], origin="SYNC")
+    proc = (
+        kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 289)
+        + kline("UDP", "10.0.0.2", 0, "10.0.0.100", 5000, "10.1.0.12", 5000, "ASSURED", 289)
+        + kline("UDP", "10.0.0.4", 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "NONE", 50)
+        + kline("UDP", "10.0.0.5", 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 100)
+        + kline("TCP", "10.0.0.1", 40000, "10.0.0.100", 5000, "10.1.0.11", 5000, "ESTABLISHED", 700)
+        + kline("TCP", "10.0.0.9", 40000, "10.0.0.100", 5000, "10.1.0.11", 5000, "ESTABLISHED", 30)
+    )
+    read = parse_conn_table(H + proc)
+    rep = t.reconcile(read.entries, NOW + 10.5)
+    assert rep.figures() == {"templates": 4, "added": 1, "dropped": 1, "changed": 1, "retimed": 1,
+                             "same": 1, "clients": 2, "clients_added": 1, "clients_dropped": 1}
+    assert "10.0.0.4" in rep.examples["added"][0] and "10.0.0.3" in rep.examples["dropped"][0]
+    # the table is now what /proc showed (origins kept where /proc's ip_vs_conn has none)
+    want = [e._replace(origin=None if e.caddr == "10.0.0.4" else "SYNC") for e in read.templates]
+    assert by_id(t.templates(NOW + 10.5)) == by_id(want)
+    assert t.client_counts(NOW + 10.5) == count_connections_by_client(H + proc)
+    assert set(t.client_counts(NOW + 41)) == {("10.0.0.1", ("TCP", "10.0.0.100", 5000))}
+    # a second reconcile with the same read finds nothing to change; a templates-only read
+    # leaves the clients alone
+    again = t.reconcile(parse_conn_table(H + proc, templates_only=True).entries, NOW + 10.5,
+                        with_connections=False)
+    assert (again.same, again.added, again.dropped, again.changed, again.clients) == (4, 0, 0, 0, None)
+    assert len(t.client_counts(NOW + 10.5)) == 2
+    # what reconcile dropped stays gone; expire finds the rest where the wheel filed it
+    assert t.expire(NOW + 200) == (2, 1) and len(t) == 2
+
+
+def test_netmask_clients_are_keyed_as_their_templates():
+    from lvs_hooks.director.keeper import clients_in_use
+    from lvs_hooks.kernel.model import Destination, Service
+
+    net = Service(4, "TCP", "10.0.0.100", 80, persistent=True, timeout=300, netmask="255.255.255.0",
+                  destinations=(Destination("10.1.0.11", 80),))
+    net6 = Service(6, "TCP", "fd00::100", 80, persistent=True, timeout=300, netmask="64",
+                   destinations=(Destination("fd00:1::11", 80),))
+    conns = [conn(f"192.168.7.{i}", vport=80, dport=80) for i in (33, 34, 200)]
+    conns += [conn(f"fd00:7::{i}", vaddr="fd00::100", vport=80, daddr="fd00:1::11", dport=80) for i in (1, 2)]
+    plain = ingest(TemplateTable(), conns)
+    masked = TemplateTable()
+    masked.use_services([net, net6])
+    ingest(masked, conns)
+    assert (plain.client_keys, masked.client_keys) == (5, 2)
+    assert set(masked.client_counts(NOW)) == {("192.168.7.0", ("TCP", "10.0.0.100", 80)),
+                                              ("fd00:7::", ("TCP", "fd00::100", 80))}
+    assert clients_in_use(masked.client_counts(NOW), [net, net6]) == clients_in_use(
+        plain.client_counts(NOW), [net, net6])
