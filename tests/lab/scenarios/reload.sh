@@ -160,9 +160,9 @@ split_logs() {
     local pids="" d p
     for d in "${!readers[@]}"; do for p in ${readers[$d]}; do pids+="$p=$d "; done; done
     awk -v pids="$pids" -v tmp="$LAB_TMP/" -v out="$LAB_OUT" \
-        -v r1s="${mark[r1_start]:-0}" -v r1d="${mark[r1_done]:-0}" -v fail="${mark[failure]:-0}" \
-        -v tk="${mark[takeover_done]:-0}" -v r2s="${mark[r2_start]:-0}" \
-        -v r2d="${mark[r2_done]:-0}" -v end="${mark[end]:-0}" '
+        -v r1s="${mark[r1_start]:--1}" -v r1d="${mark[r1_done]:--1}" -v fail="${mark[failure]:--1}" \
+        -v tk="${mark[takeover_done]:--1}" -v r2s="${mark[r2_start]:--1}" \
+        -v r2d="${mark[r2_done]:--1}" -v end="${mark[end]:-0}" '
         function dirof(line,   i, s) {
             i = index(line, tmp)
             if (!i) return ""
@@ -189,11 +189,13 @@ split_logs() {
             d = (cur in dir) ? dir[cur] : "other"
             print > (out "/lvs-hooks-" d ".log")
             if (d == "other" || $0 !~ /keeper:/) next
-            # each director while master: before its reloads, and after them
-            if (d == "dir1" && FNR <= r1s) tally(d, "before_reloads")
-            if (d == "dir1" && FNR > r1d && FNR <= fail) tally(d, "after_reloads")
-            if (d == "dir2" && FNR > tk && FNR <= r2s) tally(d, "before_reloads")
-            if (d == "dir2" && FNR > r2d && FNR <= end) tally(d, "after_reloads")
+            # each director while master: before its reloads, and after them (-1: the step was
+            # not reached; a range then ends at the end)
+            if (FNR > end) next
+            if (d == "dir1" && (r1s < 0 || FNR <= r1s)) tally(d, "before_reloads")
+            if (d == "dir1" && r1d >= 0 && FNR > r1d && (fail < 0 || FNR <= fail)) tally(d, "after_reloads")
+            if (d == "dir2" && tk >= 0 && FNR > tk && (r2s < 0 || FNR <= r2s)) tally(d, "before_reloads")
+            if (d == "dir2" && r2d >= 0 && FNR > r2d) tally(d, "after_reloads")
         }
         END {
             split("dir1 before_reloads|dir1 after_reloads|dir2 before_reloads|dir2 after_reloads",
@@ -213,8 +215,10 @@ json_map() { # json_map NAME: an associative array of numbers as a JSON object
 _reload_term=0
 collect() {
     local rc=$1 d f n tb_total=0 tb="{" sep="" keeper="{" ksep="" line
-    trap - EXIT TERM
+    trap - EXIT
+    trap '' TERM
     set +u
+    [ "$_reload_term" = 1 ] && echo "[reload] time limit (SIGTERM): collecting what is cheap"
     [ -n "${mark[end]:-}" ] || set_mark end
     cp "$SYSLOG" "$LAB_OUT/syslog.log" 2>/dev/null
     rm -f "$LAB_OUT"/lvs-hooks-*.log
@@ -281,7 +285,8 @@ collect() {
     exit "$rc"
 }
 trap 'collect $?' EXIT
-trap '_reload_term=1; lab_log "time limit: collecting"; exit 124' TERM
+# the time limit: `timeout` sends SIGTERM to this shell, then to its process group (a second one)
+trap "trap '' TERM; _reload_term=1; exit 124" TERM
 
 # --------------------------------------------------------------------- the story
 
