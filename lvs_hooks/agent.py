@@ -25,7 +25,7 @@ import logging
 import select
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
 
 from lvs_hooks.director import Director
 from lvs_hooks.director.lock import transition_lock
@@ -92,7 +92,12 @@ class AgentState:
 
 class Agent:
     """The loop. `ops` does the kernel work (see KernelOps); `channel` and `listener` are the
-    control channel and the sync-group listener (None: no control channel configured)."""
+    control channel and the sync-group listener (None: no control channel configured).
+
+    `beside`: what runs in threads of its own beside the loop, each with start() and stop():
+    the inbox of keepalived's events with its event thread, and the periodic duties
+    (events.inbox). They are started after the warm-up gate and stopped, last started first,
+    when the loop ends; a transition is never held up by the loop's pushes and checks."""
 
     def __init__(
         self,
@@ -103,6 +108,7 @@ class Agent:
         read_role: Callable[[], Optional[str]],
         warm: Any,
         clock: Callable[[], float] = time.monotonic,
+        beside: Sequence[Any] = (),
     ):
         self.cfg = cfg
         self.ops = ops
@@ -111,27 +117,38 @@ class Agent:
         self.read_role = read_role
         self.warm = warm  # .start(), .mark_warm(reason, figures), .is_warm(), .refresh()
         self.clock = clock
+        self.beside = list(beside)
         self.st = AgentState()
 
     # -- the loop
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         self.warm.start()
-        log.info(
-            "agent started: control channel %s, push every %s",
-            "on" if self.channel is not None else "off (control.key_file not set)",
-            f"{self.cfg.push.interval:g} s while master" if self.cfg.push.interval else "request",
-        )
-        next_tick = self.clock()
-        while not should_stop():
-            now = self.clock()
-            if now >= next_tick:
-                try:
-                    self.tick()
-                except Exception:  # a bug or a broken state file: say so, keep serving
-                    log.exception("agent: periodic work failed")
-                next_tick = self.clock() + TICK
-            self.wait(max(0.0, next_tick - self.clock()))
+        started: List[Any] = []
+        try:
+            for part in self.beside:
+                part.start()
+                started.append(part)
+            log.info(
+                "agent started: control channel %s, push every %s",
+                "on" if self.channel is not None else "off (control.key_file not set)",
+                f"{self.cfg.push.interval:g} s while master"
+                if self.cfg.push.interval
+                else "request",
+            )
+            next_tick = self.clock()
+            while not should_stop():
+                now = self.clock()
+                if now >= next_tick:
+                    try:
+                        self.tick()
+                    except Exception:  # a bug or a broken state file: say so, keep serving
+                        log.exception("agent: periodic work failed")
+                    next_tick = self.clock() + TICK
+                self.wait(max(0.0, next_tick - self.clock()))
+        finally:
+            for part in reversed(started):
+                part.stop()
 
     def wait(self, timeout: float) -> None:
         """Wait for datagrams up to `timeout` s and take all that came."""

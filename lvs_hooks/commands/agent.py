@@ -1,29 +1,79 @@
-"""`lvs-hooks agent`, `push` and `handover`: what needs a peer (issue 6)."""
+"""`lvs-hooks agent`, `push` and `handover`: what needs a peer (issue 6); and the agent as the
+director's one brain for keepalived's events, which the doors hand it (issue 12)."""
 
 import logging
 import signal
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
+from lvs_hooks.director import Director
+from lvs_hooks.director.duties import Duties
+from lvs_hooks.events.inbox import Inbox, PeriodicThread
+from lvs_hooks.events.journal import Journal
+from lvs_hooks.events.keepalived import Event
+from lvs_hooks.events.role import read_role
+from lvs_hooks.events.sequencer import Plan, Sequencer
+from lvs_hooks.events.transitions import lock_timeout_for, make_planner
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class DirectorParts:
+    """What runs keepalived's events and the periodic duties: the agent's event and periodic
+    threads use it, and so does a FIFO door whose agent went away."""
+
+    director: Director
+    sequencer: Sequencer
+    planner: Callable[[Event], Plan]
+    lock_timeout: Callable[[Event], float]
+    duty: Callable[[Optional[str], Callable[[], bool]], Any]  # (role, should_yield)
+    period: float  # seconds between two calls of duty
+
+
+def director_parts(app: AppContext) -> DirectorParts:
+    """The one place that builds the planner and the periodic duties of a process."""
+    cfg = app.config
+    # One director for the transitions, the duties and the agent's own kernel work: the MASTER
+    # reseed finishes the fwmark repairs the same process began as backup.
+    director = Director(cfg)
+    duties = Duties(director, lambda: read_role(cfg.paths.run_dir))
+    return DirectorParts(
+        director=director,
+        sequencer=Sequencer(
+            cfg.paths.run_dir, Journal(cfg.paths.state_dir, cfg.transitions.journal_keep)
+        ),
+        planner=make_planner(director),
+        lock_timeout=lambda event: lock_timeout_for(event, cfg.transitions),
+        duty=duties.run_due,
+        period=duties.period,
+    )
 
 
 @command("agent")
 @pass_app
 def agent_cmd(app: AppContext) -> None:
-    """Run the agent in the foreground until SIGTERM (lvs-hooks-agent.service): full-table
-    pushes while master, collecting and checking them while backup, the start-up reseed from
-    disk and the warm-up gate's track file."""
+    """Run the agent in the foreground until SIGTERM (lvs-hooks-agent.service): keepalived's
+    events that the doors (`notify`, `master` ..., `fifo`) hand over, and their transitions;
+    the periodic duties (keeper, fwmark repair, snapshots); full-table pushes while master,
+    collecting and checking them while backup; the start-up reseed from disk and the warm-up
+    gate's track file."""
     from lvs_hooks.agent import Agent, KernelOps, WarmGate
     from lvs_hooks.control.channel import ControlChannel
-    from lvs_hooks.director import Director
-    from lvs_hooks.events.role import read_role
     from lvs_hooks.handover import node_name
     from lvs_hooks.push.collector import SyncGroupListener
 
     cfg = app.config
+    parts = director_parts(app)
+    inbox = Inbox(
+        cfg.paths.run_dir, app.config_path, parts.sequencer, parts.planner, parts.lock_timeout
+    )
+    periodic = PeriodicThread(
+        parts.duty, parts.period, lambda: read_role(cfg.paths.run_dir), inbox.busy
+    )
     channel = listener = None
     if cfg.control.key_file:
         channel = ControlChannel.from_config(cfg, sender=node_name(cfg))
@@ -37,11 +87,12 @@ def agent_cmd(app: AppContext) -> None:
     signal.signal(signal.SIGINT, on_term)
     agent = Agent(
         cfg,
-        KernelOps(Director(cfg)),
+        KernelOps(parts.director),
         channel,
         listener,
         lambda: read_role(cfg.paths.run_dir),
         WarmGate(cfg),
+        beside=(inbox, periodic),
     )
     try:
         agent.run(lambda: bool(stop))
