@@ -66,6 +66,7 @@ clock in seconds and must not go backwards.
 
 import contextlib
 import gc
+import json
 import socket
 import struct
 from collections import Counter
@@ -848,6 +849,54 @@ class TemplateTable:
         for (key, pe_name, pe_data), v in items:
             for e in self._entries([(key, v)], now_ms):
                 yield e._replace(pe_name=pe_name, pe_data=pe_data)
+
+    def json_rows(self, now: float) -> Iterator[Tuple[int, str]]:
+        """The live templates as the rows of a snapshot body (snapshot.TEMPLATE_COLUMNS, compact
+        JSON), in the order of templates(): (rows, the rows comma-joined) a chunk at a time.
+
+        What snapshot.encode writes for the entries templates() gives, without building them:
+        the parts of a row that come from the interned virtual keys, real servers, states and
+        origins are rendered once by json.dumps, and an address is plain ASCII that JSON quotes
+        as is. Rows with PE data (free text) go through json.dumps whole.
+        """
+        now_ms = self._ms(now)
+        dumps = json.dumps
+        heads = [("[" + dumps(v[0]) + ',"', '",' + dumps(v[1]) + "," + str(v[2]) + ",")
+                 for v in self._virtuals]
+        dests = [dumps(d) + "," + str(p) + "," for d, p in self._dests]
+        states = [dumps(n) + "," for n in _STATE_NAMES]
+        tails = [',"","",' + dumps(o) + "]" for o in _ORIGINS]
+        ntoa, pack, v6text = socket.inet_ntoa, _U32.pack, ipv6_text
+        it = iter(self._tpl.items())
+        while True:
+            chunk = list(islice(it, _CHUNK))
+            if not chunk:
+                break
+            rows = []
+            for key, v in chunk:
+                dl = (v >> _DL_SHIFT) & _DL_MAX
+                if dl <= now_ms:
+                    continue
+                if key >= 0:
+                    a, b = heads[key >> 32]
+                    caddr = ntoa(pack(key & _M32))
+                else:
+                    k = ~key
+                    a, b = heads[k >> 128]
+                    caddr = v6text((k & _M128).to_bytes(16, "big"))
+                rows.append(
+                    f"{a}{caddr}{b}{dests[v >> _DEST_SHIFT]}"
+                    f"{states[(v & _STATE) >> _STATE_SHIFT]}{(dl - now_ms) // 1000}"
+                    f"{tails[(v & _ORIGIN) >> _ORIGIN_SHIFT]}"
+                )
+            if rows:
+                yield len(rows), ",".join(rows)
+        pe_rows = [
+            dumps(list(e[:2]) + list(e[3:]), separators=(",", ":"), allow_nan=False)
+            for e in self._pe_entries(self._pe.items(), now_ms)
+        ]
+        if pe_rows:
+            yield len(pe_rows), ",".join(pe_rows)
 
     def client_counts(self, now: float) -> Dict[ClientKey, int]:
         """Clients with a connection still alive, as conntable.count_connections_by_client keys
