@@ -1,3 +1,7 @@
-from lvs_hooks.cli import main
+"""`python -m lvs_hooks`: the same entry point as the lvs-hooks script (the doors first)."""
 
-main()
+import sys
+
+from lvs_hooks.door import main
+
+sys.exit(main())

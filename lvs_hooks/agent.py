@@ -16,8 +16,13 @@ between, and what needs a peer:
 - every second: the warm-up gate (warmup.refresh writes keepalived's track file);
 - answer status requests (`lvs-hooks handover` on the master asks whether a peer holds a push).
 
-The role is what the last transition left (events.role). One thread, one select() loop; every
-kernel action takes the transition lock, so none runs inside a keepalived transition.
+The role is what the last transition left (events.role). The loop is one thread with one
+select(); beside it run keepalived's events (events.inbox: the doors hand them over, an event
+thread runs their transitions) and the periodic duties (director.duties), each on its own thread,
+so that neither a push nor a keeper period holds up a transition. Every kernel action takes the
+transition lock (director.lock), so none runs inside a keepalived transition.
+
+The collaborators are typed as Protocols (below): the tests hand in fakes at exactly these seams.
 """
 
 import collections
@@ -25,8 +30,10 @@ import logging
 import select
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Sequence, Tuple
 
+from lvs_hooks.config import Config
+from lvs_hooks.control.message import Message
 from lvs_hooks.director import Director
 from lvs_hooks.director.lock import transition_lock
 from lvs_hooks.director.push_check import check_received_push
@@ -38,6 +45,54 @@ from lvs_hooks.push.run import push_table
 from lvs_hooks.warmup import WarmupStore, refresh
 
 log = logging.getLogger(__name__)
+
+
+class ControlPort(Protocol):
+    """The control channel as the agent uses it (control.channel.ControlChannel)."""
+
+    def fileno(self) -> int: ...
+
+    def recv(self, timeout: float) -> Optional[Tuple[Message, str]]: ...
+
+    def send(self, kind: str, body: Dict[str, Any]) -> Any: ...
+
+
+class SyncListener(Protocol):
+    """The sync group heard beside the kernel's backup daemon (push.collector)."""
+
+    def fileno(self) -> int: ...
+
+    def recv(self, timeout: Optional[float]) -> Optional[Tuple[bytes, str]]: ...
+
+
+class AgentKernel(Protocol):
+    """The agent's kernel work (KernelOps, through the director layer)."""
+
+    def push(self, channel: Optional[ControlPort]) -> dict: ...
+
+    def check_push(self, keys: List[TemplateKey]) -> dict: ...
+
+    def startup_reseed(self) -> Optional[dict]: ...
+
+
+class Gate(Protocol):
+    """The warm-up gate as the agent drives it (WarmGate)."""
+
+    def start(self) -> None: ...
+
+    def is_warm(self) -> bool: ...
+
+    def mark_warm(self, reason: str, figures: dict) -> None: ...
+
+    def refresh(self) -> None: ...
+
+
+class Beside(Protocol):
+    """A part that runs on threads of its own beside the loop (events.inbox)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 TICK = 1.0  # seconds between two looks at the role, the gate and the timers
 REQUEST_EVERY = 5.0  # while cold, ask for a push this often
@@ -101,21 +156,21 @@ class Agent:
 
     def __init__(
         self,
-        cfg: Any,
-        ops: Any,
-        channel: Optional[Any],
-        listener: Optional[Any],
+        cfg: Config,
+        ops: AgentKernel,
+        channel: Optional[ControlPort],
+        listener: Optional[SyncListener],
         read_role: Callable[[], Optional[str]],
-        warm: Any,
+        warm: Gate,
         clock: Callable[[], float] = time.monotonic,
-        beside: Sequence[Any] = (),
+        beside: Sequence[Beside] = (),
     ):
         self.cfg = cfg
         self.ops = ops
         self.channel = channel
         self.listener = listener
         self.read_role = read_role
-        self.warm = warm  # .start(), .mark_warm(reason, figures), .is_warm(), .refresh()
+        self.warm = warm
         self.clock = clock
         self.beside = list(beside)
         self.st = AgentState()
@@ -124,7 +179,7 @@ class Agent:
 
     def run(self, should_stop: Callable[[], bool]) -> None:
         self.warm.start()
-        started: List[Any] = []
+        started: List[Beside] = []
         try:
             for part in self.beside:
                 part.start()
@@ -361,7 +416,7 @@ class KernelOps:
         self.director = director
         self.cfg = director.cfg
 
-    def push(self, channel: Optional[Any]) -> dict:
+    def push(self, channel: Optional[ControlPort]) -> dict:
         # Under the lock: a push reads the table a transition may be changing.
         lock = transition_lock(self.cfg.paths.run_dir)
         with lock.acquire(timeout=self.cfg.transitions.lock_timeout), IPVS() as ipvs:
@@ -397,7 +452,7 @@ class KernelOps:
 class WarmGate:
     """The agent's view of the warm-up state (lvs_hooks.warmup), for the configuration."""
 
-    def __init__(self, cfg: Any):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.store = WarmupStore(cfg.paths.run_dir)
 

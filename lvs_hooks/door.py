@@ -572,14 +572,13 @@ def _read_in_process(args: Args, door: FifoDoor, left: bytes, stop_target: list)
     """Go on as `lvs-hooks fifo` without an agent: events.fifo's reader, from where the door
     stopped (what it read and the agent did not take is read again)."""
     # heavy (the sequencer, the planner, click): only once the agent has gone away
-    from lvs_hooks.cli import AppContext
-    from lvs_hooks.commands.agent import director_parts
+    from lvs_hooks.config import load_config
     from lvs_hooks.errors import LvsHooksError
     from lvs_hooks.events.fifo import FifoReader, serve
+    from lvs_hooks.events.parts import director_parts
 
-    app = AppContext(args.config, args.explicit, args.debug)
     try:
-        parts = director_parts(app)
+        parts = director_parts(load_config(args.config, required=args.explicit))
         reader = FifoReader(
             door.path,
             parts.sequencer,

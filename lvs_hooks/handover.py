@@ -16,7 +16,8 @@ import socket
 import time
 from typing import Any, Callable, Optional
 
-from lvs_hooks.agent import KernelOps
+from lvs_hooks.agent import AgentKernel, ControlPort, KernelOps
+from lvs_hooks.config import Config
 from lvs_hooks.control.channel import ControlChannel
 from lvs_hooks.director import Director
 from lvs_hooks.errors import HandoverFailed
@@ -29,7 +30,7 @@ PUSH_ATTEMPTS = 3  # a peer that got a push incomplete gets another, this many i
 ASK_EVERY = 1.0
 
 
-def node_name(cfg: Any) -> str:
+def node_name(cfg: Config) -> str:
     return cfg.control.name or socket.gethostname()
 
 
@@ -38,13 +39,12 @@ def _is_ours(sender: str, name: str) -> bool:
 
 
 def handover(
-    app: Any,
+    cfg: Config,
     timeout: float,
-    ops: Optional[Any] = None,
-    channel: Optional[Any] = None,
+    ops: Optional[AgentKernel] = None,
+    channel: Optional[ControlPort] = None,
     clock: Callable[[], float] = time.monotonic,
 ) -> dict:
-    cfg = app.config
     run_dir = cfg.paths.run_dir
     role = read_role(run_dir)
     if role != "MASTER":
@@ -54,8 +54,10 @@ def handover(
         )
     name = node_name(cfg)
     ops = ops or KernelOps(Director(cfg))
-    own_channel = channel is None
-    ch = channel or ControlChannel.from_config(cfg, sender=f"{name}/handover")
+    own: Optional[ControlChannel] = None
+    if channel is None:
+        channel = own = ControlChannel.from_config(cfg, sender=f"{name}/handover")
+    ch: ControlPort = channel
     t0 = clock()
     deadline = t0 + timeout
     try:
@@ -120,8 +122,8 @@ def handover(
         )
         return report
     finally:
-        if own_channel:
-            ch.close()
+        if own is not None:
+            own.close()
 
 
 def _await_confirmation(ch: Any, name: str, push_id: str, deadline: float, clock):
@@ -145,13 +147,13 @@ def _await_confirmation(ch: Any, name: str, push_id: str, deadline: float, clock
             return msg.sender, last
 
 
-def cancel(app: Any) -> dict:
-    store = WarmupStore(app.config.paths.run_dir)
+def cancel(cfg: Config) -> dict:
+    store = WarmupStore(cfg.paths.run_dir)
     state = store.load()
     if state is not None and state.handover:
         # only then: a director with no state has no flag, and making one would start its
         # warm-up clock as if an agent ran
         store.set_handover(False)
-    r = refresh_detail(app.config)
+    r = refresh_detail(cfg)
     log.info("handover cancelled: %s", r.decision.reason)
     return {"eligible": r.decision.eligible, "reason": r.decision.reason}

@@ -3,54 +3,16 @@ director's one brain for keepalived's events, which the doors hand it (issue 12)
 
 import logging
 import signal
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
 
 import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.director import Director
-from lvs_hooks.director.duties import Duties
 from lvs_hooks.events.inbox import Inbox, PeriodicThread
-from lvs_hooks.events.journal import Journal
-from lvs_hooks.events.keepalived import Event
+from lvs_hooks.events.parts import director_parts
 from lvs_hooks.events.role import read_role
-from lvs_hooks.events.sequencer import Plan, Sequencer
-from lvs_hooks.events.transitions import lock_timeout_for, make_planner
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DirectorParts:
-    """What runs keepalived's events and the periodic duties: the agent's event and periodic
-    threads use it, and so does a FIFO door whose agent went away."""
-
-    director: Director
-    sequencer: Sequencer
-    planner: Callable[[Event], Plan]
-    lock_timeout: Callable[[Event], float]
-    duty: Callable[[Optional[str], Callable[[], bool]], Any]  # (role, should_yield)
-    period: float  # seconds between two calls of duty
-
-
-def director_parts(app: AppContext) -> DirectorParts:
-    """The one place that builds the planner and the periodic duties of a process."""
-    cfg = app.config
-    # One director for the transitions, the duties and the agent's own kernel work: the MASTER
-    # reseed finishes the fwmark repairs the same process began as backup.
-    director = Director(cfg)
-    duties = Duties(director, lambda: read_role(cfg.paths.run_dir))
-    return DirectorParts(
-        director=director,
-        sequencer=Sequencer(
-            cfg.paths.run_dir, Journal(cfg.paths.state_dir, cfg.transitions.journal_keep)
-        ),
-        planner=make_planner(director),
-        lock_timeout=lambda event: lock_timeout_for(event, cfg.transitions),
-        duty=duties.run_due,
-        period=duties.period,
-    )
 
 
 @command("agent")
@@ -61,13 +23,14 @@ def agent_cmd(app: AppContext) -> None:
     the periodic duties (keeper, fwmark repair, snapshots); full-table pushes while master,
     collecting and checking them while backup; the start-up reseed from disk and the warm-up
     gate's track file."""
+    # start-up: the CLI imports every command module; the agent's parts load when it runs
     from lvs_hooks.agent import Agent, KernelOps, WarmGate
     from lvs_hooks.control.channel import ControlChannel
     from lvs_hooks.handover import node_name
     from lvs_hooks.push.collector import SyncGroupListener
 
     cfg = app.config
-    parts = director_parts(app)
+    parts = director_parts(app.config)
     inbox = Inbox(
         cfg.paths.run_dir, app.config_path, parts.sequencer, parts.planner, parts.lock_timeout
     )
@@ -109,9 +72,9 @@ def agent_cmd(app: AppContext) -> None:
 def push_cmd(app: AppContext, as_json: bool) -> None:
     """Push the whole table to the peers now (announced on the control channel if one is
     configured), and print the figures."""
+    # start-up, as for the agent command
     from lvs_hooks.agent import KernelOps
     from lvs_hooks.control.channel import ControlChannel
-    from lvs_hooks.director import Director
     from lvs_hooks.handover import node_name
 
     cfg = app.config
@@ -144,12 +107,13 @@ def handover_cmd(app: AppContext, timeout: float, cancel: bool, as_json: bool) -
     """Hand the master role to a peer without losing a client: push the table, wait until a
     peer confirms it holds every template, then lower this director's priority through the
     warm-up gate's track file and wait until keepalived has made it backup."""
-    from lvs_hooks import handover
+    from lvs_hooks import handover  # start-up, as for the agent command
 
     if cancel:
-        emit(handover.cancel(app), as_json, lambda r: f"handover flag cleared: {r['reason']}")
+        r = handover.cancel(app.config)
+        emit(r, as_json, lambda r: f"handover flag cleared: {r['reason']}")
         return
-    emit(handover.handover(app, timeout), as_json, _render_handover)
+    emit(handover.handover(app.config, timeout), as_json, _render_handover)
 
 
 def _render_handover(r: dict) -> str:

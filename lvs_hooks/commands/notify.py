@@ -18,7 +18,6 @@ import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.director import Director
-from lvs_hooks.director.duties import Duties
 from lvs_hooks.errors import TransitionIncomplete, UsageError
 from lvs_hooks.events.clock import notify_order
 from lvs_hooks.events.fifo import FifoReader, serve
@@ -30,7 +29,7 @@ from lvs_hooks.events.keepalived import (
     parse_notify_args,
     role_event,
 )
-from lvs_hooks.events.role import read_role
+from lvs_hooks.events.parts import director_parts
 from lvs_hooks.events.sequencer import Sequencer
 from lvs_hooks.events.transitions import lock_timeout_for, make_planner
 
@@ -147,18 +146,14 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
             f"fifo: expected one argument, the FIFO path keepalived appends; got {len(args)}"
             + (f": {' '.join(args)}" if args else "")
         )
-    cfg = app.config
-    # One director for the transitions and the duties: the MASTER reseed finishes the fwmark
-    # repairs this process began as backup.
-    director = Director(cfg)
-    duties = Duties(director, lambda: read_role(cfg.paths.run_dir))
+    parts = director_parts(app.config)
     reader = FifoReader(
         args[0],
-        _sequencer(app),
-        make_planner(director),
-        lambda event: lock_timeout_for(event, cfg.transitions),
-        idle=duties.run_due,
-        idle_interval=duties.period,
+        parts.sequencer,
+        parts.planner,
+        parts.lock_timeout,
+        idle=lambda role: parts.duty(role, lambda: False),
+        idle_interval=parts.period,
     )
     serve(reader)
 

@@ -133,7 +133,7 @@ def run(env, peers, timeout=10.0, ops=None):
     ch = FakeChannel(env.clock, peers)
     ops = ops or FakeOps()
     try:
-        return handover(env.app, timeout, ops=ops, channel=ch, clock=env.clock), ch, ops
+        return handover(env.app.config, timeout, ops=ops, channel=ch, clock=env.clock), ch, ops
     finally:
         assert not ch.closed  # the caller's channel is the caller's to close
 
@@ -162,7 +162,7 @@ def test_only_a_master_hands_over(env, role):
     ops = FakeOps()
     ch = FakeChannel(env.clock)
     with pytest.raises(HandoverFailed) as e:
-        handover(env.app, 10, ops=ops, channel=ch, clock=env.clock)
+        handover(env.app.config, 10, ops=ops, channel=ch, clock=env.clock)
     assert e.value.exit_code == 10
     what = role or "in no known role (no transition since boot)"
     assert e.value.format_message() == f"this director is {what}: only the master hands over"
@@ -262,7 +262,7 @@ def test_no_confirmation_before_the_deadline_gives_nothing_up(env, tmp_path):
     ch = FakeChannel(env.clock)
     ops = FakeOps(planned=7)
     with pytest.raises(HandoverFailed) as e:
-        handover(env.app, 4.5, ops=ops, channel=ch, clock=env.clock)
+        handover(env.app.config, 4.5, ops=ops, channel=ch, clock=env.clock)
     assert e.value.format_message() == (
         "no peer confirmed the push of 7 templates within 4.5 s: this director stays master, "
         "nothing was given up"
@@ -297,7 +297,7 @@ def test_keepalived_never_demoting_fails_and_clears_the_flag(env):
 def test_without_a_control_channel_handover_refuses_before_pushing(env):
     ops = FakeOps()
     with pytest.raises(ControlError) as e:
-        handover(env.app, 10, ops=ops, clock=env.clock)
+        handover(env.app.config, 10, ops=ops, clock=env.clock)
     assert e.value.format_message() == "control.key_file is not set: no control channel"
     assert ops.pushes == []
     assert env.store.load().handover is False
@@ -305,7 +305,7 @@ def test_without_a_control_channel_handover_refuses_before_pushing(env):
 
 def test_cancel_clears_the_flag(env):
     env.store.set_handover(True)
-    out = cancel(env.app)
+    out = cancel(env.app.config)
     assert env.store.load().handover is False
     assert out["eligible"] is True
     assert out["reason"].startswith("warm since ")
@@ -381,13 +381,11 @@ def test_cli_handover_with_no_role_since_boot(cli_env):
 
 
 def test_cancel_without_any_state_makes_none(tmp_path):
-    from types import SimpleNamespace
-
     from lvs_hooks.config import parse_config
     from lvs_hooks.handover import cancel
     from lvs_hooks.warmup import WarmupStore
 
     cfg = parse_config(f"paths:\n  run_dir: {tmp_path}\n", "test")
-    r = cancel(SimpleNamespace(config=cfg))
+    r = cancel(cfg)
     assert WarmupStore(str(tmp_path)).load() is None
     assert r["eligible"] is False and r["reason"].startswith("not started")

@@ -1,0 +1,42 @@
+"""What a process that runs keepalived's events holds: one director, the sequencer, the planner
+and the periodic duties. The agent's event and periodic threads use it, and so do the FIFO
+reader and a FIFO door whose agent went away: built in this one place."""
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from lvs_hooks.config import Config
+from lvs_hooks.director import Director
+from lvs_hooks.director.duties import Duties
+from lvs_hooks.events.journal import Journal
+from lvs_hooks.events.keepalived import Event
+from lvs_hooks.events.role import read_role
+from lvs_hooks.events.sequencer import Plan, Sequencer
+from lvs_hooks.events.transitions import lock_timeout_for, make_planner
+
+
+@dataclass
+class DirectorParts:
+    director: Director
+    sequencer: Sequencer
+    planner: Callable[[Event], Plan]
+    lock_timeout: Callable[[Event], float]
+    duty: Callable[[Optional[str], Callable[[], bool]], None]  # (role, should_yield)
+    period: float  # seconds between two calls of duty
+
+
+def director_parts(cfg: Config) -> DirectorParts:
+    # One director for the transitions, the duties and the agent's own kernel work: the MASTER
+    # reseed finishes the fwmark repairs the same process began as backup.
+    director = Director(cfg)
+    duties = Duties(director, lambda: read_role(cfg.paths.run_dir))
+    return DirectorParts(
+        director=director,
+        sequencer=Sequencer(
+            cfg.paths.run_dir, Journal(cfg.paths.state_dir, cfg.transitions.journal_keep)
+        ),
+        planner=make_planner(director),
+        lock_timeout=lambda event: lock_timeout_for(event, cfg.transitions),
+        duty=duties.run_due,
+        period=duties.period,
+    )
