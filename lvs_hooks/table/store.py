@@ -458,6 +458,19 @@ class TemplateTable:
                 self._apply_pe(row, now_ms, newbits)
                 continue
             et, proto, _, flags, state, cport, vport, dport, _, timeout, caddr, vaddr, daddr = row
+            template = flags & IP_VS_CONN_F_TEMPLATE
+            if template:
+                if cport:
+                    # Not what any kernel sends (a template has client port 0): kept out, it
+                    # would show in /proc as a connection.
+                    skipped += 1
+                    continue
+            else:
+                ns = num_states.get(proto)
+                if ns is None or state >= ns:
+                    skipped += 1  # the kernel skips it: a protocol or state it does not know
+                    continue
+            # Checked first: what the kernel skips interns nothing.
             if et:
                 vs = v6.get((proto, vaddr, vport))
                 if vs is None:
@@ -467,12 +480,7 @@ class TemplateTable:
                 vs = v4.get(vk)
                 if vs is None:
                     vs = v4[vk] = self._virtual(4, proto, vaddr, vport)
-            if flags & IP_VS_CONN_F_TEMPLATE:
-                if cport:
-                    # Not what any kernel sends (a template has client port 0): kept out, it
-                    # would show in /proc as a connection.
-                    skipped += 1
-                    continue
+            if template:
                 key = ~(vs | caddr) if et else vs | caddr
                 if timeout > _MAX_TIMEOUT_S:
                     timeout = _MAX_TIMEOUT_S
@@ -509,10 +517,6 @@ class TemplateTable:
                     b.append(key)
                 new += 1
             else:
-                ns = num_states.get(proto)
-                if ns is None or state >= ns:
-                    skipped += 1  # the kernel skips it: protocol or state it does not know
-                    continue
                 if masks:
                     m = masks.get(vs)
                     if m is not None:

@@ -192,6 +192,7 @@ def test_a_clients_deadline_only_grows():
 def test_connections_of_unknown_protocols_or_states_are_skipped_as_the_kernel_skips_them():
     t = ingest(TemplateTable(), [conn("10.0.0.21", state=11), conn("10.0.0.22", proto=47)])
     assert t.client_keys == 0 and t.stats.skipped == 2
+    assert t.footprint()["virtual_keys"] == 0  # what the kernel skips leaves nothing behind
 
 
 def test_busy_templates_cost_the_wheel_nothing():
