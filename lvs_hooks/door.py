@@ -584,8 +584,8 @@ def _read_in_process(args: Args, door: FifoDoor, left: bytes, stop_target: list)
             parts.sequencer,
             parts.planner,
             parts.lock_timeout,
-            idle=lambda role: parts.duty(role, lambda: False),
-            idle_interval=parts.period,
+            duty=parts.duty,
+            duty_period=parts.period,
         )
     except LvsHooksError as e:
         door.log.error("%s", e.format_message())

@@ -8,8 +8,9 @@ import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.director import Director
-from lvs_hooks.events.inbox import Inbox, PeriodicThread
+from lvs_hooks.events.inbox import Inbox
 from lvs_hooks.events.parts import director_parts
+from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role
 
 log = logging.getLogger(__name__)

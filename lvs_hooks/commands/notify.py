@@ -152,8 +152,8 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
         parts.sequencer,
         parts.planner,
         parts.lock_timeout,
-        idle=lambda role: parts.duty(role, lambda: False),
-        idle_interval=parts.period,
+        duty=parts.duty,
+        duty_period=parts.period,
     )
     serve(reader)
 

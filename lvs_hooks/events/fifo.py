@@ -30,6 +30,7 @@ from typing import Callable, Dict, Optional
 from lvs_hooks.errors import LvsHooksError, UsageError
 from lvs_hooks.events.clock import fifo_order
 from lvs_hooks.events.keepalived import MAX_LINE, Event, Ignored, parse_fifo_line
+from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role
 from lvs_hooks.events.sequencer import DONE, FAILED, Plan, Sequencer
 
@@ -50,14 +51,17 @@ class FifoReader:
         sequencer: Sequencer,
         planner: Callable[[Event], Plan],
         lock_timeout: Callable[[Event], float],
-        idle: Optional[Callable[[Optional[str]], None]] = None,
-        idle_interval: float = 5.0,
+        duty: Optional[Callable[[Optional[str], Callable[[], bool]], None]] = None,
+        duty_period: float = 5.0,
     ):
-        """`idle(role)` runs every `idle_interval` seconds while no event is pending, with the
-        role of the last transition run ("MASTER", "BACKUP", ... or None before any)."""
+        """`duty(role, should_yield)` runs every `duty_period` seconds on a thread beside the
+        events (events.periodic), with the role of the last transition run ("MASTER", "BACKUP",
+        ... or None before any); while an event is queued or running it waits."""
         self.path = path
-        self.idle = idle
-        self.idle_interval = idle_interval
+        self.duty = duty
+        self.duty_period = duty_period
+        self._pending = 0  # events queued or running (the duties yield to them)
+        self._pending_lock = threading.Lock()
         # The role the last transition left, whichever process ran it. After a reload
         # keepalived starts a new reader and, in most versions, writes no state lines: without
         # this, the new reader would know no role and never run the master's keeper.
@@ -170,6 +174,8 @@ class FifoReader:
         self._last_state[parsed.key] = parsed.state
         log.info("FIFO line %d: %s", self._seq, parsed.describe())
         self.sequencer.note(parsed)
+        with self._pending_lock:
+            self._pending += 1
         self._queue.put(parsed)
 
     # -- the main thread
@@ -178,15 +184,25 @@ class FifoReader:
         """Run transitions for the events read until request_stop() and the drain are done."""
         reader = threading.Thread(target=self._read_loop, name="fifo-reader", daemon=True)
         reader.start()
-        next_idle = time.monotonic() + self.idle_interval
+        duties = None
+        if self.duty is not None:
+            duties = PeriodicThread(self.duty, self.duty_period, lambda: self.role, self.busy)
+            duties.start()
+        try:
+            self._run_events()
+        finally:
+            if duties is not None:
+                duties.stop()
+        reader.join()
+
+    def busy(self) -> bool:
+        """True while an event is queued or its transition runs: the duties yield to it."""
+        with self._pending_lock:
+            return self._pending > 0
+
+    def _run_events(self) -> None:
         while True:
-            try:
-                wait = max(0.0, next_idle - time.monotonic()) if self.idle else None
-                event = self._queue.get(timeout=wait)
-            except queue.Empty:
-                self._run_idle()
-                next_idle = time.monotonic() + self.idle_interval
-                continue
+            event = self._queue.get()
             if event is None:
                 break
             try:
@@ -203,18 +219,9 @@ class FifoReader:
                 # deafen this director to every later event. The traceback goes to the log.
                 self.counts["errors"] += 1
                 log.exception("%s: transition crashed", event.describe())
-        reader.join()
-
-    def _run_idle(self) -> None:
-        if self.idle is None:  # run() waits for idle work only when there is some
-            return
-        try:
-            self.idle(self.role)
-        except Exception:
-            # The periodic work (keeper, snapshot) must never stop this director from hearing
-            # keepalived: log and go on.
-            self.counts["errors"] += 1
-            log.exception("periodic work while %s failed", self.role or "no role yet")
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
 
 
 def _open_fifo(path: str) -> int:

@@ -256,8 +256,8 @@ def test_a_reader_started_after_a_reload_runs_the_role_the_last_transition_left(
     write_role(str(tmp_path / "run"), "MASTER", "VI_1")
     roles = []
     h = Harness(tmp_path)
-    h.reader.idle = roles.append
-    h.reader.idle_interval = 0.01
+    h.reader.duty = lambda role, should_yield: roles.append(role)
+    h.reader.duty_period = 0.01
     h.start()
     wait_for(lambda: "MASTER" in roles)
     h.stop()
@@ -293,3 +293,29 @@ def test_carried_over_lines_are_read_first_and_count_in_the_drain(tmp_path):
     assert h.handled[2:] == [("INSTANCE", "VI_1", "STOP"), ("INSTANCE", "VI_2", "STOP")]
     os.close(h.wfd)
     h.reader.close()
+
+
+def test_an_event_does_not_wait_for_a_duty_under_way(tmp_path):
+    """A MASTER line that comes while a duty runs (the keeper reading a large table) starts
+    its transition at once: the duty runs on its own thread and is told to yield."""
+    write_role(str(tmp_path / "run"), "BACKUP", "VI_1")
+    h = Harness(tmp_path)
+    started, seen = threading.Event(), {}
+
+    def duty(role, should_yield):
+        if seen:
+            return
+        started.set()
+        # busy until the transition has run: if the event path waited for this duty, the
+        # transition would never run and this would end at its deadline instead
+        wait_for(lambda: h.handled, timeout=10)
+        seen["handled_during_duty"] = list(h.handled)
+
+    h.reader.duty, h.reader.duty_period = duty, 0.01
+    h.start()
+    assert started.wait(10)
+    h.write('INSTANCE "VI_1" MASTER 100')
+    wait_for(lambda: "handled_during_duty" in seen, timeout=15)
+    h.stop()
+    assert seen["handled_during_duty"] == [("INSTANCE", "VI_1", "MASTER")]
+    assert h.reader.busy() is False

@@ -20,9 +20,10 @@ from lvs_hooks.agent import Agent
 from lvs_hooks.config import parse_config
 from lvs_hooks.door import MAX_MESSAGE, SOCKET_NAME, WIRE_VERSION
 from lvs_hooks.events import inbox as inbox_mod
-from lvs_hooks.events.inbox import Inbox, PeriodicThread, RunDirUnsafe, check_event, peer_allowed
+from lvs_hooks.events.inbox import Inbox, RunDirUnsafe, check_event, peer_allowed
 from lvs_hooks.events.journal import Journal
 from lvs_hooks.events.keepalived import Event
+from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role, write_role
 from lvs_hooks.events.sequencer import DONE, STALE, SUPERSEDED, Plan, Sequencer, Step
 
