@@ -35,6 +35,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Protocol, Sequenc
 from lvs_hooks.config import Config
 from lvs_hooks.control.message import Message
 from lvs_hooks.director import Director
+from lvs_hooks.director.live import LiveTable
 from lvs_hooks.director.lock import transition_lock
 from lvs_hooks.director.push_check import check_received_push
 from lvs_hooks.director.reseed import reseed
@@ -164,6 +165,8 @@ class Agent:
         warm: Gate,
         clock: Callable[[], float] = time.monotonic,
         beside: Sequence[Beside] = (),
+        capture: Optional[SyncListener] = None,
+        live: Optional[LiveTable] = None,
     ):
         self.cfg = cfg
         self.ops = ops
@@ -173,6 +176,11 @@ class Agent:
         self.warm = warm
         self.clock = clock
         self.beside = list(beside)
+        # The table in memory (director.live): fed with what the sync group brings (as
+        # backup: the master's kernel) and what this host's kernel sends out (`capture`, as
+        # master), whichever the role; both are the kernel's own account of its table.
+        self.capture = capture
+        self.live = live
         self.st = AgentState()
 
     # -- the loop
@@ -207,7 +215,7 @@ class Agent:
 
     def wait(self, timeout: float) -> None:
         """Wait for datagrams up to `timeout` s and take all that came."""
-        fds = [x for x in (self.channel, self.listener) if x is not None]
+        fds = [x for x in (self.channel, self.listener, self.capture) if x is not None]
         if not fds:
             time.sleep(timeout)
             return
@@ -216,12 +224,23 @@ class Agent:
             # Datagrams first, into the collectors or the backlog (push-begin may be read only
             # now, after the agent was busy); a push-end drains them again before it counts.
             self.drain_sync()
+            self.drain_capture()
         if self.channel is not None and self.channel in ready:
             while True:
                 got = self.channel.recv(0)
                 if got is None:
                     break
                 self.on_message(*got)
+
+    def drain_capture(self) -> None:
+        if self.capture is None:
+            return
+        while True:
+            got = self.capture.recv(0)
+            if got is None:
+                return
+            if self.live is not None:
+                self.live.ingest(got[0], "LOCAL")
 
     def drain_sync(self) -> None:
         if self.listener is None:
@@ -304,6 +323,8 @@ class Agent:
     # -- what we hear
 
     def on_sync_datagram(self, data: bytes, src: str) -> None:
+        if self.live is not None:
+            self.live.ingest(data, "SYNC")
         st = self.st
         if not st.collecting:
             st.backlog.append((data, src))
@@ -418,13 +439,16 @@ class KernelOps:
 
     def push(self, channel: Optional[ControlPort]) -> dict:
         # Under the lock: a push reads the table a transition may be changing.
+        # the templates from the table in memory when there is one (a push with connections
+        # needs them, and those only a read of /proc has)
+        table = None if self.cfg.push.connections else self.director.table("push")
         lock = transition_lock(self.cfg.paths.run_dir)
         with lock.acquire(timeout=self.cfg.transitions.lock_timeout), IPVS() as ipvs:
-            return push_table(self.cfg, ipvs, channel)
+            return push_table(self.cfg, ipvs, channel, table)
 
     def check_push(self, keys: List[TemplateKey]) -> dict:
         """Compare the table with a complete push, put back and re-point: figures."""
-        return check_received_push(self.cfg, keys)
+        return check_received_push(self.director, keys)
 
     def startup_reseed(self) -> Optional[dict]:
         """Reseed from the newest snapshot once the services exist. None: no services yet."""

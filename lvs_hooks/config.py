@@ -769,6 +769,35 @@ class KeeperConfig:
     )
 
 
+@dataclass(frozen=True)
+class TableConfig:
+    """The agent's table in memory: the director's templates, fed by the sync stream (heard as
+    backup, captured as it leaves as master) and by lvs-hooks' own injections, so that the
+    keeper, the fwmark repair, the push check, the takeover's reseed and the periodic snapshot
+    need no read of /proc/net/ip_vs_conn, which the kernel serves in time quadratic in its size.
+    """
+
+    enabled: bool = setting(
+        True,
+        "Keep the table in memory in `lvs-hooks agent` (without an agent, every duty reads the "
+        "kernel's table as before).",
+    )
+    read_budget: int = setting(
+        20000,
+        "A whole read of /proc/net/ip_vs_conn is allowed (at the agent's start, then to "
+        "reconcile the table in memory, and to verify an injection entry by entry) only while "
+        "the kernel's counters say the table holds at most this many entries; above it the "
+        "agent trusts the table in memory and verifies by the per-real-server counters.",
+        ge=0,
+    )
+    reconcile_interval: float = setting(
+        300.0,
+        "Seconds between two reconciliations of the table in memory with the kernel's (each a "
+        "whole read, at low CPU priority, and only within read_budget; 0: only at start).",
+        ge=0,
+    )
+
+
 def is_ip_address(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -962,6 +991,7 @@ class Config:
     master: MasterRoleConfig = section(MasterRoleConfig)
     backup: BackupRoleConfig = section(BackupRoleConfig)
     keeper: KeeperConfig = section(KeeperConfig)
+    table: TableConfig = section(TableConfig)
     rules: RulesConfig = section(RulesConfig)
     control: ControlConfig = section(ControlConfig)
     push: PushConfig = section(PushConfig)

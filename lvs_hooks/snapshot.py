@@ -319,8 +319,17 @@ class SnapshotStore:
 
     def save(self, snapshot: Snapshot) -> Path:
         """Write a snapshot as the newest generation, then prune to `keep` generations."""
-        data = encode(snapshot)
-        path = self.dir / snapshot_name(snapshot.captured_at)
+        return self.save_encoded(
+            encode(snapshot), snapshot.captured_at, snapshot.template_count,
+            snapshot.service_count,
+        )
+
+    def save_encoded(
+        self, data: bytes, captured_at: float, templates: int = 0, services: int = 0
+    ) -> Path:
+        """save() for bytes already in this format (table.dumpfile renders them without a
+        Snapshot); `templates` and `services` are for the log line only."""
+        path = self.dir / snapshot_name(captured_at)
         try:
             self._ensure_dir()
             with filelock.FileLock(self.dir / _LOCK_NAME, timeout=_LOCK_TIMEOUT, mode=0o600):
@@ -341,8 +350,8 @@ class SnapshotStore:
         log.debug(
             "saved snapshot %s: %d templates, %d services, %d bytes; pruned %d",
             path,
-            snapshot.template_count,
-            snapshot.service_count,
+            templates,
+            services,
             len(data),
             pruned,
         )

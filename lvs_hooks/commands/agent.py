@@ -3,15 +3,20 @@ director's one brain for keepalived's events, which the doors hand it (issue 12)
 
 import logging
 import signal
+from typing import List, Optional
 
 import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
+from lvs_hooks.config import Config
 from lvs_hooks.director import Director
+from lvs_hooks.errors import KernelError
 from lvs_hooks.events.inbox import Inbox
 from lvs_hooks.events.parts import director_parts
 from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role
+from lvs_hooks.kernel.model import Service
+from lvs_hooks.kernel.netlink import IPVS
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +32,24 @@ def agent_cmd(app: AppContext) -> None:
     # start-up: the CLI imports every command module; the agent's parts load when it runs
     from lvs_hooks.agent import Agent, KernelOps, WarmGate
     from lvs_hooks.control.channel import ControlChannel
+    from lvs_hooks.director.live import LiveTable, TableUpkeep
     from lvs_hooks.handover import node_name
+    from lvs_hooks.kernel.synccapture import OutgoingSyncCapture
     from lvs_hooks.push.collector import SyncGroupListener
 
     cfg = app.config
-    parts = director_parts(app.config)
+    ifname = _sync_interface(cfg)
+    live = upkeep = capture = None
+    if cfg.table.enabled and ifname is not None:
+        live = LiveTable(cfg)
+        upkeep = TableUpkeep(live, _services)
+        capture = OutgoingSyncCapture(ifname, cfg.sync.port)
+    elif cfg.table.enabled:
+        log.warning(
+            "table in memory off: sync.interface is not set and no sync daemon runs to take it "
+            "from; every duty reads the kernel's table"
+        )
+    parts = director_parts(app.config, live)
     inbox = Inbox(
         cfg.paths.run_dir, app.config_path, parts.sequencer, parts.planner, parts.lock_timeout
     )
@@ -41,7 +59,8 @@ def agent_cmd(app: AppContext) -> None:
     channel = listener = None
     if cfg.control.key_file:
         channel = ControlChannel.from_config(cfg, sender=node_name(cfg))
-        listener = SyncGroupListener(cfg.sync.interface, cfg.sync.group, cfg.sync.port)
+    if ifname is not None and (channel is not None or live is not None):
+        listener = SyncGroupListener(ifname, cfg.sync.group, cfg.sync.port)
     stop = []
 
     def on_term(signum, frame):
@@ -56,15 +75,34 @@ def agent_cmd(app: AppContext) -> None:
         listener,
         lambda: read_role(cfg.paths.run_dir),
         WarmGate(cfg),
-        beside=(inbox, periodic),
+        beside=[p for p in (upkeep, inbox, periodic) if p is not None],
+        capture=capture,
+        live=live,
     )
     try:
         agent.run(lambda: bool(stop))
     finally:
-        for x in (channel, listener):
+        for x in (channel, listener, capture):
             if x is not None:
                 x.close()
     log.info("agent stopped")
+
+
+def _sync_interface(cfg: Config) -> Optional[str]:
+    """sync.interface, else that of a sync daemon running now (keepalived's)."""
+    if cfg.sync.interface:
+        return cfg.sync.interface
+    try:
+        with IPVS() as ipvs:
+            return next((d.ifname for d in ipvs.daemons()), None)
+    except KernelError as e:
+        log.warning("no sync interface: %s", e.format_message())
+        return None
+
+
+def _services() -> List[Service]:
+    with IPVS() as ipvs:
+        return ipvs.services()
 
 
 @command("push")

@@ -88,11 +88,11 @@ class Duties:
     def _run(self, name: str, proceed: Callable[[], bool]) -> None:
         cfg = self.director.cfg
         if name == "snapshot":
-            take_snapshot(cfg, reason="periodic snapshot")
+            take_snapshot(cfg, reason="periodic snapshot", live=self.director.live)
         elif name == "keeper":
-            keep_once(cfg, proceed)
+            keep_once(self.director, proceed)
         else:
-            repair_once(cfg, self.director.repair, proceed)
+            repair_once(self.director, proceed)
 
 
 def _tasks(director: Director) -> List[Task]:

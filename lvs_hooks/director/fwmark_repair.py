@@ -24,18 +24,18 @@ period's I/O.
 import logging
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import filelock
 
-from lvs_hooks.config import Config
 from lvs_hooks.director.inject import inject
-from lvs_hooks.director.keeper import DUTY_LOCK_TIMEOUT
-from lvs_hooks.director.lock import transition_lock
-from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.director.lock import DUTY_LOCK_TIMEOUT, transition_lock
 from lvs_hooks.kernel.model import ConnEntry, Service, template_id
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate, is_unbound_fwmark
+
+if TYPE_CHECKING:  # the director's state holds a RepairState of this module
+    from lvs_hooks.director.state import Director
 
 log = logging.getLogger(__name__)
 
@@ -138,22 +138,21 @@ def has_fwmark_services(services: Sequence[Service]) -> bool:
     return any(s.fwmark and s.persistent for s in services)
 
 
-def repair_once(
-    cfg: Config, state: RepairState, proceed: Optional[Callable[[], bool]] = None
-) -> dict:
+def repair_once(director: "Director", proceed: Optional[Callable[[], bool]] = None) -> dict:
     """One period on a backup: figures. Reads the table only when fwmark services exist.
 
     The table is read without the transition lock (a keepalived event must not wait for the
     read); the plan is made and sent under it, where `proceed` says whether the director is
     still a backup: the MASTER reseed takes over `state` under the same lock.
     """
+    cfg, state = director.cfg, director.repair
     t0 = time.monotonic()
     with IPVS() as ipvs:
         services = ipvs.services()
         if not has_fwmark_services(services):
             state.pending.clear()
             return {}
-        table = read_conn_table(cfg.paths.proc_root, templates_only=True, reason="fwmark repair")
+        table = director.table("fwmark repair")
         lock = transition_lock(cfg.paths.run_dir)
         try:
             lock.acquire(timeout=DUTY_LOCK_TIMEOUT)
@@ -170,7 +169,7 @@ def repair_once(
             if send:
                 # re-entrant: this thread holds the lock already
                 res = inject(cfg, send, "fwmark-repair", verify=False, resend_rounds=0,
-                             ipvs=ipvs)
+                             ipvs=ipvs, live=director.live)
                 figures["sent"] = res.sent
         finally:
             lock.release()

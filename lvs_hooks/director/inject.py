@@ -21,6 +21,7 @@ import filelock
 
 from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
+from lvs_hooks.director.live import LiveTable
 from lvs_hooks.director.lock import lock_path, transition_lock
 from lvs_hooks.errors import LockTimeout
 from lvs_hooks.kernel.model import template_key
@@ -41,14 +42,15 @@ def inject(
     ipvs: Optional[IPVS] = None,
     lock_timeout: Optional[float] = None,
     proceed: Optional[Callable[[], bool]] = None,
+    live: Optional[LiveTable] = None,
 ) -> ReseedResult:
     """Send `planned` into the local kernel on behalf of `by`, verify (unless not `verify`),
     and record what was sent to live in the ledger.
 
     `ipvs`: the caller's open session (it read the services the plan rests on), else one is
     opened. `proceed`: asked once the lock is held; False abandons the plan (nothing is sent,
-    `abandoned` is set). LockTimeout when the lock is held longer than `lock_timeout`
-    (default transitions.lock_timeout).
+    `abandoned` is set). `live`: the table in memory, told what was sent. LockTimeout when
+    the lock is held longer than `lock_timeout` (default transitions.lock_timeout).
     """
     if not planned:
         return ReseedResult()
@@ -75,6 +77,8 @@ def inject(
                 res = run_reseed_configured(planned, own, cfg, **overrides)
         else:
             res = run_reseed_configured(planned, ipvs, cfg, **overrides)
+        if live is not None:
+            live.note_injected(planned)
         # A template sent with 1 s is being made to expire, not injected to live.
         ledger.record(
             cfg.paths.run_dir,

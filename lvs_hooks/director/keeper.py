@@ -18,20 +18,31 @@ import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 
-from lvs_hooks.config import Config
 from lvs_hooks.director.inject import inject
-from lvs_hooks.kernel.conntable import ClientKey, read_conn_table
+from lvs_hooks.director.lock import DUTY_LOCK_TIMEOUT
+from lvs_hooks.kernel.conntable import ClientKey
 from lvs_hooks.kernel.model import ConnEntry, Destination, Service
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate
 
+if TYPE_CHECKING:  # the director's state holds the fwmark repair, which uses this module
+    from lvs_hooks.director.state import Director
+
 log = logging.getLogger(__name__)
 
-# A periodic duty waits this long for the transition lock, then leaves its turn to the next
-# period: a transition holds it, and that comes first.
-DUTY_LOCK_TIMEOUT = 0.2
 
 
 @dataclass
@@ -129,17 +140,16 @@ def _fwd_method(svc: Service, t: ConnEntry) -> str:
     return dest.fwd_method if dest is not None else "masq"
 
 
-def keep_once(cfg: Config, proceed: Optional[Callable[[], bool]] = None) -> dict:
+def keep_once(director: "Director", proceed: Optional[Callable[[], bool]] = None) -> dict:
     """One period of the keeper on this director (while master): figures.
 
     The table is read without the transition lock (on a large table that read takes seconds,
     and a keepalived event must not wait for it); the renewals go through the inject path,
     which takes the lock and asks `proceed` whether the director is still what it was.
     """
+    cfg = director.cfg
     t0 = time.monotonic()
-    table = read_conn_table(
-        cfg.paths.proc_root, templates_only=True, client_counts=True, reason="keeper"
-    )
+    table = director.table("keeper", client_counts=True, below=cfg.keeper.refresh_below)
     with IPVS() as ipvs:
         services = ipvs.services()
         plan = plan_renewals(
@@ -148,7 +158,7 @@ def keep_once(cfg: Config, proceed: Optional[Callable[[], bool]] = None) -> dict
         figures: Dict[str, Any] = dict(plan.figures())
         if plan.renew:
             res = inject(cfg, plan.renew, "keeper", verify=False, resend_rounds=0, ipvs=ipvs,
-                         lock_timeout=DUTY_LOCK_TIMEOUT, proceed=proceed)
+                         lock_timeout=DUTY_LOCK_TIMEOUT, proceed=proceed, live=director.live)
             figures["sent"] = res.sent
             figures["abandoned"] = res.abandoned
     figures["ms"] = round((time.monotonic() - t0) * 1000, 1)

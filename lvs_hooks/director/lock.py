@@ -17,6 +17,10 @@ import filelock
 
 LOCK_NAME = "transition.lock"
 
+# A periodic duty waits this long for the lock, then leaves its turn to the next period: a
+# transition holds it, and that comes first.
+DUTY_LOCK_TIMEOUT = 0.2
+
 _locks: Dict[str, filelock.BaseFileLock] = {}
 _guard = threading.Lock()
 

@@ -17,10 +17,10 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Iterable, List, Sequence
 
-from lvs_hooks.config import Config
 from lvs_hooks.director.inject import inject
 from lvs_hooks.director.keeper import clients_in_use
-from lvs_hooks.kernel.conntable import ClientKey, read_conn_table
+from lvs_hooks.director.state import Director
+from lvs_hooks.kernel.conntable import ClientKey
 from lvs_hooks.kernel.model import ConnEntry, Service, TemplateKey, template_id
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate
@@ -82,15 +82,16 @@ def check_push(
     return check
 
 
-def check_received_push(cfg: Config, keys: List[TemplateKey]) -> Dict[str, Any]:
+def check_received_push(director: Director, keys: List[TemplateKey]) -> Dict[str, Any]:
     """Compare the table with a complete push, put back and re-point: figures."""
+    cfg = director.cfg
     t0 = time.monotonic()
-    table = read_conn_table(cfg.paths.proc_root, client_counts=True, reason="push check")
+    table = director.table("push check", client_counts=True, exact=True)
     with IPVS() as ipvs:
         services = ipvs.services()
         check = check_push(keys, table.templates, table.client_counts or {}, services)
         send = check.missing + check.repoint
-        res = inject(cfg, send, "push", ipvs=ipvs)
+        res = inject(cfg, send, "push", ipvs=ipvs, live=director.live)
     fig: Dict[str, Any] = {
         **check.figures(),
         "verified": check.present + len(send) - res.missing,

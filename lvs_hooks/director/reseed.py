@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional
 from lvs_hooks.director.fwmark_repair import take_pending
 from lvs_hooks.director.inject import inject
 from lvs_hooks.director.state import Director
-from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.model import ConnEntry
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import plan_reseed
@@ -56,7 +55,7 @@ def reseed(
         templates = [t._replace(expires=t.expires - int(elapsed)) for t in snap.templates]
     with IPVS() as ipvs:
         services = ipvs.services()
-        live = read_conn_table(cfg.paths.proc_root, templates_only=True, reason=f"{by}: sources")
+        live = director.table(f"{by}: sources", exact=True)
         if include_live:
             # The first of a key wins: fwmark templates under repair (their port and true time
             # left; the table shows port 0 and the 1 s the repair gave them), then the table,
@@ -79,7 +78,7 @@ def reseed(
             report["would_send"] = [p.describe() for p in plan.planned[:50]]
             report.update(sent=0, verified=0, missing=0, ms=round((time.monotonic() - t0) * 1000))
             return report
-        res = inject(cfg, plan.planned, by, ipvs=ipvs)
+        res = inject(cfg, plan.planned, by, ipvs=ipvs, live=director.live)
     ms = (time.monotonic() - t0) * 1000
     report.update(
         sent=res.sent,

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 from lvs_hooks.config import Config
 from lvs_hooks.director import Director
 from lvs_hooks.director.duties import Duties
+from lvs_hooks.director.live import LiveTable
 from lvs_hooks.events.journal import Journal
 from lvs_hooks.events.keepalived import Event
 from lvs_hooks.events.role import read_role
@@ -25,10 +26,11 @@ class DirectorParts:
     period: float  # seconds between two calls of duty
 
 
-def director_parts(cfg: Config) -> DirectorParts:
+def director_parts(cfg: Config, live: Optional[LiveTable] = None) -> DirectorParts:
+    """`live`: the agent's table in memory (the duties and transitions plan from it)."""
     # One director for the transitions, the duties and the agent's own kernel work: the MASTER
     # reseed finishes the fwmark repairs the same process began as backup.
-    director = Director(cfg)
+    director = Director(cfg, live)
     duties = Duties(director, lambda: read_role(cfg.paths.run_dir))
     return DirectorParts(
         director=director,

@@ -9,21 +9,31 @@ complete push from a partial one and check its own table against it.
 import logging
 import socket
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
-from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.config import Config
+from lvs_hooks.kernel.conntable import ConnTable, read_conn_table
+from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.push.planner import plan_push
 from lvs_hooks.push.sender import open_push_sender, send_push
+
+if TYPE_CHECKING:  # the agent, which defines the port, calls this module
+    from lvs_hooks.agent import ControlPort
 
 log = logging.getLogger(__name__)
 
 
-def push_table(cfg: Any, ipvs: Any, channel: Optional[Any] = None) -> dict:
-    """Push every template (and connection, with push.connections); the figures."""
+def push_table(
+    cfg: Config, ipvs: IPVS, channel: Optional["ControlPort"] = None,
+    table: Optional[ConnTable] = None,
+) -> dict:
+    """Push every template (and connection, with push.connections); the figures. `table`: the
+    templates to push as the caller has them (the agent's table in memory), else a read."""
     t0 = time.monotonic()
-    table = read_conn_table(
-        cfg.paths.proc_root, templates_only=not cfg.push.connections, reason="push"
-    )
+    if table is None or cfg.push.connections:
+        table = read_conn_table(
+            cfg.paths.proc_root, templates_only=not cfg.push.connections, reason="push"
+        )
     services = ipvs.services()
     # plan_push takes the templates of the whole table and skips them among the connections
     conns = table.entries if cfg.push.connections else ()

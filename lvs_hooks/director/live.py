@@ -1,0 +1,194 @@
+"""The director's table in memory as the agent's threads share it (lvs_hooks.table).
+
+The agent's loop feeds it (sync datagrams heard as backup, captured as they leave as master),
+the inject path tells it what lvs-hooks sent, the periodic duties and the transitions read it
+instead of /proc/net/ip_vs_conn, whose whole read the kernel serves in time quadratic in the
+table's size (docs/design.md 2.4). It counts as the table only once a reconciliation has
+filled it (at the agent's start, a read of /proc within table.read_budget); before that, and in
+every process without an agent, the duties read the kernel's table as they always did.
+
+A reconciliation replaces the contents with what one read showed: an entry the stream brought
+during that read and the read did not show is dropped, and comes back with the next message
+for it (a master re-sends a template with every packet of its client, docs/design.md 3.8).
+"""
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from typing import Callable, Iterable, Optional, Sequence, Tuple
+
+from lvs_hooks.config import Config
+from lvs_hooks.kernel.conntable import ConnTable, read_conn_table
+from lvs_hooks.kernel.model import Service
+from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.reseed.planner import PlannedTemplate
+from lvs_hooks.table import ReconcileReport, TemplateTable
+
+log = logging.getLogger(__name__)
+
+
+def kernel_entries() -> int:
+    """The entries of the kernel's table by its per-real-server counters: one netlink dump, no
+    read of the table (docs/design.md 2.5)."""
+    with IPVS() as ipvs:
+        return sum(c.active + c.inactive + c.persistent for c in ipvs.dest_counts())
+
+
+class LiveTable:
+    def __init__(
+        self,
+        cfg: Config,
+        table: Optional[TemplateTable] = None,
+        clock: Callable[[], float] = time.monotonic,
+        counts: Callable[[], int] = kernel_entries,
+    ):
+        """`counts()`: how many entries the kernel holds (kernel_entries; tests pass theirs)."""
+        self.cfg = cfg
+        self.counts = counts
+        self.table = table if table is not None else TemplateTable(syncid=cfg.sync.syncid)
+        self.clock = clock
+        self.lock = threading.Lock()  # the table itself is not thread-safe
+        self.ready = False  # reconciled with the kernel's table at least once
+        self.reconciled_at: Optional[float] = None
+
+    # -- feeds
+
+    def ingest(self, datagram: bytes, origin: Optional[str]) -> int:
+        with self.lock:
+            return self.table.ingest(datagram, self.clock(), origin)
+
+    def note_injected(self, planned: Iterable[PlannedTemplate]) -> int:
+        with self.lock:
+            return self.table.note_injected(planned, self.clock())
+
+    def tick(self, services: Optional[Sequence[Service]] = None) -> None:
+        """Let go of what ended; with `services`, key clients as their netmasks do."""
+        with self.lock:
+            if services is not None:
+                self.table.use_services(services)
+            self.table.expire(self.clock())
+
+    def reconcile(self, reason: str) -> ReconcileReport:
+        """Read the kernel's table (logged with `reason`) and make this one what it showed."""
+        t0 = time.monotonic()
+        read = read_conn_table(self.cfg.paths.proc_root, reason=reason)
+        with self.lock:
+            report = self.table.reconcile(read.entries, self.clock())
+            size = len(self.table)
+        self.ready = True
+        self.reconciled_at = self.clock()
+        log.info(
+            "table in memory reconciled (%s): %d templates; %d added, %d dropped, %d changed, "
+            "%d retimed against what it held; %.0f ms",
+            reason, size, report.added, report.dropped, report.changed, report.retimed,
+            (time.monotonic() - t0) * 1000,
+        )
+        return report
+
+    # -- what the duties read
+
+    def view(self, client_counts: bool = False, below: Optional[float] = None) -> ConnTable:
+        """The templates (and with `client_counts`, which clients still have a connection) in
+        the shape a read of /proc gives them to the planners; `below`: only the templates with
+        fewer seconds left (the keeper's question)."""
+        with self.lock:
+            now = self.clock()
+            entries = tuple(self.table.templates(now, below=below))
+            counts = self.table.client_counts(now) if client_counts else None
+        return ConnTable(
+            entries=entries, total_lines=None, templates_only=True, client_counts=counts
+        )
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.table)
+
+    def within_budget(self) -> Tuple[bool, int]:
+        """(a whole read of the kernel's table is within table.read_budget, its entries)."""
+        n = self.counts()
+        return n <= self.cfg.table.read_budget, n
+
+
+class TableUpkeep:
+    """The table's upkeep, on a thread of its own at the lowest CPU priority: it lets ended
+    entries go every second, learns the services' netmasks, and reconciles the table with
+    the kernel's at start and every table.reconcile_interval, but only while the kernel's
+    per-real-server counters (one netlink message) say a whole read is within
+    table.read_budget.
+
+    Above the budget the table starts empty and fills from the stream: it counts as the table
+    once it has listened for the longest persistence_timeout (and the kernel's 60 s re-arm),
+    since a template that no message refreshed for that long has ended in the kernel too.
+    """
+
+    REARM = 60  # ip_vs_conn_expire re-arms a template that still controls connections
+
+    def __init__(
+        self,
+        live: LiveTable,
+        services: Callable[[], Sequence[Service]],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        """`services()`: the live services (over netlink)."""
+        self.live = live
+        self.services = services
+        self.clock = clock
+        self.started = clock()
+        self.next_reconcile = self.started
+        self.next_services = self.started
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self.longest = self.REARM
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="table", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def _loop(self) -> None:
+        # this thread only (Linux nices threads one by one): the reads of /proc must not take
+        # CPU from the event thread
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        while not self._stop.wait(1.0):
+            try:
+                self.once()
+            except Exception:  # the upkeep must go on; the duties fall back to /proc meanwhile
+                log.exception("table in memory: upkeep failed")
+
+    def once(self) -> None:
+        now = self.clock()
+        services = None
+        if now >= self.next_services:
+            services = self.services()
+            self.longest = max([self.REARM] + [s.timeout for s in services if s.persistent])
+            self.next_services = now + 10.0
+        self.live.tick(services)
+        if now < self.next_reconcile:
+            return
+        cfg = self.live.cfg.table
+        interval = cfg.reconcile_interval
+        self.next_reconcile = now + interval if interval > 0 else float("inf")
+        within, entries = self.live.within_budget()
+        if within:
+            self.live.reconcile(f"table in memory: reconciliation, {entries} entries by the "
+                                f"kernel's counters")
+            return
+        log.info(
+            "table in memory: the kernel counts %d entries, over table.read_budget %d: no "
+            "whole read; the table fills from the sync stream", entries, cfg.read_budget,
+        )
+        if interval <= 0:
+            self.next_reconcile = now + 60.0  # look at the counters again now and then
+        if not self.live.ready and now - self.started >= self.longest:
+            self.live.ready = True
+            log.info(
+                "table in memory: %d templates after %.0f s of the sync stream (the longest "
+                "persistence_timeout): it is the table now", len(self.live), now - self.started,
+            )

@@ -1,0 +1,169 @@
+"""director.live: the agent's table in memory as the duties read it, its upkeep (expiry,
+reconciliation within the read budget, readiness from the stream above it), and its feeds from
+the agent's loop and the inject path. Real datagrams (kernel/syncproto's encoder), a real /proc
+file in a temporary tree; the netlink counters are the one seam replaced."""
+
+import os
+
+from test_conntable import H, kline
+
+from lvs_hooks.agent import Agent
+from lvs_hooks.config import Config, PathsConfig, TableConfig
+from lvs_hooks.director import Director
+from lvs_hooks.director.live import LiveTable, TableUpkeep
+from lvs_hooks.kernel.model import Destination, Service
+from lvs_hooks.kernel.syncproto import encode_datagrams, template_conn
+from lvs_hooks.reseed.planner import PlannedTemplate
+
+SVC = Service(4, "UDP", "10.0.0.100", 5000, persistent=True, timeout=360,
+              destinations=(Destination("10.1.0.11", 5000),))
+
+
+def cfg_for(tmp_path, budget=100, interval=300.0):
+    return Config(
+        paths=PathsConfig(state_dir=str(tmp_path / "state"), run_dir=str(tmp_path / "run"),
+                          proc_root=str(tmp_path / "proc")),
+        table=TableConfig(read_budget=budget, reconcile_interval=interval),
+    )
+
+
+def proc_table(tmp_path, *lines):
+    d = tmp_path / "proc" / "net"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "ip_vs_conn").write_bytes(H + b"".join(lines))
+
+
+def datagrams(*clients, timeout=300):
+    conns = [template_conn(protocol="UDP", caddr=c, vaddr="10.0.0.100", vport=5000,
+                           daddr="10.1.0.11", dport=5000, fwd_method="masq", timeout=timeout)
+             for c in clients]
+    return encode_datagrams(conns, syncid=0)
+
+
+class Clock:
+    def __init__(self, t=1000.0):
+        self.t = t
+
+    def __call__(self):
+        return self.t
+
+
+def test_the_duties_read_proc_until_the_table_is_reconciled(tmp_path):
+    proc_table(tmp_path, kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000,
+                               "NONE", 200))
+    cfg = cfg_for(tmp_path)
+    live = LiveTable(cfg, clock=Clock())
+    for d in datagrams("10.0.0.2"):
+        live.ingest(d, "SYNC")
+    director = Director(cfg, live)
+    # not reconciled yet: the kernel's word (one whole read, logged)
+    assert [t.caddr for t in director.table("test").templates] == ["10.0.0.1"]
+    report = live.reconcile("test")
+    assert live.ready and report.added == 1 and report.dropped == 1
+    # the table now: what the read showed, and what the stream brings from then on
+    for d in datagrams("10.0.0.3"):
+        live.ingest(d, "SYNC")
+    os.remove(tmp_path / "proc" / "net" / "ip_vs_conn")  # no read any more
+    assert sorted(t.caddr for t in director.table("test").templates) == ["10.0.0.1", "10.0.0.3"]
+
+
+def test_the_keepers_question_only_builds_the_expiring_templates(tmp_path):
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path), clock=clock)
+    live.ready = True
+    for d in datagrams("10.0.0.1", timeout=300) + datagrams("10.0.0.2", timeout=8):
+        live.ingest(d, "SYNC")
+    view = Director(live.cfg, live).table("keeper", client_counts=True, below=12)
+    assert [t.caddr for t in view.templates] == ["10.0.0.2"]
+    assert view.client_counts == {}
+
+
+def test_upkeep_reconciles_within_the_budget_only(tmp_path):
+    proc_table(tmp_path, kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000,
+                               "ASSURED", 200))
+    clock = Clock()
+    kernel = [5]
+    live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: kernel[0])
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock)
+    upkeep.once()
+    assert live.ready and len(live) == 1
+    # the next one is due only after reconcile_interval, and then over the budget: no read
+    os.remove(tmp_path / "proc" / "net" / "ip_vs_conn")
+    kernel[0] = 50
+    clock.t += 100
+    upkeep.once()
+    clock.t += 300
+    upkeep.once()  # would raise (no file) if it read
+    assert live.ready
+
+
+def test_over_the_budget_the_stream_makes_the_table_after_the_longest_persistence(tmp_path):
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10, interval=30.0), clock=clock,
+                     counts=lambda: 1000)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock)
+    upkeep.once()
+    assert not live.ready
+    for d in datagrams("10.0.0.1"):
+        live.ingest(d, "SYNC")
+    clock.t += 359
+    upkeep.once()
+    assert not live.ready  # a template refreshed 359 s ago may still live in the kernel
+    for d in datagrams("10.0.0.2"):  # a busy client's template, just refreshed
+        live.ingest(d, "SYNC")
+    clock.t += 31
+    upkeep.once()
+    # the first one ended meanwhile, as it did in the kernel: no message refreshed it
+    assert live.ready and [t.caddr for t in live.view().templates] == ["10.0.0.2"]
+
+
+def test_expiry_and_injections(tmp_path):
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path), clock=clock)
+    live.ready = True
+    live.note_injected([PlannedTemplate("UDP", "10.0.0.9", "10.0.0.100", 5000, "10.1.0.11", 5000,
+                                        0, "masq", 30)])
+    assert [t.caddr for t in live.view().templates] == ["10.0.0.9"]
+    clock.t += 31
+    live.tick([SVC])
+    assert len(live) == 0
+
+
+class _Capture:
+    def __init__(self, items):
+        self.items = list(items)
+
+    def fileno(self):
+        return -1
+
+    def recv(self, timeout):
+        return self.items.pop(0) if self.items else None
+
+
+def test_the_agents_loop_feeds_the_table_from_both_sides(tmp_path):
+    cfg = cfg_for(tmp_path)
+    live = LiveTable(cfg, clock=Clock())
+    live.ready = True
+    capture = _Capture([(d, "10.9.0.1:8848") for d in datagrams("10.0.0.5")])
+    agent = Agent(cfg, ops=None, channel=None, listener=None, read_role=lambda: "MASTER",
+                  warm=None, capture=capture, live=live)
+    agent.drain_capture()  # what this host's kernel sent out: its own
+    for d in datagrams("10.0.0.6"):
+        agent.on_sync_datagram(d, "10.9.0.2:8848")  # what the group brought: the peer's
+    got = {t.caddr: t.origin for t in live.view().templates}
+    assert got == {"10.0.0.5": "LOCAL", "10.0.0.6": "SYNC"}
+
+
+def test_an_exact_check_reads_the_kernel_within_the_budget_and_the_table_above(tmp_path):
+    proc_table(tmp_path, kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000,
+                               "ASSURED", 200))
+    kernel = [5]
+    live = LiveTable(cfg_for(tmp_path, budget=10), clock=Clock(), counts=lambda: kernel[0])
+    live.ready = True
+    for d in datagrams("10.0.0.2"):  # one the kernel's socket may have dropped
+        live.ingest(d, "SYNC")
+    director = Director(live.cfg, live)
+    assert [t.caddr for t in director.table("push check", exact=True).templates] == ["10.0.0.1"]
+    assert [t.caddr for t in director.table("keeper").templates] == ["10.0.0.2"]
+    kernel[0] = 11
+    assert [t.caddr for t in director.table("push check", exact=True).templates] == ["10.0.0.2"]
