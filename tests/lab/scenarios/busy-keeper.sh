@@ -8,8 +8,10 @@
 # BACKUP, dir1 leaves at once (keepalived stopped: its goodbye advert), dir2 hears MASTER.
 # The figure: from the moment dir2's lvs-hooks read keepalived's MASTER line (the event's
 # order[0]) to the start of its MASTER transition (start_ns), both CLOCK_BOOTTIME ns, from
-# dir2's journal. The same flap first with an empty table (the control), then LAB_BUSY_FLAPS (3)
-# times with the large one.
+# dir2's journal, with what it waited behind: a transition of the flap that was running when the
+# line came (the BACKUP one, its steps and their times), else the periodic duties (the log has
+# their whole reads). The same flap first with an empty table (the control), then
+# LAB_BUSY_FLAPS (3) times with the large one.
 #
 # LVS_HOOKS=1 always; with -e LVS_HOOKS_AGENT=1 the agent runs the keeper (keepalived's events
 # reach it through the doors). Figures: $LAB_OUT/result.json; logs kept on every exit path
@@ -87,20 +89,27 @@ for ln in open(journal):
         recs.append(None)
 log = open(syslog, errors="replace").read().splitlines()
 read_re = re.compile(r"lvs-hooks\[(\d+)\]: whole read of \S+ip_vs_conn for keeper: (\d+) bytes in (\d+) ms")
+def describe(rec):
+    steps = ", ".join("%s %s ms" % (st.get("step"), st.get("ms")) for st in rec.get("steps", []))
+    return "%s transition (%s)" % (rec["event"]["state"], steps)
 out = {}
 bounds = [(s.split("=")[0], *map(int, s.split("=")[1:])) for s in spec]
 for i, (label, jstart, lstart, lend) in enumerate(bounds):
     jend = bounds[i + 1][1] if i + 1 < len(bounds) else len(recs)
     events = []
-    for r in recs[jstart:jend]:
-        if not r:
-            continue
+    mine = [r for r in recs[jstart:jend] if r]
+    for r in mine:
         ev = r.get("event", {})
         order0 = (ev.get("order") or [None])[0]
         wait = (r["start_ns"] - order0) / 1e9 if order0 and r.get("start_ns") else None
+        # what ran when the line came: a transition of this flap (the journal says), else the
+        # duties (what they did is in the log)
+        behind = [describe(o) for o in mine
+                  if o is not r and order0 and o.get("start_ns", 0) <= order0 < o.get("end_ns", 0)]
         events.append({"state": ev.get("state"), "outcome": r.get("outcome"),
                        "wait_s": None if wait is None else round(wait, 3),
-                       "transition_ms": r.get("ms"), "pid": r.get("pid")})
+                       "transition_ms": r.get("ms"), "pid": r.get("pid"),
+                       "behind": behind[0] if behind else None})
     # the keeper's whole reads from the one that triggered the flap to the end of the flap (a
     # keeper period is that read, then the parse and the plan of what it read)
     reads = [int(m.group(3)) for m in map(read_re.search, log[lstart:lend]) if m]
@@ -152,7 +161,8 @@ for label, f in json.loads(sys.argv[1]).items():
     reads = f["keeper_reads_ms"]
     print(f"LAB: busy-keeper {label}: MASTER transition started {f['master_wait_s']} s after "
           f"keepalived's MASTER line; events "
-          + ", ".join(f"{e['state']} {e['outcome']} wait {e['wait_s']} s" for e in f["events"])
+          + ", ".join(f"{e['state']} {e['outcome']} wait {e['wait_s']} s"
+                      + (f" behind the {e['behind']}" if e["behind"] else "") for e in f["events"])
           + (f"; keeper's reads (from the one before the flap): {reads} ms" if reads else ""))
 PYEOF
     fi
