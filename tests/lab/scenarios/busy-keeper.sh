@@ -205,8 +205,10 @@ for ((i = 1; i <= FLAPS; i++)); do
         'VI_1\) Entering BACKUP STATE' || lab_die "dir1 not backup"
     m=$(lines_of "$SYSLOG")
     t=$EPOCHREALTIME
-    lab_wait 300 "a keeper read ended on dir2" _logged_since "$SYSLOG" "$m" \
-        'whole read of \S+ip_vs_conn for keeper' || lab_die "no slow keeper read logged"
+    # (a keeper that plans from a table kept in memory reads no /proc: then the flap goes ahead)
+    lab_wait 90 "a keeper read ended on dir2" _logged_since "$SYSLOG" "$m" \
+        'whole read of \S+ip_vs_conn for keeper' \
+        || lab_log "no whole read of the table by dir2's keeper in 90 s: the flap without it"
     waited[keeper_read$i]=$(lab_elapsed "$t")
     tail -n "+$((m + 1))" "$SYSLOG" | grep -E 'for keeper' | tail -n 1
     mark[busy${i}_trigger]=$m
