@@ -69,6 +69,13 @@ def inject(
                      by, len(planned))
             return ReseedResult(planned=len(planned), abandoned=True)
         overrides: Dict[str, Any] = {"verify": verify}
+        if verify and live is not None and live.ready:
+            within, entries = live.within_budget()
+            if not within:
+                # a whole read per verification round would cost minutes (docs/design.md 2.4)
+                overrides["by_counts"] = True
+                log.info("%s: %d entries by the kernel's counters, over table.read_budget: "
+                         "verified by the per-real-server counts", by, entries)
         if resend_rounds is not None:
             overrides["resend_rounds"] = resend_rounds
         t0 = time.monotonic()

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set,
 from lvs_hooks.errors import ConfigError, SyncDaemonError
 from lvs_hooks.kernel import syncproto
 from lvs_hooks.kernel.conntable import read_conn_table
-from lvs_hooks.kernel.model import TemplateKey, template_id, template_key
+from lvs_hooks.kernel.model import TemplateKey, addr_family, template_id, template_key
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon
 from lvs_hooks.kernel.syncsock import SyncQueueProbe, SyncSender, send_paced, wait_drained
 from lvs_hooks.reseed.planner import PlannedTemplate
@@ -113,12 +113,16 @@ def run_reseed(
     verify_timeout: float,
     resend_rounds: int,
     verify: bool = True,
+    by_counts: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> ReseedResult:
     """Send `planned` into the local kernel and verify it; see the module docstring.
 
     Without `verify` (the keeper's renewals of templates that are there already), the table is
-    not read again: the send ends when the backup daemon has taken every datagram.
+    not read again: the send ends when the backup daemon has taken every datagram. With
+    `by_counts` (a table too large to read whole, docs/design.md 2.4), each real server's count
+    of templates (netlink, docs/design.md 2.5) must grow by what was sent to it: the planners
+    send only templates the table lacks, so each arrival adds one there.
     """
     t0 = clock()
     res = ReseedResult(planned=len(planned))
@@ -157,10 +161,14 @@ def run_reseed(
                     send(batch)
                     wait_drained(probe, verify_timeout)
                     return []
+                before = _bound_counts(ipvs) if by_counts else None
                 for round_no in range(resend_rounds + 1):
                     res.rounds += 1
                     send(batch)
-                    batch = _wait_for_arrival(batch, probe, proc_root, verify_timeout, clock)
+                    if before is not None:
+                        batch = _wait_for_counts(batch, before, ipvs, probe, verify_timeout, clock)
+                    else:
+                        batch = _wait_for_arrival(batch, probe, proc_root, verify_timeout, clock)
                     if not batch:
                         break
                     log.warning(
@@ -176,7 +184,7 @@ def run_reseed(
             pending = deliver([p for p in pending if not p.replace])
             replace = [p for p in planned if p.replace]
             if replace:
-                res.replaced = _expire_first(replace, send, probe, proc_root, clock)
+                res.replaced = _expire_first(replace, send, probe, proc_root, clock, by_counts)
                 pending += deliver(replace)
         res.receiver_drops = max(0, probe.drops() - drops0)
     res.missing = len(pending)
@@ -209,6 +217,8 @@ def run_reseed_configured(
 # milliseconds of 1 s, or never, if the template has meanwhile come to control a connection
 # (the kernel then re-arms it for 60 s; a takeover's first packet can do that).
 EXPIRE_WAIT = 2.5
+# How late after its time the kernel's timer wheel fires a 1 s timer (a few jiffies at HZ 100).
+TIMER_SLACK = 0.1
 
 
 def _expire_first(
@@ -217,17 +227,26 @@ def _expire_first(
     probe: SyncQueueProbe,
     proc_root: str,
     clock: Callable[[], float],
+    blind: bool = False,
 ) -> int:
     """Expire templates that must be replaced (timeout 1 s), and wait until they are gone.
 
     IPVS never re-points an existing template: a message for its key only updates timeout,
     state and a few flags. Only unbound ones are replaced (the planner decides), so no
-    connection loses its template here.
+    connection loses its template here. `blind` (a table too large to read): unbound templates
+    are in no real server's count, so nothing shows them go; the wait is then the kernel's own
+    timer, 1 s from the drain and its firing slack, and the replacements' verification says
+    whether it was enough.
     """
     send([dataclasses.replace(p, timeout=1) for p in replace])
     keys = {template_id(p) for p in replace}
     deadline = clock() + EXPIRE_WAIT
     wait_drained(probe, EXPIRE_WAIT)
+    if blind:
+        gone_at = clock() + 1.0 + TIMER_SLACK
+        while clock() < gone_at:
+            time.sleep(max(0.0, gone_at - clock()))
+        return len(replace)
     delay = 0.2
     while True:
         table = read_conn_table(proc_root, templates_only=True, reason="reseed: expiry wait")
@@ -266,3 +285,47 @@ def _wait_for_arrival(
 def _present_keys(proc_root: str) -> Set[TemplateKey]:
     table = read_conn_table(proc_root, templates_only=True, reason="reseed: verification")
     return {template_key(t) for t in table.templates}
+
+
+CountKey = Tuple[Tuple, str, int]  # (Service.key(), real server address, port)
+
+
+def _count_key(p: PlannedTemplate) -> CountKey:
+    svc = ("fwmark", addr_family(p.caddr), p.fwmark) if p.fwmark else (p.protocol, p.vaddr, p.vport)
+    return (svc, p.daddr, p.dport)
+
+
+def _bound_counts(ipvs: IPVS) -> Dict[CountKey, int]:
+    return {(c.service_key, c.addr, c.port): c.persistent for c in ipvs.dest_counts()}
+
+
+def _wait_for_counts(
+    pending: List[PlannedTemplate],
+    before: Dict[CountKey, int],
+    ipvs: IPVS,
+    probe: SyncQueueProbe,
+    timeout: float,
+    clock: Callable[[], float],
+) -> List[PlannedTemplate]:
+    """The templates of `pending` sent to a real server whose count has not yet grown by as
+    many since `before`, waiting up to `timeout` for the counts.
+
+    A count says how many, not which: a template of another client that expired meanwhile
+    hides an arrival (the caller resends that real server's, which costs only an update of
+    those that arrived), and one the traffic created counts as one of ours (a client that
+    came meanwhile has its template, which is what the reseed is for).
+    """
+    want: Dict[CountKey, int] = {}
+    for p in pending:
+        k = _count_key(p)
+        want[k] = want.get(k, 0) + 1
+    deadline = clock() + timeout
+    wait_drained(probe, timeout)
+    delay = 0.05
+    while True:
+        now = _bound_counts(ipvs)
+        short = {k for k, n in want.items() if now.get(k, 0) - before.get(k, 0) < n}
+        if not short or clock() + delay > deadline:
+            return [p for p in pending if _count_key(p) in short]
+        time.sleep(delay)
+        delay = min(delay * 2, 1.0)
