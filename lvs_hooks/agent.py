@@ -36,7 +36,6 @@ from lvs_hooks.config import Config
 from lvs_hooks.control.message import Message
 from lvs_hooks.director import Director
 from lvs_hooks.director.live import LiveTable
-from lvs_hooks.director.lock import transition_lock
 from lvs_hooks.director.push_check import check_received_push
 from lvs_hooks.director.reseed import reseed
 from lvs_hooks.kernel.model import TemplateKey
@@ -439,11 +438,12 @@ class KernelOps:
 
     def push(self, channel: Optional[ControlPort]) -> dict:
         # Under the lock: a push reads the table a transition may be changing.
-        # the templates from the table in memory when there is one (a push with connections
-        # needs them, and those only a read of /proc has)
+        # The templates from the table in memory when there is one (a push with connections
+        # needs them, and those only a read of /proc has). No transition lock: a push sends to
+        # the peers and changes nothing in this kernel, and at 50,000 templates it takes tens
+        # of seconds, which a keepalived transition must not wait for.
         table = None if self.cfg.push.connections else self.director.table("push")
-        lock = transition_lock(self.cfg.paths.run_dir)
-        with lock.acquire(timeout=self.cfg.transitions.lock_timeout), IPVS() as ipvs:
+        with IPVS() as ipvs:
             return push_table(self.cfg, ipvs, channel, table)
 
     def check_push(self, keys: List[TemplateKey]) -> dict:

@@ -41,6 +41,7 @@ class Duties:
         self.tasks = _tasks(director)
         self.last: Dict[str, float] = {}
         self.failures: Dict[str, int] = {}
+        director.duties_beside = True
 
     @property
     def period(self) -> float:
@@ -51,11 +52,17 @@ class Duties:
         now = self.clock()
         # A task is due a little early rather than a whole period late.
         slack = 0.05 * self.period
-        return [
+        names = [
             name
             for name, task_role, interval in self.tasks
             if task_role == role and now - self.last.get(name, -1e9) >= interval - slack
         ]
+        # the snapshot a transition to BACKUP or FAULT left to this thread (snapshot_step)
+        if self.director.snapshot_wanted and role in ("BACKUP", "FAULT") and (
+            "snapshot" not in names
+        ):
+            names.append("snapshot")
+        return names
 
     def run_due(
         self, role: Optional[str], should_yield: Callable[[], bool] = lambda: False
@@ -88,7 +95,10 @@ class Duties:
     def _run(self, name: str, proceed: Callable[[], bool]) -> None:
         cfg = self.director.cfg
         if name == "snapshot":
-            take_snapshot(cfg, reason="periodic snapshot", live=self.director.live)
+            wanted = self.director.snapshot_wanted
+            self.director.snapshot_wanted = False
+            reason = "snapshot of the transition to backup" if wanted else "periodic snapshot"
+            take_snapshot(cfg, reason=reason, live=self.director.live)
         elif name == "keeper":
             keep_once(self.director, proceed)
         else:

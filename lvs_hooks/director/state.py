@@ -22,6 +22,10 @@ class Director:
         self.cfg = cfg
         self.repair = RepairState()
         self.live = live
+        # Set where a thread runs the periodic duties beside the events (the agent, the FIFO
+        # reader): a transition may then leave its snapshot to them (snapshot_wanted).
+        self.duties_beside = False
+        self.snapshot_wanted = False
 
     def table(
         self,

@@ -77,11 +77,11 @@ def plan_transition(event: Event, director: Director) -> Plan:
                 Step("firewall", lambda: firewall_step("backup", cfg)),
                 Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
                 Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
-                Step("snapshot", lambda: snapshot_step(cfg)),
+                Step("snapshot", lambda: snapshot_step(director, may_defer=True)),
             ]
         )
     if state == "STOP":
-        return Plan([Step("snapshot", lambda: snapshot_step(cfg))])
+        return Plan([Step("snapshot", lambda: snapshot_step(director))])
     return Plan(note=f"keepalived reports {state}: nothing to do")
 
 
@@ -164,8 +164,16 @@ def reseed_step(director: Director, event: Event) -> StepResult:
     return summary, figures
 
 
-def snapshot_step(cfg: Config) -> StepResult:
-    report = take_snapshot(cfg, reason="transition snapshot")
+def snapshot_step(director: Director, may_defer: bool = False) -> StepResult:
+    """A snapshot: a dump of the table in memory when there is one; else, `may_defer` (BACKUP,
+    FAULT) and a periodic thread runs the duties beside the events, that thread's next turn
+    (a whole read of a large table takes seconds, and a MASTER line coming meanwhile must not
+    wait for it); else a read here. STOP never defers: keepalived kills its script 1 s later."""
+    live = director.live
+    if may_defer and director.duties_beside and not (live is not None and live.ready):
+        director.snapshot_wanted = True
+        return "left to the periodic duties (beside the events)", {"deferred": True}
+    report = take_snapshot(director.cfg, reason="transition snapshot", live=live)
     return (
         f"{report['templates']} templates of {report['services']} services to "
         f"{report['path']} in {report['ms']:.0f} ms",

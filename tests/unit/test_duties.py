@@ -92,3 +92,15 @@ def test_leaving_backup_forgets_the_repairs(tmp_path):
     assert d.director.repair.pending
     d.run_due("MASTER")
     assert d.director.repair.pending == {}
+
+
+def test_a_snapshot_left_by_a_transition_runs_at_the_next_turn(tmp_path):
+    d, ran, _ = duties_for(tmp_path, "keeper:\n  snapshot_interval: 0\n", role="FAULT")
+    assert d.director.duties_beside  # transitions may leave their snapshot to this thread
+    d.run_due("FAULT")
+    assert ran == []
+    d.director.snapshot_wanted = True
+    d._run = lambda name, proceed: (ran.append(name), setattr(d.director, "snapshot_wanted",
+                                                              False))
+    d.run_due("FAULT")
+    assert ran == ["snapshot"] and not d.director.snapshot_wanted

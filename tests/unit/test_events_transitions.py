@@ -253,14 +253,14 @@ def test_snapshot_step(tmp_path, monkeypatch):
     monkeypatch.setattr(
         transitions,
         "take_snapshot",
-        lambda cfg, reason="": {
+        lambda cfg, reason="", live=None: {
             "path": "/var/lib/lvs-hooks/snapshot-x.json",
             "templates": 5,
             "services": 2,
             "ms": 3.2,
         },
     )
-    summary, figures = transitions.snapshot_step(app_with(tmp_path).cfg)
+    summary, figures = transitions.snapshot_step(app_with(tmp_path))
     assert summary == "5 templates of 2 services to /var/lib/lvs-hooks/snapshot-x.json in 3 ms"
     assert figures["templates"] == 5
 
@@ -269,3 +269,19 @@ def test_config_sections_are_what_the_steps_read():
     # The steps read cfg.master / cfg.backup / cfg.transitions: keep the names in step.
     names = {f.name for f in dataclasses.fields(Config)}
     assert {"transitions", "master", "backup"} <= names
+
+
+def test_backup_leaves_its_snapshot_to_the_duties_beside_the_events(tmp_path, monkeypatch):
+    taken = []
+    monkeypatch.setattr(transitions, "take_snapshot",
+                        lambda cfg, reason="", live=None: taken.append(reason) or {
+                            "path": "/x", "templates": 0, "services": 0, "ms": 1.0})
+    director = app_with(tmp_path)
+    # no thread runs the duties (a notify process): the step takes it
+    assert transitions.snapshot_step(director, may_defer=True)[1]["templates"] == 0
+    director.duties_beside = True
+    summary, figures = transitions.snapshot_step(director, may_defer=True)
+    assert figures == {"deferred": True} and director.snapshot_wanted
+    # STOP never defers: keepalived kills its script a second later
+    transitions.snapshot_step(director)
+    assert taken == ["transition snapshot", "transition snapshot"]
