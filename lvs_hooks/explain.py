@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
 from lvs_hooks.director.ledger import Injection
 from lvs_hooks.kernel.conntable import read_conn_table
@@ -650,7 +651,7 @@ def kernel_hz(release: str, proc_root: str = "/proc") -> Optional[int]:
     return min(COMMON_HZ, key=lambda hz: abs(hz - rate))
 
 
-def build_explanation(cfg, client: Optional[str] = None) -> dict:
+def build_explanation(cfg: Config, client: Optional[str] = None) -> dict:
     """Read the kernel (services, daemons, timeouts, the table with origins) and explain."""
     proc_root = cfg.paths.proc_root
     with IPVS() as ipvs:

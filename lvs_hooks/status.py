@@ -9,10 +9,12 @@ import time
 from collections import Counter, defaultdict
 from typing import Iterable, List, Optional, Sequence
 
+from lvs_hooks.config import Config
 from lvs_hooks.errors import SnapshotError
 from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon, Timeouts
+from lvs_hooks.snapshot import SnapshotStore
 
 
 def summarize(
@@ -80,7 +82,7 @@ def summarize(
     }
 
 
-def build_status(cfg, store) -> dict:
+def build_status(cfg: Config, store: SnapshotStore) -> dict:
     proc_root = cfg.paths.proc_root
     with IPVS() as ipvs:
         services = ipvs.services()
@@ -93,7 +95,7 @@ def build_status(cfg, store) -> dict:
     return summarize(services, table.entries, daemons, timeouts, newest, table.malformed)
 
 
-def _newest_snapshot(store) -> Optional[dict]:
+def _newest_snapshot(store: SnapshotStore) -> Optional[dict]:
     try:
         gens = store.generations()
     except (OSError, SnapshotError):

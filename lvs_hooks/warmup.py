@@ -33,6 +33,7 @@ from typing import Any, Dict, Iterator, Optional
 import filelock
 
 from lvs_hooks.atomicfile import PathLike, write_atomic
+from lvs_hooks.config import Config
 from lvs_hooks.errors import LvsHooksError
 
 log = logging.getLogger(__name__)
@@ -346,7 +347,7 @@ def _one_line(e: Exception) -> str:
     return " ".join(str(e).split())
 
 
-def track_file_path(cfg: Any) -> str:
+def track_file_path(cfg: Config) -> str:
     """The file keepalived's track_file reads: warmup.track_file, or <run_dir>/warmup.track."""
     return cfg.warmup.track_file or os.path.join(cfg.paths.run_dir, TRACK_NAME)
 
@@ -386,7 +387,7 @@ class Refreshed:
     changed: bool
 
 
-def refresh_detail(cfg: Any, now: Optional[float] = None, log_change: bool = True) -> Refreshed:
+def refresh_detail(cfg: Config, now: Optional[float] = None, log_change: bool = True) -> Refreshed:
     """Load the state, decide, write the track file; all under the store's lock, so two
     refreshes (the agent's, keepalived's `lvs-hooks ready`) cannot write in the wrong order.
     A change of the track file is logged at INFO unless `log_change` is false (the caller
@@ -423,6 +424,6 @@ def refresh_detail(cfg: Any, now: Optional[float] = None, log_change: bool = Tru
     return Refreshed(decision, state, path, value, changed)
 
 
-def refresh(cfg: Any, now: Optional[float] = None) -> Decision:
+def refresh(cfg: Config, now: Optional[float] = None) -> Decision:
     """Load, decide, write the track file; the decision. See `refresh_detail`."""
     return refresh_detail(cfg, now).decision

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
 
+from lvs_hooks.config import Config
 from lvs_hooks.control.message import (
     BadMessage,
     Clock,
@@ -99,7 +100,7 @@ class ControlChannel:
         return sock
 
     @classmethod
-    def from_config(cls, cfg: Any, sender: str, clock: Clock = time.time) -> "ControlChannel":
+    def from_config(cls, cfg: Config, sender: str, clock: Clock = time.time) -> "ControlChannel":
         """The channel the configuration describes (a lvs_hooks.config.Config)."""
         if cfg.control.key_file is None:
             raise ControlError("control.key_file is not set: no control channel")

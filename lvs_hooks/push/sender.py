@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable, List, Optional, Sequence
 
+from lvs_hooks.config import Config
 from lvs_hooks.errors import ConfigError, KernelError
 from lvs_hooks.kernel import syncproto
 from lvs_hooks.kernel.syncsock import SyncSender
@@ -174,7 +175,7 @@ def send_push(
     return result
 
 
-def open_push_sender(cfg) -> SyncSender:
+def open_push_sender(cfg: Config) -> SyncSender:
     """The socket a push goes out of: the sync group and port through sync.interface, TTL
     sync.ttl, multicast loop off (this host's kernel is not a receiver of its own push)."""
     sync = cfg.sync

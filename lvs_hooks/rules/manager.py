@@ -14,10 +14,11 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import filelock
 
+from lvs_hooks.config import Config
 from lvs_hooks.errors import FirewallError, KernelError, PeerMacUnknown, UsageError
 from lvs_hooks.kernel import tunables
 from lvs_hooks.rules.model import (
@@ -45,7 +46,7 @@ class RulesManager:
 
     def __init__(
         self,
-        cfg: Any,
+        cfg: Config,
         backend: Optional[AnyBackend] = None,
         peer_resolver=resolve_peer_macs,
         boot_id: Optional[str] = None,
@@ -447,7 +448,7 @@ def advise_backup_only(
     return out
 
 
-def transition_step(cfg: Any, state_name: str):
+def transition_step(cfg: Config, state_name: str) -> Tuple[str, Dict[str, Any]]:
     """The firewall step of a keepalived transition: (summary, figures)."""
     role = role_of(state_name)
     mgr = RulesManager(cfg)
