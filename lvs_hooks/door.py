@@ -270,8 +270,16 @@ class AgentConnection:
     def close(self) -> None:
         self.sock.close()
 
-    def ask(self, message: dict) -> None:
-        """Send one message; return once the agent took it, else NoAgent with its reason."""
+    def ask(self, message: dict) -> dict:
+        """Send one message; its answer once the agent took it, else NoAgent with its reason."""
+        reply = self.exchange(message)
+        if reply.get("ok") is not True:
+            raise NoAgent(f"the agent refused: {reply.get('reason') or 'no reason given'}")
+        return reply
+
+    def exchange(self, message: dict) -> dict:
+        """Send one message and return the agent's answer, whatever it says; NoAgent when
+        there is none."""
         deadline = time.monotonic() + self.timeout
         line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
         try:
@@ -297,9 +305,9 @@ class AgentConnection:
             reply = json.loads(answer)
         except ValueError:
             raise NoAgent("the agent's answer is not JSON") from None
-        if not isinstance(reply, dict) or reply.get("ok") is not True:
-            reason = reply.get("reason") if isinstance(reply, dict) else None
-            raise NoAgent(f"the agent refused: {reason or 'no reason given'}")
+        if not isinstance(reply, dict):
+            raise NoAgent("the agent's answer is not a JSON object")
+        return reply
 
 
 def event_message(config: str, event: Event) -> dict:
@@ -308,6 +316,11 @@ def event_message(config: str, event: Event) -> dict:
 
 def hello_message(config: str, what: str) -> dict:
     return {"v": WIRE_VERSION, "config": config, "hello": what}
+
+
+def request_message(config: str, what: str) -> dict:
+    """A command run by hand asking the agent for something by name (Inbox.requests)."""
+    return {"v": WIRE_VERSION, "config": config, "request": what}
 
 
 # -- the doors

@@ -10,6 +10,7 @@ import click
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.config import Config
 from lvs_hooks.director import Director
+from lvs_hooks.director.snapshot import take_snapshot
 from lvs_hooks.errors import KernelError
 from lvs_hooks.events.inbox import Inbox
 from lvs_hooks.events.parts import director_parts
@@ -51,7 +52,13 @@ def agent_cmd(app: AppContext) -> None:
         )
     parts = director_parts(app.config, live)
     inbox = Inbox(
-        cfg.paths.run_dir, app.config_path, parts.sequencer, parts.planner, parts.lock_timeout
+        cfg.paths.run_dir, app.config_path, parts.sequencer, parts.planner, parts.lock_timeout,
+        requests={
+            # `lvs-hooks snapshot` by hand: a dump of the table in memory, no whole read
+            "snapshot": lambda: take_snapshot(
+                cfg, reason="snapshot command, through the agent", live=parts.director.live
+            ),
+        },
     )
     periodic = PeriodicThread(
         parts.duty, parts.period, lambda: read_role(cfg.paths.run_dir), inbox.busy

@@ -1,6 +1,8 @@
 """`snapshot`, `reseed`, `status`: the core commands on persistence templates."""
 
-from typing import Optional
+import logging
+import os
+from typing import Optional, Type
 
 import click
 
@@ -9,27 +11,74 @@ from lvs_hooks.director import Director
 from lvs_hooks.director.reseed import reseed
 from lvs_hooks.director.snapshot import take_snapshot
 from lvs_hooks.director.state import snapshot_store
-from lvs_hooks.errors import ReseedIncomplete, UsageError
+from lvs_hooks.door import SOCKET_NAME, AgentConnection, NoAgent, request_message
+from lvs_hooks.errors import LvsHooksError, ReseedIncomplete, SnapshotError, UsageError
 from lvs_hooks.status import build_status, render_status
+
+log = logging.getLogger(__name__)
+
+
+# A dump of a million templates takes a few seconds; a whole read of such a table, which the
+# agent does only when its table in memory is not ready, takes minutes.
+AGENT_REQUEST_TIMEOUT = 600.0
 
 
 @command("snapshot")
 @click.option("--list", "list_", is_flag=True, help="List the stored generations instead.")
+@click.option(
+    "--from-kernel",
+    is_flag=True,
+    help="Read /proc/net/ip_vs_conn here, even when the agent keeps the table in memory.",
+)
 @json_option
 @pass_app
-def snapshot_cmd(app: AppContext, list_: bool, as_json: bool) -> None:
-    """Store every persistence template (and the services they use) on disk."""
+def snapshot_cmd(app: AppContext, list_: bool, from_kernel: bool, as_json: bool) -> None:
+    """Store every persistence template (and the services they use) on disk: the agent's dump
+    of its table in memory when an agent runs, else a read of the kernel's table."""
     if list_:
         gens = [g.to_dict() for g in snapshot_store(app.config).generations()]
         emit(gens, as_json, _render_generations)
         return
-    emit(take_snapshot(app.config, reason="snapshot command"), as_json, _render_snapshot)
+    report = None if from_kernel else ask_agent(app, "snapshot", SnapshotError)
+    if report is None:
+        report = take_snapshot(app.config, reason="snapshot command")
+    emit(report, as_json, _render_snapshot)
+
+
+def ask_agent(app: AppContext, request: str, error: Type[LvsHooksError]) -> Optional[dict]:
+    """The agent's report for `request` (events.inbox), None when no agent takes it (then the
+    caller does the work itself); `error` when the agent tried and failed."""
+    path = os.path.join(app.config.paths.run_dir, SOCKET_NAME)
+    try:
+        conn = AgentConnection(path, timeout=AGENT_REQUEST_TIMEOUT)
+    except NoAgent as e:
+        log.info("%s: no agent on %s (%s): doing it in this process", request, path, e)
+        return None
+    try:
+        reply = conn.exchange(request_message(os.path.abspath(app.config_path), request))
+    except NoAgent as e:
+        log.warning("%s: the agent on %s did not answer (%s): doing it in this process",
+                    request, path, e)
+        return None
+    finally:
+        conn.close()
+    if reply.get("ok") is True and isinstance(reply.get("report"), dict):
+        return reply["report"]
+    if "exit_code" in reply:  # it tried, and an operator can act on why it failed
+        raise error(f"{request} by the agent: {reply.get('reason')}")
+    log.warning("%s: the agent refused (%s): doing it in this process", request,
+                reply.get("reason"))
+    return None
 
 
 def _render_snapshot(r: dict) -> str:
+    if "ms_dump" in r:
+        how = f"dumped from the agent's table in memory in {r['ms_dump']:.0f} ms"
+    else:
+        how = f"table read {r['ms_read_table']:.0f} ms"
     return (
         f"snapshot {r['path']}: {r['templates']} templates, {r['services']} services "
-        f"(table read {r['ms_read_table']:.0f} ms, total {r['ms']:.0f} ms)"
+        f"({how}, total {r['ms']:.0f} ms)"
     )
 
 

@@ -128,7 +128,11 @@ class Inbox:
         planner: Callable[[Event], Plan],
         lock_timeout: Callable[[Event], float],
         uid: Optional[int] = None,
+        requests: Optional[Dict[str, Callable[[], dict]]] = None,
     ):
+        """`requests`: what a command run by hand may ask of the agent by name (`lvs-hooks
+        snapshot` asks for a dump of the table in memory), each answered with its report from
+        a thread of its own, one at a time, so that the inbox keeps taking events."""
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, SOCKET_NAME)
         self.config_path = os.path.abspath(config_path)
@@ -147,6 +151,8 @@ class Inbox:
         self._stopping = False
         self._server: Optional[threading.Thread] = None
         self._events: Optional[threading.Thread] = None
+        self.requests = dict(requests or {})
+        self._request_running = threading.Lock()
 
     # -- life
 
@@ -329,7 +335,10 @@ class Inbox:
                 return
             line, c.buf = c.buf[:nl], c.buf[nl + 1 :]
             answered = True
-            if not self._reply(c, self._take(line, c)):
+            answer = self._take(line, c)
+            if answer is None:  # a request: its thread answers, and the connection is its
+                return
+            if not self._reply(c, answer):
                 return
         if len(c.buf) > MAX_MESSAGE:
             self._overlong(c)
@@ -359,7 +368,7 @@ class Inbox:
 
     # -- one message
 
-    def _take(self, line: bytes, c: _Client) -> dict:
+    def _take(self, line: bytes, c: _Client) -> Optional[dict]:
         try:
             msg = json.loads(line)
         except ValueError:
@@ -376,6 +385,8 @@ class Inbox:
         if "event" not in msg and "hello" in msg:
             log.info("agent inbox: %s door (pid %d) connected", msg["hello"], c.pid)
             return {"ok": True}
+        if "event" not in msg and "request" in msg:
+            return self._request(msg["request"], c)
         try:
             event = check_event(msg.get("event"))
         except ValueError as e:
@@ -397,6 +408,37 @@ class Inbox:
             (now_ns() - event.order[0]) / 1e6,
         )
         return {"ok": True}
+
+    def _request(self, name: Any, c: _Client) -> Optional[dict]:
+        handler = self.requests.get(name) if isinstance(name, str) else None
+        if handler is None:
+            return self._refuse(c, f"no such request: {name!r}")
+        if not self._request_running.acquire(blocking=False):
+            return self._refuse(c, "another request is running; try again")
+
+        def run() -> None:
+            try:
+                try:
+                    answer = {"ok": True, "report": handler()}
+                except LvsHooksError as e:
+                    answer = {"ok": False, "reason": e.format_message(), "exit_code": e.exit_code}
+                except Exception as e:  # a bug: the traceback to the log, one line to the asker
+                    log.exception("agent inbox: request %s (pid %d) failed", name, c.pid)
+                    answer = {"ok": False, "reason": f"bug: {type(e).__name__}: {e}"}
+                data = json.dumps(answer, default=str).encode() + b"\n"
+                with contextlib.suppress(OSError):
+                    c.sock.settimeout(5.0)  # a few KB to a local socket
+                    c.sock.sendall(data)
+            finally:
+                c.sock.close()
+                self._request_running.release()
+
+        log.info("agent inbox: request %s from pid %d", name, c.pid)
+        # the connection is the request thread's from now on: this loop no longer selects on
+        # it (before the thread starts, which closes it when done)
+        self._clients.pop(c.sock.fileno(), None)
+        threading.Thread(target=run, name=f"request-{name}", daemon=True).start()
+        return None
 
     def _refuse(self, c: _Client, reason: str) -> dict:
         self.counts["refused"] += 1

@@ -1,0 +1,120 @@
+"""Requests a command run by hand makes of the agent (`lvs-hooks snapshot`): over the agent's
+real inbox socket, answered from a thread of its own while the inbox keeps taking events; the
+CLI takes the agent's report, or does the work itself when no agent answers. The request's
+handler is the one seam replaced (the snapshot itself has its own tests)."""
+
+import os
+import shutil
+import tempfile
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from lvs_hooks.cli import cli
+from lvs_hooks.door import SOCKET_NAME, AgentConnection, event_message, request_message
+from lvs_hooks.errors import SnapshotError
+from lvs_hooks.events.inbox import Inbox
+from lvs_hooks.events.journal import Journal
+from lvs_hooks.events.keepalived import Event
+from lvs_hooks.events.sequencer import Plan, Sequencer
+
+
+@pytest.fixture
+def base():
+    d = tempfile.mkdtemp(prefix="lvsr-")  # a socket path must fit in 107 bytes
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def agent(base, requests):
+    config = os.path.join(base, "agent.yaml")
+    run_dir = os.path.join(base, "run")
+    with open(config, "w") as f:
+        f.write(f"paths:\n  run_dir: {run_dir}\n  state_dir: {base}/state\n")
+    seq = Sequencer(run_dir, Journal(os.path.join(base, "state"), 100))
+    inbox = Inbox(run_dir, config, seq, lambda e: Plan(), lambda e: 10.0, requests=requests)
+    inbox.start()
+    return inbox, config, os.path.join(run_dir, SOCKET_NAME)
+
+
+def test_a_request_is_answered_while_events_keep_coming(base):
+    release, started = threading.Event(), threading.Event()
+
+    def slow():
+        started.set()
+        assert release.wait(10)
+        return {"templates": 3}
+
+    inbox, config, path = agent(base, {"snapshot": slow})
+    try:
+        asker = AgentConnection(path, timeout=10)
+        result = {}
+        t = threading.Thread(
+            target=lambda: result.update(asker.exchange(request_message(config, "snapshot")))
+        )
+        t.start()
+        assert started.wait(10)
+        # the request runs; an event handed over meanwhile is taken at once
+        door = AgentConnection(path, timeout=5)
+        ev = Event("INSTANCE", "VI_1", "MASTER", 100, "notify", (1, 1, 1))
+        assert door.ask(event_message(config, ev)) == {"ok": True}
+        door.close()
+        # a second request while the first runs is refused, not queued behind it
+        other = AgentConnection(path, timeout=5)
+        busy = other.exchange(request_message(config, "snapshot"))
+        assert busy["ok"] is False and "another request" in busy["reason"]
+        other.close()
+        release.set()
+        t.join(10)
+        assert result == {"ok": True, "report": {"templates": 3}}
+        asker.close()
+    finally:
+        release.set()
+        inbox.stop()
+
+
+def test_unknown_requests_and_failures_are_answered_in_one_line(base):
+    def fails():
+        raise SnapshotError("cannot save snapshot /x: no space left on device")
+
+    inbox, config, path = agent(base, {"snapshot": fails})
+    try:
+        c = AgentConnection(path, timeout=10)
+        assert c.exchange(request_message(config, "status"))["reason"] == (
+            "no such request: 'status'"
+        )
+        c.close()
+        c = AgentConnection(path, timeout=10)
+        r = c.exchange(request_message(config, "snapshot"))
+        assert r["ok"] is False and r["exit_code"] == 3 and "no space left" in r["reason"]
+        c.close()
+    finally:
+        inbox.stop()
+
+
+def test_the_snapshot_command_takes_the_agents_report(base):
+    report = {"path": "/var/lib/lvs-hooks/snapshot-x.json", "templates": 160000,
+              "services": 2, "ms_dump": 410.0, "ms": 455.0, "source": "table in memory"}
+    inbox, config, _ = agent(base, {"snapshot": lambda: report})
+    try:
+        r = CliRunner().invoke(cli, ["--config", config, "snapshot"])
+        assert r.exit_code == 0, r.output
+        # (the agent's own log lines share this process's stderr here)
+        assert r.output.splitlines()[-1] == (
+            "snapshot /var/lib/lvs-hooks/snapshot-x.json: 160000 templates, 2 services "
+            "(dumped from the agent's table in memory in 410 ms, total 455 ms)"
+        )
+        # --from-kernel reads here (this host has no IPVS: IPVS's own error, exit 4)
+        r = CliRunner().invoke(cli, ["--config", config, "snapshot", "--from-kernel"])
+        assert r.exit_code == 4, r.output
+    finally:
+        inbox.stop()
+
+
+def test_without_an_agent_the_command_does_it_itself(base):
+    config = os.path.join(base, "c.yaml")
+    with open(config, "w") as f:
+        f.write(f"paths:\n  run_dir: {base}/run\n  state_dir: {base}/state\n")
+    r = CliRunner().invoke(cli, ["--config", config, "snapshot"])
+    assert r.exit_code == 4, r.output  # it went for the kernel's table: no IPVS on this host
