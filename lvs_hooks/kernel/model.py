@@ -58,6 +58,13 @@ def template_key(t) -> TemplateKey:
     return (t.protocol, t.caddr, t.vaddr, t.vport, t.daddr, t.dport)
 
 
+def wire_template_key(conn) -> TemplateKey:
+    """template_key of a template decoded from a sync message (kernel.syncproto.SyncConn),
+    whose protocol is a number: named as /proc names it."""
+    proto = PROTO_NAMES.get(conn.protocol, f"IP_{conn.protocol}")
+    return (proto, conn.caddr, conn.vaddr, conn.vport, conn.daddr, conn.dport)
+
+
 def parse_template_key(parts: Sequence[str]) -> TemplateKey:
     """The inverse of joining a TemplateKey's fields as text (ValueError if it is not one)."""
     if len(parts) != 6:

@@ -33,7 +33,7 @@ from typing import Deque, Dict, List, Optional, Tuple
 
 from lvs_hooks.errors import KernelError
 from lvs_hooks.kernel import mcast
-from lvs_hooks.kernel.model import PROTO_NAMES
+from lvs_hooks.kernel.model import TemplateKey, wire_template_key
 from lvs_hooks.kernel.syncproto import SyncDecodeError, decode_datagram
 from lvs_hooks.push.sender import push_digest
 
@@ -46,7 +46,6 @@ __all__ = [
     "template_key",
 ]
 
-TemplateKey = Tuple[str, str, str, int, str, int]
 
 # Bounds on what a collector keeps whatever arrives: sockets of the sender (the push's, the
 # kernel master daemon's, a few more), and source strings remembered parsed.
@@ -87,10 +86,8 @@ def format_source(addr: str, port: Optional[int]) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
 
 
-def template_key(conn) -> TemplateKey:
-    """A decoded template's key as /proc shows it (PlannedTemplate.table_key())."""
-    proto = PROTO_NAMES.get(conn.protocol, f"IP_{conn.protocol}")
-    return (proto, conn.caddr, conn.vaddr, conn.vport, conn.daddr, conn.dport)
+# A decoded template's key as /proc shows it (kernel.model has the one definition).
+template_key = wire_template_key
 
 
 @dataclass
