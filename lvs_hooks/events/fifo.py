@@ -19,7 +19,6 @@ most; the main thread runs what was read (the STOP snapshot, typically) and the 
 import contextlib
 import logging
 import os
-import queue
 import select
 import signal
 import stat
@@ -27,12 +26,13 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from lvs_hooks.errors import LvsHooksError, UsageError
+from lvs_hooks.errors import UsageError
 from lvs_hooks.events.clock import fifo_order
+from lvs_hooks.events.eventqueue import EventQueue
 from lvs_hooks.events.keepalived import MAX_LINE, Event, Ignored, parse_fifo_line
 from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role
-from lvs_hooks.events.sequencer import DONE, FAILED, Plan, Sequencer
+from lvs_hooks.events.sequencer import DONE, FAILED, Outcome, Plan, Sequencer
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,6 @@ class FifoReader:
         self.path = path
         self.duty = duty
         self.duty_period = duty_period
-        self._pending = 0  # events queued or running (the duties yield to them)
-        self._pending_lock = threading.Lock()
         # The role the last transition left, whichever process ran it. After a reload
         # keepalived starts a new reader and, in most versions, writes no state lines: without
         # this, the new reader would know no role and never run the master's keeper.
@@ -73,12 +71,15 @@ class FifoReader:
         self.lock_timeout = lock_timeout
         self.fd = _open_fifo(path)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._queue: queue.Queue[Optional[Event]] = queue.Queue()
         self._seq = 0
         self._last_state: Dict[str, str] = {}
         self._carried = b""
         self.drain_window = DRAIN_WINDOW
         self.counts = {"lines": 0, "events": 0, "ignored": 0, "failed": 0, "errors": 0}
+        # the planner and lock timeout looked up at each event (tests swap them)
+        self.events = EventQueue(
+            sequencer, lambda e: self.planner(e), lambda e: self.lock_timeout(e), self.counts
+        )
 
     def close(self) -> None:
         for fd in (self.fd, self._wake_r, self._wake_w):
@@ -125,7 +126,7 @@ class FifoReader:
             log.exception("FIFO %s: reader failed", self.path)
             self.counts["errors"] += 1
         finally:
-            self._queue.put(None)
+            self.events.close()
 
     def _all_stopped(self) -> bool:
         # keepalived sends its scripts SIGTERM first and writes the STOP lines after: once every
@@ -174,9 +175,7 @@ class FifoReader:
         self._last_state[parsed.key] = parsed.state
         log.info("FIFO line %d: %s", self._seq, parsed.describe())
         self.sequencer.note(parsed)
-        with self._pending_lock:
-            self._pending += 1
-        self._queue.put(parsed)
+        self.events.put(parsed)
 
     # -- the main thread
 
@@ -197,31 +196,14 @@ class FifoReader:
 
     def busy(self) -> bool:
         """True while an event is queued or its transition runs: the duties yield to it."""
-        with self._pending_lock:
-            return self._pending > 0
+        return self.events.busy()
 
     def _run_events(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                break
-            try:
-                outcome = self.sequencer.handle(event, self.planner, self.lock_timeout(event))
-                if outcome.failed:
-                    self.counts["failed"] += 1
-                if outcome.outcome in (DONE, FAILED):
-                    self.role = event.state
-            except LvsHooksError as e:
-                self.counts["errors"] += 1
-                log.error("%s", e.format_message())
-            except Exception:
-                # keepalived does not restart its FIFO script: a bug in one transition must not
-                # deafen this director to every later event. The traceback goes to the log.
-                self.counts["errors"] += 1
-                log.exception("%s: transition crashed", event.describe())
-            finally:
-                with self._pending_lock:
-                    self._pending -= 1
+        def took(event: Event, outcome: Outcome) -> None:
+            if outcome.outcome in (DONE, FAILED):
+                self.role = event.state
+
+        self.events.run(took)
 
 
 def _open_fifo(path: str) -> int:

@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import queue
 import select
 import socket
 import stat
@@ -33,6 +32,7 @@ from typing import Any, Callable, Dict, Optional
 from lvs_hooks.door import MAX_MESSAGE, SOCKET_NAME, WIRE_VERSION
 from lvs_hooks.errors import LvsHooksError
 from lvs_hooks.events.clock import now_ns
+from lvs_hooks.events.eventqueue import EventQueue
 from lvs_hooks.events.keepalived import KINDS, STATES, Event
 from lvs_hooks.events.sequencer import Plan, Sequencer
 
@@ -144,9 +144,10 @@ class Inbox:
         self._sock: Optional[socket.socket] = None
         self._ino: Optional[int] = None
         self._clients: Dict[int, _Client] = {}
-        self._queue: queue.Queue[Optional[Event]] = queue.Queue()
-        self._pending = 0  # events queued or running
-        self._pending_lock = threading.Lock()
+        # the planner and lock timeout looked up at each event (tests swap them)
+        self.events = EventQueue(
+            sequencer, lambda e: self.planner(e), lambda e: self.lock_timeout(e), self.counts
+        )
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._stopping = False
         self._server: Optional[threading.Thread] = None
@@ -174,15 +175,14 @@ class Inbox:
         if self._server is not None:
             self._server.join()
         if self._events is not None:
-            self._queue.put(None)
+            self.events.close()
             self._events.join()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
 
     def busy(self) -> bool:
         """True while an event is queued or its transition runs: periodic work yields to it."""
-        with self._pending_lock:
-            return self._pending > 0
+        return self.events.busy()
 
     # -- the socket
 
@@ -396,9 +396,7 @@ class Inbox:
         except (OSError, LvsHooksError) as e:
             text = e.format_message() if isinstance(e, LvsHooksError) else (e.strerror or str(e))
             return self._refuse(c, f"cannot note the event: {text}")
-        with self._pending_lock:
-            self._pending += 1
-        self._queue.put(event)
+        self.events.put(event)
         self.counts["events"] += 1
         log.info(
             "%s: from keepalived (%s, door pid %d), %.1f ms after keepalived emitted it",
@@ -448,22 +446,7 @@ class Inbox:
     # -- the event thread
 
     def _run_events(self) -> None:
-        while True:
-            event = self._queue.get()
-            if event is None:
-                return
-            try:
-                self.sequencer.handle(event, self.planner, self.lock_timeout(event))
-            except LvsHooksError as e:
-                self.counts["errors"] += 1
-                log.error("%s", e.format_message())
-            except Exception:
-                # A bug in one transition must not deafen the director to every later event.
-                self.counts["errors"] += 1
-                log.exception("%s: transition crashed", event.describe())
-            finally:
-                with self._pending_lock:
-                    self._pending -= 1
+        self.events.run()
 
 
 def _same_file(a: str, b: str) -> bool:
