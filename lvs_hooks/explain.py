@@ -36,7 +36,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
 from lvs_hooks.director.ledger import Injection
-from lvs_hooks.kernel.conntable import read_conn_table
+from lvs_hooks.kernel.conntable import gc_paused, read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service, TemplateKey, template_key
 from lvs_hooks.kernel.netlink import IPVS
 
@@ -560,24 +560,27 @@ def explain(
             if t.caddr == client or t.caddr == _masked(client, by_key.get(t.service_key()))
         ]
     reports = []
-    for t in sorted(chosen, key=lambda x: (x.caddr, x.vaddr, x.vport, x.daddr)):
-        inj = injections.get(template_key(t)) if t.origin != "LOCAL" else None
-        if inj is not None and t.expires > inj.timeout:
-            inj = None  # more time left than was injected: a master's message replaced it since
-        reports.append(
-            explain_template(
-                t,
-                index.candidates(t, by_key.get(t.service_key())),
-                by_key,
-                addr_keys,
-                timeouts,
-                now,
-                role,
-                inj,
-                v0_only,
-                clock,
+    # One dict per template, none part of a cycle: the cyclic collector, set off again and
+    # again by a million of them, would make explain superlinear in the table.
+    with gc_paused():
+        for t in sorted(chosen, key=lambda x: (x.caddr, x.vaddr, x.vport, x.daddr)):
+            inj = injections.get(template_key(t)) if t.origin != "LOCAL" else None
+            if inj is not None and t.expires > inj.timeout:
+                inj = None  # more time left than was injected: a master's message replaced it since
+            reports.append(
+                explain_template(
+                    t,
+                    index.candidates(t, by_key.get(t.service_key())),
+                    by_key,
+                    addr_keys,
+                    timeouts,
+                    now,
+                    role,
+                    inj,
+                    v0_only,
+                    clock,
+                )
             )
-        )
     return {
         "now": round(now, 1),
         "client": client,

@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Benchmark: `explain` without a client over tables of 100,000 and 1,000,000 lines.
+
+Explaining every template pairs each with the connections it controls. Done by scanning every
+connection for every template it is quadratic (16,000 lines took 26 s, 32,000 lines 127 s);
+with connections indexed by real server and masked client (explain.ConnIndex) it is linear.
+The figure: the time for 1,000,000 lines over the time for 100,000, beside the same ratio of a
+plain parse of the same bytes (the yardstick: a linear pass measured in the same run). Target:
+explain's ratio at most 12 (10 is linear).
+
+Tables from bench_core.generate_table (10% templates, IPv4, IPv6, fwmark, SIP). CPU time.
+Run: python3 bench/bench_explain.py
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from bench_core import generate_table  # noqa: E402
+
+from lvs_hooks.explain import explain  # noqa: E402
+from lvs_hooks.kernel.conntable import parse_conn_table  # noqa: E402
+from lvs_hooks.kernel.model import Destination, Service  # noqa: E402
+
+TARGET_RATIO = 12.0
+
+
+def services() -> list:
+    """The services generate_table's entries belong to (so every template finds its own)."""
+    rips4 = tuple(Destination(f"10.1.{i >> 8}.{i & 255}", 80) for i in range(1, 41))
+    out = [Service(4, proto, f"10.0.0.{100 + i}", 80, persistent=True, timeout=360,
+                   destinations=rips4) for i in range(8) for proto in ("TCP", "UDP")]
+    out.append(Service(6, "TCP", "fd00::100", 443, persistent=True, timeout=360, netmask="128"))
+    out.append(Service(4, None, None, 0, fwmark=1, persistent=True, timeout=300,
+                       destinations=rips4))
+    return out
+
+
+def cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def measure(lines: int, seed: int) -> dict:
+    data = generate_table(lines, seed)
+    t0 = cpu()
+    table = parse_conn_table(data)
+    t1 = cpu()
+    report = explain(table.entries, services(), {"tcp": 900, "tcpfin": 120, "udp": 300},
+                     time.time())
+    t2 = cpu()
+    return {"lines": lines, "parse_s": t1 - t0, "explain_s": t2 - t1,
+            "templates": report["templates_total"], "connections": report["connections_total"]}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", type=int, default=100_000)
+    ap.add_argument("--large", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=1)
+    args = ap.parse_args()
+    small, large = measure(args.small, args.seed), measure(args.large, args.seed)
+    for m in (small, large):
+        print(f"{m['lines']:>9} lines ({m['templates']} templates, {m['connections']} "
+              f"connections): explain {m['explain_s']:6.2f} s CPU, parse (yardstick) "
+              f"{m['parse_s']:5.2f} s")
+    ratio = large["explain_s"] / small["explain_s"]
+    yard = large["parse_s"] / small["parse_s"]
+    size = args.large / args.small
+    print(f"explain {size:.0f}x the lines: {ratio:.1f}x the time (parse: {yard:.1f}x); "
+          f"target at most {TARGET_RATIO:g}x: {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
+    return 0 if ratio <= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
