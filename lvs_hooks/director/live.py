@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 from lvs_hooks.config import Config
 from lvs_hooks.kernel.conntable import ConnTable, read_conn_table
@@ -34,6 +34,21 @@ def kernel_entries() -> int:
     read of the table (docs/design.md 2.5)."""
     with IPVS() as ipvs:
         return sum(c.active + c.inactive + c.persistent for c in ipvs.dest_counts())
+
+
+def kernel_template_counts() -> Dict[Tuple[Tuple, str, int], int]:
+    """Templates bound to each real server, by the kernel's counters (PERSIST_CONNS)."""
+    with IPVS() as ipvs:
+        return {(c.service_key, c.addr, c.port): c.persistent for c in ipvs.dest_counts()}
+
+
+def count_drift(
+    table: Dict[Tuple[Tuple, str, int], int], kernel: Dict[Tuple[Tuple, str, int], int]
+) -> Dict[Tuple[Tuple, str, int], Tuple[int, int]]:
+    """(table, kernel) template counts of the real servers where the two differ. Only real
+    servers the kernel knows: a template naming port 0 (a kernel master's fwmark template) or
+    a gone real server is bound to none, and counted by none (docs/design.md 2.5)."""
+    return {k: (table.get(k, 0), n) for k, n in kernel.items() if table.get(k, 0) != n}
 
 
 class LiveTable:
@@ -130,9 +145,12 @@ class TableUpkeep:
         live: LiveTable,
         services: Callable[[], Sequence[Service]],
         clock: Callable[[], float] = time.monotonic,
+        kernel_counts: Callable[[], Dict[Tuple[Tuple, str, int], int]] = kernel_template_counts,
     ):
-        """`services()`: the live services (over netlink)."""
+        """`services()`: the live services; `kernel_counts()`: templates per real server by the
+        kernel's counters (both over netlink)."""
         self.live = live
+        self.kernel_counts = kernel_counts
         self.services = services
         self.clock = clock
         self.started = clock()
@@ -162,6 +180,22 @@ class TableUpkeep:
             except Exception:  # the upkeep must go on; the duties fall back to /proc meanwhile
                 log.exception("table in memory: upkeep failed")
 
+    def check_drift(self) -> int:
+        """Compare the table's templates per real server with the kernel's counters and log
+        where they differ (the check that stands in for a whole read above the budget); the
+        number of real servers that differ."""
+        with self.live.lock:
+            table = self.live.table.counts_by_dest(self.live.clock())
+        drift = count_drift(table, self.kernel_counts())
+        if drift:
+            worst = sorted(drift.items(), key=lambda kv: -abs(kv[1][0] - kv[1][1]))[:3]
+            log.warning(
+                "table in memory: template counts differ from the kernel's at %d real servers, "
+                "e.g. %s", len(drift),
+                "; ".join(f"{a}:{p} of {s}: table {t}, kernel {k}" for (s, a, p), (t, k) in worst),
+            )
+        return len(drift)
+
     def once(self) -> None:
         now = self.clock()
         services = None
@@ -184,6 +218,7 @@ class TableUpkeep:
             "table in memory: the kernel counts %d entries, over table.read_budget %d: no "
             "whole read; the table fills from the sync stream", entries, cfg.read_budget,
         )
+        self.check_drift()
         if interval <= 0:
             self.next_reconcile = now + 60.0  # look at the counters again now and then
         if not self.live.ready and now - self.started >= self.longest:

@@ -84,7 +84,7 @@ def test_upkeep_reconciles_within_the_budget_only(tmp_path):
     clock = Clock()
     kernel = [5]
     live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: kernel[0])
-    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict)
     upkeep.once()
     assert live.ready and len(live) == 1
     # the next one is due only after reconcile_interval, and then over the budget: no read
@@ -101,7 +101,7 @@ def test_over_the_budget_the_stream_makes_the_table_after_the_longest_persistenc
     clock = Clock()
     live = LiveTable(cfg_for(tmp_path, budget=10, interval=30.0), clock=clock,
                      counts=lambda: 1000)
-    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict)
     upkeep.once()
     assert not live.ready
     for d in datagrams("10.0.0.1"):
@@ -167,3 +167,20 @@ def test_an_exact_check_reads_the_kernel_within_the_budget_and_the_table_above(t
     assert [t.caddr for t in director.table("keeper").templates] == ["10.0.0.2"]
     kernel[0] = 11
     assert [t.caddr for t in director.table("push check", exact=True).templates] == ["10.0.0.2"]
+
+
+def test_over_the_budget_the_counts_per_real_server_are_compared(tmp_path, caplog):
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: 1000)
+    for d in datagrams("10.0.0.1", "10.0.0.2"):
+        live.ingest(d, "SYNC")
+    rs = (("UDP", "10.0.0.100", 5000), "10.1.0.11", 5000)
+    other = (("UDP", "10.0.0.100", 5000), "10.1.0.12", 5000)
+    kernel = {rs: 2, other: 0}
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=lambda: kernel)
+    assert upkeep.check_drift() == 0
+    kernel[rs] = 3  # the kernel holds one the stream never brought
+    caplog.set_level("WARNING")
+    upkeep.once()
+    assert upkeep.check_drift() == 1
+    assert "10.1.0.11:5000 of ('UDP', '10.0.0.100', 5000): table 2, kernel 3" in caplog.text
