@@ -86,7 +86,7 @@ def check_received_push(director: Director, keys: List[TemplateKey]) -> Dict[str
     """Compare the table with a complete push, put back and re-point: figures."""
     cfg = director.cfg
     t0 = time.monotonic()
-    table = director.table("push check", client_counts=True, exact=True)
+    table = director.table("push check", client_counts=True)
     with IPVS() as ipvs:
         services = ipvs.services()
         check = check_push(keys, table.templates, table.client_counts or {}, services)

@@ -55,7 +55,7 @@ def reseed(
         templates = [t._replace(expires=t.expires - int(elapsed)) for t in snap.templates]
     with IPVS() as ipvs:
         services = ipvs.services()
-        live = director.table(f"{by}: sources", exact=True)
+        live = director.table(f"{by}: sources")
         if include_live:
             # The first of a key wins: fwmark templates under repair (their port and true time
             # left; the table shows port 0 and the 1 s the repair gave them), then the table,

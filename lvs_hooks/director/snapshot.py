@@ -21,11 +21,13 @@ def take_snapshot(
     cfg: Config, reason: str = "snapshot", live: Optional[LiveTable] = None
 ) -> Dict[str, Any]:
     """Read templates and services from the kernel and store them as a new generation; with
-    the agent's table in memory (`live`, once reconciled), a dump of that instead of a read."""
+    the agent's table in memory (`live`, once it is the table) and a kernel table over
+    table.read_budget, a dump of that instead of a whole read."""
     t0 = time.monotonic()
     with IPVS() as ipvs:
         services = ipvs.services()
-    if live is not None and live.ready:
+    if live is not None and live.ready and not live.within_budget()[0]:
+        # a dump where a whole read would be expensive; the kernel's word where it is cheap
         return _dump(cfg, live, services, t0)
     t1 = time.monotonic()
     # Read and parse timed apart: reading is the kernel's walk of its table (compare with cat).

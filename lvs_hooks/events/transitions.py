@@ -165,15 +165,14 @@ def reseed_step(director: Director, event: Event) -> StepResult:
 
 
 def snapshot_step(director: Director, may_defer: bool = False) -> StepResult:
-    """A snapshot: a dump of the table in memory when there is one; else, `may_defer` (BACKUP,
-    FAULT) and a periodic thread runs the duties beside the events, that thread's next turn
-    (a whole read of a large table takes seconds, and a MASTER line coming meanwhile must not
-    wait for it); else a read here. STOP never defers: keepalived kills its script 1 s later."""
-    live = director.live
-    if may_defer and director.duties_beside and not (live is not None and live.ready):
+    """A snapshot. With `may_defer` (BACKUP, FAULT) and a thread that runs the duties beside the
+    events, that thread's next turn: a whole read of a large table takes seconds, and a MASTER
+    line coming meanwhile must not wait for it. Else here (a dump of the table in memory where
+    a read would be expensive). STOP never defers: keepalived kills its script 1 s later."""
+    if may_defer and director.duties_beside:
         director.snapshot_wanted = True
         return "left to the periodic duties (beside the events)", {"deferred": True}
-    report = take_snapshot(director.cfg, reason="transition snapshot", live=live)
+    report = take_snapshot(director.cfg, reason="transition snapshot", live=director.live)
     return (
         f"{report['templates']} templates of {report['services']} services to "
         f"{report['path']} in {report['ms']:.0f} ms",
