@@ -325,8 +325,8 @@ def check_sync_version(d: DoctorInput) -> List[Finding]:
                 (
                     f"kernel: {d.kernel.release} (sync protocol version 1 came with Linux 2.6.38)",
                     "a version-0 message carries no timeout: the backup gives every template "
-                    "180 s (seed 000: the 3-minute countdown on the backup), and no fwmark or "
-                    "IPv6 template",
+                    "180 s (a 3-minute countdown on the backup, whatever the persistence), and "
+                    "no fwmark or IPv6 template",
                 ),
                 "Run a kernel of 2.6.38 or later (any supported distribution has one): it syncs "
                 "with version 1, which carries each template's timeout and fwmark. lvs-hooks "
@@ -463,7 +463,7 @@ def check_persistence_vs_timeouts(d: DoctorInput) -> List[Finding]:
                 "A template whose timer runs out while its client still has a connection is "
                 "re-armed with 60 s (every kernel): a client stays on its real server as long "
                 "as any of its connections lives, plus up to a minute, and persistence_timeout "
-                "matters only once they are all gone (seed 001). If you want persistence_timeout "
+                "matters only once they are all gone. If you want persistence_timeout "
                 f"to decide, make it at least {t} s, or lower the {key} timeout (lvs_timeouts "
                 f"{key} N); if stickiness while connected is what you want, nothing to change.",
             )
@@ -485,7 +485,7 @@ def check_tcp_timeout(d: DoctorInput) -> List[Finding]:
             f"the tcp timeout is {t} s: an idle TCP connection loses its IPVS entry after "
             f"{t} s and its next packet is answered with a reset",
             (f"tcp timeout {t} s: {source}", _vs_where(tcp_services[0])),
-            "Clients that keep connections idle (database pools: seed 003's mysql) get "
+            "Clients that keep connections idle (database connection pools, say) get "
             f"'connection lost'. Raise the tcp timeout above their idle time (default "
             f"{KERNEL_DEFAULT_TIMEOUTS['tcp']} s), or have the real servers probe idle "
             f"connections more often: net.ipv4.tcp_keepalive_time below {t} on them (for "
@@ -524,13 +524,14 @@ def check_tcp_sloppy(d: DoctorInput) -> List[Finding]:
             tuple(evidence),
             "With net.ipv4.vs.sloppy_tcp=0, IPVS takes up a TCP connection it never saw only "
             "from a SYN: after a takeover the client's next packet is answered with a reset "
-            "(seed 003). Set sloppy_tcp=1 on every director, or let lvs-hooks set it on MASTER "
-            "(master.sysctls, default sloppy_tcp=1, once keepalived runs lvs-hooks); the "
+            "and the client sees 'connection lost'. Set sloppy_tcp=1 on every director, or let "
+            "lvs-hooks set it on MASTER (master.sysctls, default sloppy_tcp=1, once keepalived runs lvs-hooks); the "
             "synced or reseeded template then sends the connection to its real server. The "
             "connections already reset stay ESTABLISHED on the real servers until TCP "
-            f"keepalive finds them dead ({TCP_KEEPALIVE_DEFAULT} s by default: seed 003's "
-            "doubled connection count): lower net.ipv4.tcp_keepalive_time (and "
-            "tcp_keepalive_intvl, tcp_keepalive_probes) on the real servers.",
+            f"keepalive finds them dead ({TCP_KEEPALIVE_DEFAULT} s by default: a pool that "
+            "reconnects doubles its connection count meanwhile): lower "
+            "net.ipv4.tcp_keepalive_time (and tcp_keepalive_intvl, tcp_keepalive_probes) on the "
+            "real servers.",
         )
     ]
 
@@ -685,7 +686,7 @@ def check_colocated(d: DoctorInput) -> List[Finding]:
                     how,
                 ),
                 "The backup has the virtual server loaded and the VIP on lo, so it balances "
-                "again what the master forwarded to it, back to the master: a loop (seed 002). "
+                "again what the master forwarded to it, back to the master: a loop. "
                 "Mark packets that do not come from the peer director's MAC (iptables -t mangle "
                 "... -m mac ! --mac-source PEER -j MARK --set-mark N) and use `virtual_server "
                 "fwmark N`; or REDIRECT the VIP to the local stack on the backup only, swapped on "
@@ -841,7 +842,7 @@ def check_hooks_wired(d: DoctorInput) -> List[Finding]:
             ),
             "On the new master, synced templates are never linked to the synced connections "
             "and expire while the clients' flows go on; a rebooted master preempts with an empty "
-            "table (seed 000, questions 3 and 4). In global_defs: vrrp_notify_fifo "
+            "table. In global_defs: vrrp_notify_fifo "
             "/run/lvs-hooks/vrrp.fifo and vrrp_notify_fifo_script "
             '"/usr/libexec/keepalived/lvs-hooks fifo" '
             "(etc/keepalived/lvs-hooks-fifo.conf).",
@@ -1029,7 +1030,7 @@ def check_preemption(d: DoctorInput) -> List[Finding]:
                 tuple(evidence),
                 "A director that comes back preempts with an empty IPVS table: sync flows only "
                 "master to backup and only for connections that see traffic, so its clients are "
-                "scheduled afresh (seed 000, question 4). Use nopreempt with state BACKUP on "
+                "scheduled afresh. Use nopreempt with state BACKUP on "
                 "every director, or gate preemption on lvs-hooks' warm-up gate: run "
                 "lvs-hooks-agent.service and add its track file (track_file, negative weight; "
                 "etc/keepalived/lvs-hooks-warmup.conf), or a vrrp_script running `lvs-hooks "
