@@ -67,6 +67,7 @@ def _dump(cfg: Config, live: LiveTable, services: List[Service], t0: float) -> D
     t1 = time.monotonic()
     captured_at = time.time()
     with live.lock:
+        live.table.expire(live.clock())  # so that the count is what the dump holds
         templates = len(live.table)
         data = encode_dump(live.table, services, live.clock(), captured_at=captured_at)
     t2 = time.monotonic()
