@@ -64,6 +64,10 @@ class SyncListener(Protocol):
 
     def recv(self, timeout: Optional[float]) -> Optional[Tuple[bytes, str]]: ...
 
+    def dropped(self) -> int:
+        """Datagrams the kernel dropped at this socket (its buffer was full), all told."""
+        ...
+
 
 class AgentKernel(Protocol):
     """The agent's kernel work (KernelOps, through the director layer)."""
@@ -143,6 +147,7 @@ class AgentState:
     backlog: Deque[Tuple[bytes, str]] = field(
         default_factory=lambda: collections.deque(maxlen=BACKLOG)
     )
+    drops: Dict[str, int] = field(default_factory=dict)  # per feed, as last seen
 
 
 class Agent:
@@ -277,6 +282,29 @@ class Agent:
                             COLLECT_TIMEOUT)
                 del st.collecting[pid]
         self.warm.refresh()
+        self.check_feeds()
+
+    def check_feeds(self) -> None:
+        """Datagrams dropped at the sockets since the last look: the table in memory missed
+        what they carried (a push being collected finds its own losses by its count)."""
+        for name, feed in (("sync group listener", self.listener),
+                           ("capture of the outgoing sync", self.capture)):
+            if feed is None:
+                continue
+            try:
+                total = feed.dropped()
+            except OSError as e:
+                log.warning("agent: cannot read the %s's drop counter: %s", name, e)
+                continue
+            new = total - self.st.drops.get(name, 0)
+            self.st.drops[name] = total
+            if new <= 0:
+                continue
+            if self.live is not None:
+                self.live.note_loss(name, new)
+            else:
+                log.warning("agent: the %s dropped %d datagrams (its receive buffer was "
+                            "full)", name, new)
 
     # -- what we do
 

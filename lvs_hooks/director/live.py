@@ -67,6 +67,8 @@ class LiveTable:
         self.lock = threading.Lock()  # the table itself is not thread-safe
         self.ready = False  # reconciled with the kernel's table at least once
         self.reconciled_at: Optional[float] = None
+        self.lost_at: Optional[float] = None  # a feed last dropped datagrams (note_loss)
+        self.losses = 0  # datagrams the feeds dropped, all told
 
     # -- feeds
 
@@ -77,6 +79,22 @@ class LiveTable:
     def note_injected(self, planned: Iterable[PlannedTemplate]) -> int:
         with self.lock:
             return self.table.note_injected(planned, self.clock())
+
+    def note_loss(self, feed: str, datagrams: int) -> None:
+        """A feed dropped `datagrams` (its receive buffer was full): the entries they carried
+        are missing here and nothing says which, so the table is not the table until a
+        reconciliation, or the longest persistence without another loss (TableUpkeep), has
+        made it whole again; meanwhile the duties read the kernel's table."""
+        with self.lock:
+            self.losses += datagrams
+            self.lost_at = self.clock()
+            was, self.ready = self.ready, False
+        log.warning(
+            "table in memory: the %s dropped %d datagrams (its receive buffer was full); %s",
+            feed, datagrams,
+            "the duties read the kernel's table until it is whole again" if was
+            else "it is not the table yet",
+        )
 
     def tick(self, services: Optional[Sequence[Service]] = None) -> None:
         """Let go of what ended; with `services`, key clients as their netmasks do."""
@@ -94,6 +112,7 @@ class LiveTable:
             size = len(self.table)
         self.ready = True
         self.reconciled_at = self.clock()
+        self.lost_at = None
         log.info(
             "table in memory reconciled (%s): %d templates; %d added, %d dropped, %d changed, "
             "%d retimed against what it held; %.0f ms",
@@ -155,6 +174,8 @@ class TableUpkeep:
         self.clock = clock
         self.started = clock()
         self.next_reconcile = self.started
+        self.seen_loss: Optional[float] = None  # the live table's lost_at already acted on
+        self.since = self.started  # listening without a loss since
         self.next_services = self.started
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -204,6 +225,12 @@ class TableUpkeep:
             self.longest = max([self.REARM] + [s.timeout for s in services if s.persistent])
             self.next_services = now + 10.0
         self.live.tick(services)
+        lost = self.live.lost_at
+        if lost is not None and lost != self.seen_loss:
+            # the feeds dropped datagrams: listen afresh, and within the budget read at once
+            self.seen_loss = lost
+            self.since = lost
+            self.next_reconcile = now
         if now < self.next_reconcile:
             return
         cfg = self.live.cfg.table
@@ -219,11 +246,16 @@ class TableUpkeep:
             "whole read; the table fills from the sync stream", entries, cfg.read_budget,
         )
         self.check_drift()
-        if interval <= 0:
+        if not self.live.ready:
+            # look again when it may count as the table (and at the counters now and then)
+            self.next_reconcile = min(self.next_reconcile, now + 10.0)
+            if now - self.since >= self.longest:
+                self.live.ready = True
+                self.live.lost_at = None
+                log.info(
+                    "table in memory: %d templates after %.0f s of the sync stream without a "
+                    "loss (the longest persistence_timeout): it is the table now",
+                    len(self.live), now - self.since,
+                )
+        elif interval <= 0:
             self.next_reconcile = now + 60.0  # look at the counters again now and then
-        if not self.live.ready and now - self.started >= self.longest:
-            self.live.ready = True
-            log.info(
-                "table in memory: %d templates after %.0f s of the sync stream (the longest "
-                "persistence_timeout): it is the table now", len(self.live), now - self.started,
-            )

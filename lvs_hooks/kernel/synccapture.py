@@ -377,6 +377,10 @@ class OutgoingSyncCapture:
         self._counters.kernel_drops += drops
         return dataclasses.replace(self._counters)
 
+    def dropped(self) -> int:
+        """Packets the kernel dropped because the receive buffer was full, since the start."""
+        return self.counters().kernel_drops
+
     def close(self) -> None:
         self.sock.close()
 

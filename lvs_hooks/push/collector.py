@@ -22,7 +22,6 @@ PushCollector is pure (no I/O, no clock). SyncGroupListener is a thin socket.
 """
 
 import collections
-import contextlib
 import ipaddress
 import select
 import socket
@@ -274,7 +273,12 @@ _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 _IN6_PKTINFO = struct.Struct("=16si")  # ipi6_addr, ipi6_ifindex
-RCVBUF = 4 << 20  # asked for; the kernel caps it at net.core.rmem_max
+RCVBUF = 4 << 20  # asked for; SO_RCVBUFFORCE (root) passes net.core.rmem_max, else capped by it
+# include/uapi/asm-generic/socket.h: SO_RXQ_OVFL puts the socket's drop counter (sk_drops, a
+# u32: datagrams dropped because the receive buffer was full) beside each datagram received.
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)
+SO_RCVBUFFORCE = 33
+_U32 = struct.Struct("=I")
 
 
 class SyncGroupListener:
@@ -298,7 +302,11 @@ class SyncGroupListener:
         except OSError as e:
             raise KernelError(f"cannot listen to the sync group: {e.strerror}") from e
         try:
-            _try_setsockopt(self.sock, socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            # A push of the whole table arrives at push.rate while the agent may be busy: the
+            # default buffer (net.core.rmem_default, about 90 datagrams) would drop most of it.
+            if not _try_setsockopt(self.sock, socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf):
+                _try_setsockopt(self.sock, socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            _try_setsockopt(self.sock, socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
             if self.ipv6:
                 self.sock.setsockopt(socket.IPPROTO_IPV6, _IPV6_RECVPKTINFO, 1)
             else:
@@ -311,7 +319,15 @@ class SyncGroupListener:
                 f"{e.strerror or e}"
             ) from e
         self.sock.setblocking(False)
-        self._cmsg_space = socket.CMSG_SPACE(max(_IN_PKTINFO.size, _IN6_PKTINFO.size))
+        self._cmsg_space = socket.CMSG_SPACE(
+            max(_IN_PKTINFO.size, _IN6_PKTINFO.size)
+        ) + socket.CMSG_SPACE(_U32.size)
+        self.drops = 0  # the kernel's count of datagrams dropped here, as last seen
+
+    def dropped(self) -> int:
+        """Datagrams the kernel dropped because this socket's receive buffer was full, since it
+        was opened, as of the last datagram received (SO_RXQ_OVFL)."""
+        return self.drops
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -335,12 +351,16 @@ class SyncGroupListener:
             return data, format_source(parse_source(addr[0])[0], addr[1])
 
     def _ifindex(self, anc) -> Optional[int]:
+        """The arrival interface (and, on the way, the drop counter)."""
+        found = None
         for level, ctype, cdata in anc:
             if level == socket.IPPROTO_IP and ctype == _IP_PKTINFO:
-                return _IN_PKTINFO.unpack_from(cdata)[0]
-            if level == socket.IPPROTO_IPV6 and ctype == _IPV6_PKTINFO:
-                return _IN6_PKTINFO.unpack_from(cdata)[1]
-        return None
+                found = _IN_PKTINFO.unpack_from(cdata)[0]
+            elif level == socket.IPPROTO_IPV6 and ctype == _IPV6_PKTINFO:
+                found = _IN6_PKTINFO.unpack_from(cdata)[1]
+            elif level == socket.SOL_SOCKET and ctype == SO_RXQ_OVFL and len(cdata) >= 4:
+                self.drops = _U32.unpack_from(cdata)[0]
+        return found
 
     def close(self) -> None:
         self.sock.close()
@@ -352,8 +372,11 @@ class SyncGroupListener:
         self.close()
 
 
-def _try_setsockopt(sock: socket.socket, level: int, option: int, value: int) -> None:
+def _try_setsockopt(sock: socket.socket, level: int, option: int, value: int) -> bool:
     # Best effort: an older kernel lacks the option (the filter on the arrival interface
-    # still applies), rmem_max caps the buffer.
-    with contextlib.suppress(OSError):
+    # still applies), rmem_max caps the buffer without CAP_NET_ADMIN.
+    try:
         sock.setsockopt(level, option, value)
+    except OSError:
+        return False
+    return True

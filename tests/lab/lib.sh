@@ -76,6 +76,7 @@ LVS_HOOKS_AGENT=${LVS_HOOKS_AGENT:-0}   # 1 (with LVS_HOOKS=1): `lvs-hooks agent
                                         # shared control key, the warm-up gate in keepalived.conf
 LAB_GATE_WEIGHT=${LAB_GATE_WEIGHT:--60} # track_file weight: larger than the priority gaps
 LAB_PUSH_INTERVAL=${LAB_PUSH_INTERVAL:-30}
+LAB_TABLE=${LAB_TABLE:-}                # 1 (with the agent): table.enabled, read_budget LAB_TABLE_BUDGET
 LAB_DIRECTORS=0                         # set by lab_topology
 
 declare -A LAB_ANCHOR=()   # netns -> pid of a process living in it (for /proc/PID/net/*)
@@ -291,6 +292,13 @@ push:
   interval: $LAB_PUSH_INTERVAL
 warmup:
   max_wait: 600
+EOF
+    fi
+    if [ -n "${LAB_TABLE:-}" ]; then  # LAB_TABLE=1: the agent's table in memory on
+        cat >> "$f" <<EOF
+table:
+  enabled: true
+  read_budget: ${LAB_TABLE_BUDGET:-20000}
 EOF
     fi
     echo "$f"

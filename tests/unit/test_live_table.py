@@ -184,3 +184,58 @@ def test_over_the_budget_the_counts_per_real_server_are_compared(tmp_path, caplo
     upkeep.once()
     assert upkeep.check_drift() == 1
     assert "10.1.0.11:5000 of ('UDP', '10.0.0.100', 5000): table 2, kernel 3" in caplog.text
+
+
+class _DroppingFeed(_Capture):
+    def __init__(self):
+        super().__init__([])
+        self.drops = 0
+
+    def dropped(self):
+        return self.drops
+
+
+def test_a_feed_that_drops_datagrams_makes_the_table_not_the_table(tmp_path, caplog):
+    """Over the budget: the table is the table again only after the longest persistence
+    without another loss; meanwhile the duties read /proc (director.state)."""
+    proc_table(tmp_path, kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000,
+                               "ASSURED", 200))
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10, interval=30.0), clock=clock,
+                     counts=lambda: 1000)
+    live.ready = True
+    capture = _DroppingFeed()
+    agent = Agent(cfg_for(tmp_path), ops=None, channel=None, listener=None,
+                  read_role=lambda: "MASTER", warm=None, capture=capture, live=live)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict)
+    upkeep.once()
+    agent.check_feeds()
+    assert live.ready  # nothing dropped
+    capture.drops = 7
+    agent.check_feeds()
+    assert not live.ready and live.losses == 7
+    assert "capture of the outgoing sync dropped 7 datagrams" in caplog.text
+    assert [t.caddr for t in Director(live.cfg, live).table("keeper").templates] == ["10.0.0.1"]
+    agent.check_feeds()
+    assert live.losses == 7  # counted once
+    clock.t += 200
+    upkeep.once()
+    assert not live.ready
+    clock.t += 161
+    upkeep.once()
+    assert live.ready  # 361 s since the loss, the service's persistence is 360
+
+
+def test_within_the_budget_a_loss_is_made_good_by_a_read_at_once(tmp_path):
+    proc_table(tmp_path, kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000,
+                               "ASSURED", 200))
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: 5)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict)
+    upkeep.once()
+    assert live.ready and live.reconciled_at == clock.t
+    clock.t += 5  # the next reconciliation is 300 s away
+    live.note_loss("sync group listener", 3)
+    assert not live.ready
+    upkeep.once()
+    assert live.ready and live.reconciled_at == clock.t
