@@ -104,20 +104,39 @@ class LiveTable:
             self.table.expire(self.clock())
 
     def reconcile(self, reason: str) -> ReconcileReport:
-        """Read the kernel's table (logged with `reason`) and make this one what it showed."""
+        """Read the kernel's table (logged with `reason`) and make this one what it showed.
+
+        What the stream brings during the read stays (TemplateTable.begin_reconcile). A
+        template the table holds and the read did not show is dropped only if a second read
+        does not show it either: a read of a changing table can skip entries
+        (docs/design.md 2.4), and a template dropped here while its client's connection lives
+        on is one the keeper would not renew."""
         t0 = time.monotonic()
+        with self.lock:
+            self.table.begin_reconcile()
         read = read_conn_table(self.cfg.paths.proc_root, reason=reason)
         with self.lock:
-            report = self.table.reconcile(read.entries, self.clock())
+            report = self.table.reconcile(read.entries, self.clock(), begun=True, drop=False)
+        del read
+        if report.unseen:
+            again = read_conn_table(
+                self.cfg.paths.proc_root,
+                reason=f"{reason}; again, for {report.unseen} templates the first did not show",
+            )
+            with self.lock:
+                second = self.table.drop_unseen(again.entries, self.clock())
+            report.dropped = second.dropped
+            report.examples["dropped"] = second.examples.get("dropped", [])
+        with self.lock:
             size = len(self.table)
         self.ready = True
         self.reconciled_at = self.clock()
         self.lost_at = None
         log.info(
-            "table in memory reconciled (%s): %d templates; %d added, %d dropped, %d changed, "
-            "%d retimed against what it held; %.0f ms",
-            reason, size, report.added, report.dropped, report.changed, report.retimed,
-            (time.monotonic() - t0) * 1000,
+            "table in memory reconciled (%s): %d templates; %d added, %d dropped (of %d the "
+            "read did not show), %d changed, %d retimed against what it held; %.0f ms",
+            reason, size, report.added, report.dropped, report.unseen, report.changed,
+            report.retimed, (time.monotonic() - t0) * 1000,
         )
         return report
 

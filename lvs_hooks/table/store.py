@@ -81,6 +81,7 @@ from typing import (
     NamedTuple,
     Optional,
     Sequence,
+    Set,
     Tuple,
 )
 
@@ -139,7 +140,9 @@ _DL_SHIFT = 8
 _DL_MAX = (1 << 42) - 1  # 139 years of ms: room for any u32 timeout
 _DL = _DL_MAX << _DL_SHIFT
 _DEST_SHIFT = 50
-_KEEP_ON_UPDATE = ~(_DL | _STATE)  # an update changes deadline and state only
+# An update changes deadline and state only; and marks the entry as heard in the current
+# reconcile generation (a read in progress must not drop what the stream just brought).
+_KEEP_ON_UPDATE = ~(_DL | _STATE | _GEN)
 _ASSURED = IP_VS_CTPL_S_ASSURED << _STATE_SHIFT
 _MAX_TIMEOUT_S = _DL_MAX // 1000
 
@@ -191,6 +194,8 @@ class ReconcileReport:
     clients: Optional[int] = None  # None: the read had no connections, clients left as they were
     clients_added: int = 0
     clients_dropped: int = 0
+    unseen: int = 0  # templates neither shown nor heard of during the read: dropped if a second
+    # read does not show them either (drop_unseen)
     examples: Dict[str, List[str]] = field(default_factory=dict)
 
     def figures(self) -> dict:
@@ -303,6 +308,8 @@ class TemplateTable:
         self._cwheel = _Wheel()
         self._seconds: Dict[int, int] = {}  # interned client deadlines
         self._gen = 0  # the reconcile generation bit new entries get
+        # Clients the stream updated since begin_reconcile (None: no read in progress).
+        self._touched: Optional[Set[int]] = None
         # Interned virtual keys (af, protocol, vaddr, vport) and real servers (af, addr, port).
         self._virtuals: List[Tuple[str, str, int, int, int]] = []  # name, vaddr, vport, af, proto
         self._virtual_ids: Dict[Tuple[int, int, int, int], int] = {}
@@ -441,6 +448,8 @@ class TemplateTable:
         tbuckets, cbuckets = tw.buckets, cw.buckets
         num_states, state_timeouts = CONN_NUM_STATES, CONN_STATE_TIMEOUTS
         newbits = obits | (_GEN if self._gen else 0)
+        genbit = newbits & _GEN
+        touched = self._touched
         new = updated = conns = skipped = 0
         for row in rows:
             if type(row) is not tuple:
@@ -482,7 +491,7 @@ class TemplateTable:
                     odl = (old >> _DL_SHIFT) & _DL_MAX
                     if odl > now_ms:
                         # docs/design.md 3.6: timeout and state, never the real server.
-                        tpl[key] = (old & _KEEP_ON_UPDATE) | (dl << _DL_SHIFT) | st
+                        tpl[key] = (old & _KEEP_ON_UPDATE) | (dl << _DL_SHIFT) | st | genbit
                         if dl // 1000 < odl // 1000:
                             tw.add(dl // 1000, key)
                         updated += 1
@@ -517,6 +526,8 @@ class TemplateTable:
                 elif timeout > _MAX_TIMEOUT_S:
                     timeout = _MAX_TIMEOUT_S
                 ds = (now_ms + timeout * 1000 + 999) // 1000
+                if touched is not None:
+                    touched.add(key)
                 old = clients.get(key)
                 if old is None or old * 1000 <= now_ms:
                     clients[key] = seconds.get(ds) or self._second(ds)
@@ -566,7 +577,7 @@ class TemplateTable:
         if old is not None and not repoint:
             odl = (old >> _DL_SHIFT) & _DL_MAX
             if odl > now_ms:
-                d[key] = (old & _KEEP_ON_UPDATE) | (dl << _DL_SHIFT) | st
+                d[key] = (old & _KEEP_ON_UPDATE) | (dl << _DL_SHIFT) | st | (bits & _GEN)
                 if dl // 1000 < odl // 1000:
                     self._twheel.add(dl // 1000, key)
                 self.stats.templates_updated += 1
@@ -614,12 +625,26 @@ class TemplateTable:
             n += 1
         return n
 
+    def begin_reconcile(self) -> None:
+        """Call before the read of /proc that `reconcile` will take: from now on what the stream
+        brings is marked as heard, and a read that started before it came (or that the kernel's
+        position-based walk skipped, docs/design.md 2.4) cannot drop it."""
+        self._gen ^= 1
+        self._touched = set()
+
     def reconcile(
         self, entries: Iterable[ConnEntry], now: float, *, with_connections: bool = True,
-        tolerance: float = 2.0,
+        tolerance: float = 2.0, begun: bool = False, drop: bool = True,
     ) -> ReconcileReport:
         """Replace what the table holds with a read of /proc (ConnTable.entries): the figures
         of how far it was.
+
+        `begun`: begin_reconcile() was called before the read (else the read is taken as of
+        now). A template neither shown by the read nor heard of since the read began is
+        `unseen`: with `drop` it is dropped at once, else it waits for `drop_unseen` and a
+        second read (a read of a changing table can skip entries: each read() walks the hash
+        table to its position again, so an entry that left before the position moves the
+        rest back by one). Clients the stream updated during the read keep their deadline.
 
         Templates are what /proc shows (ConnEntry.is_template, as the planners take them), with
         `expires` as their time left: a deadline already within that second is kept, else set to
@@ -629,11 +654,13 @@ class TemplateTable:
         the read, each client getting its longest; without (a templates-only read), they are left
         as they are.
         """
+        if not begun:
+            self.begin_reconcile()
+        touched, self._touched = self._touched or set(), None
         now_ms = self._ms(now)
         tol_ms = int(tolerance * 1000)
         rep = ReconcileReport()
-        new_gen = self._gen ^ 1
-        gen_bit = _GEN if new_gen else 0
+        gen_bit = _GEN if self._gen else 0
         fresh: Optional[Dict[int, int]] = {} if with_connections else None
         tpl, pe = self._tpl, self._pe
         with _gc_paused():
@@ -679,18 +706,20 @@ class TemplateTable:
                 d[k] = dest | (dl << _DL_SHIFT) | origin | gen_bit | st | (old & _FWD)
                 if dl // 1000 < odl // 1000:
                     self._twheel.add(dl // 1000, k)
-            for d in (tpl, pe):
-                gone = [k for k, v in d.items() if (v & _GEN) != gen_bit]
-                for k in gone:
-                    if ((d[k] >> _DL_SHIFT) & _DL_MAX) > now_ms:
-                        rep.dropped += 1
-                        if len(rep.examples.get("dropped", ())) < 3:
-                            rep._example("dropped", self._describe_key(k, d[k]))
-                    del d[k]
-        self._gen = new_gen
+            if drop:
+                rep.dropped = self._sweep(now_ms, rep)
+            else:
+                rep.unseen = sum(
+                    1 for d in (tpl, pe) for v in d.values()
+                    if (v & _GEN) != gen_bit and ((v >> _DL_SHIFT) & _DL_MAX) > now_ms
+                )
         if fresh is not None:
             old_clients = self._clients
             alive = {k for k, v in old_clients.items() if v * 1000 > now_ms}
+            for k in touched:  # heard during the read: the later of the two deadlines
+                v = old_clients.get(k)
+                if v is not None and v * 1000 > now_ms and v > fresh.get(k, 0):
+                    fresh[k] = v
             rep.clients = len(fresh)
             rep.clients_added = sum(1 for k in fresh if k not in alive)
             rep.clients_dropped = sum(1 for k in alive if k not in fresh)
@@ -700,6 +729,45 @@ class TemplateTable:
             for k, v in fresh.items():
                 self._cwheel.add(v, k)
         return rep
+
+    def drop_unseen(self, entries: Iterable[ConnEntry], now: float) -> ReconcileReport:
+        """After `reconcile(drop=False)`: drop the unseen templates that this second read does
+        not show either, and that the stream has not brought since; the figures (`dropped`)."""
+        now_ms = self._ms(now)
+        gen_bit = _GEN if self._gen else 0
+        rep = ReconcileReport()
+        tpl, pe = self._tpl, self._pe
+        for e in entries:
+            if not e.is_template:
+                continue
+            try:
+                key = self._key_text(e.protocol, e.caddr, e.vaddr, e.vport, client=False)
+            except (ValueError, OSError, KeyError):
+                continue
+            d: Dict[Any, int] = tpl
+            k: Any = key
+            if e.pe_name or e.pe_data:
+                d, k = pe, (key, e.pe_name, e.pe_data)
+            v = d.get(k)
+            if v is not None:
+                d[k] = v | _GEN if gen_bit else v & ~_GEN
+        rep.dropped = self._sweep(now_ms, rep)
+        return rep
+
+    def _sweep(self, now_ms: int, rep: ReconcileReport) -> int:
+        """Delete the templates not marked in the current generation: the number that had
+        not ended yet (the others were gone for every query already)."""
+        gen_bit = _GEN if self._gen else 0
+        n = 0
+        tables: Tuple[Dict[Any, int], ...] = (self._tpl, self._pe)
+        for d in tables:
+            gone = [k for k, v in d.items() if (v & _GEN) != gen_bit]
+            for k in gone:
+                if ((d[k] >> _DL_SHIFT) & _DL_MAX) > now_ms:
+                    n += 1
+                    rep._example("dropped", self._describe_key(k, d[k]))
+                del d[k]
+        return n
 
     def _reconcile_client(self, fresh: Dict[int, int], e: ConnEntry, now_ms: int) -> None:
         try:

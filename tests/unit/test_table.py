@@ -340,7 +340,8 @@ def test_reconcile_reports_how_far_the_table_was_and_takes_procs_view():
     read = parse_conn_table(H + proc)
     rep = t.reconcile(read.entries, NOW + 10.5)
     assert rep.figures() == {"templates": 4, "added": 1, "dropped": 1, "changed": 1, "retimed": 1,
-                             "same": 1, "clients": 2, "clients_added": 1, "clients_dropped": 1}
+                             "same": 1, "clients": 2, "clients_added": 1, "clients_dropped": 1,
+                             "unseen": 0}
     assert "10.0.0.4" in rep.examples["added"][0] and "10.0.0.3" in rep.examples["dropped"][0]
     # the table is now what /proc showed (origins kept where /proc's ip_vs_conn has none)
     want = [e._replace(origin=None if e.caddr == "10.0.0.4" else "SYNC") for e in read.templates]
@@ -355,6 +356,44 @@ def test_reconcile_reports_how_far_the_table_was_and_takes_procs_view():
     assert len(t.client_counts(NOW + 10.5)) == 2
     # what reconcile dropped stays gone; expire finds the rest where the wheel filed it
     assert t.expire(NOW + 200) == (2, 1) and len(t) == 2
+
+
+def test_what_the_stream_brings_during_a_read_is_not_dropped_by_it():
+    """The read began before these came (begin_reconcile): it cannot show them, and they stay.
+    Measured in the lab: a start-up reconciliation during a burst of new clients dropped 365
+    templates their clients never refreshed (one datagram each)."""
+    t = ingest(TemplateTable(), [tpl_conn("10.0.0.1"), tpl_conn("10.0.0.2")])
+    t.begin_reconcile()
+    read = parse_conn_table(
+        H + kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 299)
+    )
+    ingest(t, [tpl_conn("10.0.0.3"), conn("10.0.0.3")], now=NOW + 1)  # during the read
+    ingest(t, [tpl_conn("10.0.0.2", timeout=300)], now=NOW + 1)  # refreshed during the read
+    rep = t.reconcile(read.entries, NOW + 2, begun=True)
+    assert (rep.added, rep.dropped, rep.same) == (0, 0, 1)
+    assert {e.caddr for e in t.templates(NOW + 2)} == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
+    # its connection too: the read's clients do not replace a client heard during it
+    assert ("10.0.0.3", ("TCP", "10.0.0.100", 5000)) in t.client_counts(NOW + 2)
+
+
+def test_a_template_one_read_skipped_is_dropped_only_if_a_second_skips_it_too():
+    t = ingest(TemplateTable(), [tpl_conn(f"10.0.0.{i}") for i in (1, 2, 3, 4)])
+    line = {i: kline("UDP", f"10.0.0.{i}", 0, "10.0.0.100", 5000, "10.1.0.11", 5000,
+                     "ASSURED", 299) for i in (1, 2, 3, 4)}
+    t.begin_reconcile()
+    first = parse_conn_table(H + line[1] + line[4])  # 2 and 3 skipped (or gone)
+    rep = t.reconcile(first.entries, NOW + 1, begun=True, drop=False)
+    assert (rep.unseen, rep.dropped, len(t)) == (2, 0, 4)
+    ingest(t, [tpl_conn("10.0.0.4")], now=NOW + 1.5)  # heard between the reads: stays anyway
+    second = parse_conn_table(H + line[2])  # 2 was skipped by the first read; 3 is gone
+    rep = t.drop_unseen(second.entries, NOW + 2)
+    assert rep.dropped == 1 and "10.0.0.3" in rep.examples["dropped"][0]
+    assert {e.caddr for e in t.templates(NOW + 2)} == {"10.0.0.1", "10.0.0.2", "10.0.0.4"}
+    # the next round starts clean: an entry every read shows is never unseen
+    t.begin_reconcile()
+    rep = t.reconcile(parse_conn_table(H + line[1] + line[2] + line[4]).entries, NOW + 3,
+                      begun=True, drop=False)
+    assert rep.unseen == 0
 
 
 def test_netmask_clients_are_keyed_as_their_templates():
