@@ -24,8 +24,8 @@ a template holds is not shown and is inferred here, saying so where it cannot be
 kernel; `render_explanation` prints it.
 """
 
+import contextlib
 import gzip
-import ipaddress
 import math
 import os
 import re
@@ -37,7 +37,14 @@ from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
 from lvs_hooks.director.ledger import Injection
 from lvs_hooks.kernel.conntable import gc_paused, read_conn_table
-from lvs_hooks.kernel.model import ConnEntry, Service, TemplateKey, template_key
+from lvs_hooks.kernel.model import (
+    ConnEntry,
+    Service,
+    TemplateKey,
+    canonical_addr,
+    host_port,
+    template_key,
+)
 from lvs_hooks.kernel.netlink import IPVS
 
 REARM_SECONDS = 60  # ip_vs_conn_expire: cp->timeout = 60*HZ
@@ -198,18 +205,7 @@ def _window(clock: Optional["Clock"], now: float, e: int, armed: Optional[float]
 
 def _masked(addr: str, svc: Optional[Service]) -> str:
     """A client address as the service's persistence netmask keys its templates."""
-    if svc is None or not svc.netmask:
-        return addr
-    try:
-        ip = ipaddress.ip_address(addr)
-        if ip.version == 4:
-            if ":" in svc.netmask:
-                return addr
-            mask = int(ipaddress.IPv4Address(svc.netmask))
-            return str(ipaddress.IPv4Address(int(ip) & mask))
-        return str(ipaddress.ip_network(f"{addr}/{int(svc.netmask)}", strict=False).network_address)
-    except ValueError:
-        return addr
+    return addr if svc is None else svc.template_client(addr)
 
 
 def conn_timeout(c: ConnEntry, timeouts: Optional[Mapping[str, int]]) -> Tuple[Optional[int], str]:
@@ -422,7 +418,8 @@ def explain_template(
         c_lo, c_hi = _window(clock, now, c.expires, tmo)
         conn_reports.append(
             {
-                "connection": f"{c.protocol} {c.caddr}:{c.cport} -> {c.vaddr}:{c.vport}",
+                "connection": f"{c.protocol} {host_port(c.caddr, c.cport)} -> "
+                f"{host_port(c.vaddr, c.vport)}",
                 "state": c.state,
                 "expires_s": c.expires,
                 "timeout_s": tmo,
@@ -492,7 +489,7 @@ def explain_template(
     return {
         "client": t.caddr,
         "service": svc_text,
-        "real_server": f"{t.daddr}:{t.dport}",
+        "real_server": host_port(t.daddr, t.dport),
         "protocol": t.protocol,
         "state": t.state,
         "origin": origin_code,
@@ -521,8 +518,8 @@ def explain_template(
 
 def _service_text(t: ConnEntry) -> str:
     if t.fwmark:
-        return f"FWM {t.fwmark}"
-    return f"{t.protocol} {t.vaddr}:{t.vport}"
+        return f"FWM {t.fwmark}" + (" IPv6" if t.af == 6 else "")
+    return f"{t.protocol} {host_port(t.vaddr, t.vport)}"
 
 
 def explain(
@@ -554,6 +551,8 @@ def explain(
     role = _role(daemons)
     chosen = templates
     if client:
+        with contextlib.suppress(ValueError):
+            client = canonical_addr(client)  # as the table shows it (fd00:0::29 is fd00::29)
         chosen = [
             t
             for t in templates

@@ -12,7 +12,7 @@ from typing import Iterable, List, Optional, Sequence
 from lvs_hooks.config import Config
 from lvs_hooks.errors import SnapshotError
 from lvs_hooks.kernel.conntable import read_conn_table
-from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.kernel.model import ConnEntry, Service, host_port
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon, Timeouts
 from lvs_hooks.snapshot import SnapshotStore
 
@@ -127,7 +127,7 @@ def render_status(r: dict) -> str:
         for d in s["destinations"]:
             by = ", ".join(f"{k} {v}" for k, v in sorted(d["by_origin"].items()))
             lines.append(
-                f"  -> {d['addr']}:{d['port']} {d['fwd']} w{d['weight']}  "
+                f"  -> {host_port(d['addr'], d['port'])} {d['fwd']} w{d['weight']}  "
                 f"templates {d['templates']}" + (f" ({by})" if by else "")
             )
     if r["sync_daemons"]:

@@ -14,7 +14,6 @@ and re-arms the template with it, so the template then behaves as the kernel's o
 `plan_renewals` is pure; `keep_once` does one period's I/O.
 """
 
-import ipaddress
 import logging
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import (
 from lvs_hooks.director.inject import inject
 from lvs_hooks.director.lock import DUTY_LOCK_TIMEOUT
 from lvs_hooks.kernel.conntable import ClientKey
-from lvs_hooks.kernel.model import ConnEntry, Destination, Service
+from lvs_hooks.kernel.model import ConnEntry, Destination, Service, addr_family
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate
 
@@ -63,18 +62,6 @@ class KeepPlan:
         }
 
 
-def _masked(addr: str, svc: Service) -> str:
-    """The client address as the service's persistence netmask keys its templates."""
-    if not svc.netmask:
-        return addr
-    ip = ipaddress.ip_address(addr)
-    if ip.version == 4:
-        mask = int(ipaddress.IPv4Address(svc.netmask))
-        return str(ipaddress.IPv4Address(int(ip) & mask))
-    plen = int(svc.netmask)
-    return str(ipaddress.ip_network(f"{addr}/{plen}", strict=False).network_address)
-
-
 def clients_in_use(
     conn_counts: Dict[ClientKey, int], services: Sequence[Service]
 ) -> Set[Tuple[str, Tuple]]:
@@ -93,12 +80,12 @@ def clients_in_use(
             continue
         svc = by_key.get(key)
         if svc is not None:
-            used.add((_masked(caddr, svc), svc.key()))
+            used.add((svc.template_client(caddr), svc.key()))
             continue
-        af = 6 if ":" in caddr else 4
+        af = addr_family(caddr)
         for f in fwmark:
             if f.af == af:
-                used.add((_masked(caddr, f), f.key()))
+                used.add((f.template_client(caddr), f.key()))
     return used
 
 

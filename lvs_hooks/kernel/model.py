@@ -8,6 +8,7 @@ entries read from /proc, from a snapshot and from netlink compare equal.
 import ipaddress
 import socket
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 # Protocol names as /proc/net/ip_vs_conn prints them (ip_vs_proto_name) and their numbers.
@@ -29,6 +30,12 @@ def addr_family(addr: str) -> int:
     return 6 if ":" in addr else 4
 
 
+def host_port(addr: str, port: int) -> str:
+    """`addr:port` as an operator reads it, an IPv6 address in brackets (RFC 3986, as ipvsadm
+    prints it): `10.1.0.12:5000`, `[fd00:1::12]:5000`."""
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
 def ipv6_text(packed: bytes) -> str:
     """canonical_addr() of a packed IPv6 address, fast (the parsers convert many).
 
@@ -37,6 +44,44 @@ def ipv6_text(packed: bytes) -> str:
     """
     text = socket.inet_ntop(socket.AF_INET6, packed)
     return str(ipaddress.IPv6Address(packed)) if "." in text else text
+
+
+_M32 = (1 << 32) - 1
+_M128 = (1 << 128) - 1
+
+
+@lru_cache(maxsize=256)
+def _netmask_bits(netmask: str) -> Optional[Tuple[int, int]]:
+    """(family, mask as an integer) of a Service.netmask, None for none or one that is neither
+    a dotted IPv4 mask nor an IPv6 prefix length (kernel/netlink.py decodes both)."""
+    try:
+        if "." in netmask:
+            return 4, int(ipaddress.IPv4Address(netmask))
+        plen = int(netmask)
+    except ValueError:
+        return None
+    if not 0 <= plen <= 128:
+        return None
+    return 6, _M128 ^ (_M128 >> plen)
+
+
+def template_client(addr: str, netmask: str) -> str:
+    """A client address as the templates of a service with persistence netmask `netmask` hold
+    it (ip_vs_sched_persist: an IPv4 client ANDed with the mask, an IPv6 one cut to the prefix
+    length). A full mask, none, or an address of the other family: the address as it is."""
+    bits = _netmask_bits(netmask) if netmask else None
+    if bits is None:
+        return addr
+    af, mask = bits
+    if mask == (_M32 if af == 4 else _M128) or addr_family(addr) != af:
+        return addr
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return addr
+    if af == 4:
+        return str(ipaddress.IPv4Address(int(ip) & mask))
+    return str(ipaddress.IPv6Address(int(ip) & mask))
 
 
 # A template's identity in the kernel: protocol, client, virtual address and port (the kernel
@@ -168,8 +213,12 @@ class Service:
     def describe(self) -> str:
         if self.fwmark:
             return f"FWM {self.fwmark}" + (" IPv6" if self.af == 6 else "")
-        host = f"[{self.addr}]" if self.af == 6 else self.addr
-        return f"{self.protocol} {host}:{self.port}"
+        return f"{self.protocol} {host_port(self.addr or '', self.port)}"
+
+    def template_client(self, addr: str) -> str:
+        """The client address as this service's templates hold it: masked by its persistence
+        netmask (see template_client)."""
+        return template_client(addr, self.netmask)
 
     def destination_for(self, addr: str, port: int) -> Optional[Destination]:
         """The real server a template names. Templates of fwmark services may carry port 0

@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -178,15 +179,48 @@ def decode_daemon(msg) -> SyncDaemon:
     )
 
 
+# The persistence netmask of a service (IPVS_SVC_ATTR_NETMASK, include/uapi/linux/ip_vs.h) is
+# one 32-bit field that means two things. net/netfilter/ipvs/ip_vs_ctl.c stores what the
+# request carried (ip_vs_genl_parse_service: nla_get_be32) in svc->netmask, a __be32, and sends
+# it back as it is (ip_vs_genl_fill_service: nla_put_be32):
+#
+# | family | svc->netmask holds             | its 4 bytes on the wire      | example          |
+# |--------|--------------------------------|------------------------------|------------------|
+# | IPv4   | the mask, network order        | ff ff ff 00                  | 255.255.255.0    |
+# | IPv6   | the prefix length, 1..128, as  | 80 00 00 00 on little-endian | 128              |
+# |        | a host-order u32 (ipvsadm and  | hosts (x86, arm64)           |                  |
+# |        | keepalived put it with         |                              |                  |
+# |        | NLA_PUT_U32)                   |                              |                  |
+#
+# ip_vs_add_service/ip_vs_edit_service check an IPv6 one with `(__force __u32) u->netmask`
+# between 1 and 128, and ip_vs_sched_persist masks a client with ipv6_addr_prefix(...,
+# (__force __u32) svc->netmask): the value in host order. pyroute2 types the attribute as an
+# IPv4 address (dotted text of the 4 bytes), so an IPv6 prefix length is those bytes read back
+# in host order; read in network order, /128 came out as 2147483648 (issue 17).
+IPV6_PREFIX_MAX = 128
+
+
+def decode_netmask(af: int, text: str) -> str:
+    """Service.netmask from pyroute2's text of IPVS_SVC_ATTR_NETMASK: the dotted mask for IPv4,
+    the prefix length for IPv6 (see the table above); "" when the kernel sent none. An IPv6
+    prefix length the kernel would not have accepted is logged and taken as 128 (templates
+    keyed by the whole client address, the kernel's default)."""
+    if not text or af == 4:
+        return text or ""
+    plen = int.from_bytes(socket.inet_aton(text), sys.byteorder)
+    if not 1 <= plen <= IPV6_PREFIX_MAX:
+        log.warning("IPVS sent an IPv6 persistence prefix length of %d (bytes %s): taken as %d",
+                    plen, text, IPV6_PREFIX_MAX)
+        plen = IPV6_PREFIX_MAX
+    return str(plen)
+
+
 def decode_service(msg, destinations: Tuple[Destination, ...] = ()) -> Service:
     s = msg.get_attr("IPVS_CMD_ATTR_SERVICE")
     af = 6 if s.get_attr("IPVS_SVC_ATTR_AF") == socket.AF_INET6 else 4
     fwmark = s.get_attr("IPVS_SVC_ATTR_FWMARK") or 0
     flags = (s.get_attr("IPVS_SVC_ATTR_FLAGS") or {}).get("flags", 0)
-    netmask = s.get_attr("IPVS_SVC_ATTR_NETMASK") or ""
-    if af == 6 and netmask:
-        # For IPv6 services the kernel puts the prefix length in this u32 attribute.
-        netmask = str(int.from_bytes(socket.inet_aton(netmask), "big"))
+    netmask = decode_netmask(af, s.get_attr("IPVS_SVC_ATTR_NETMASK") or "")
     addr = s.get_attr("IPVS_SVC_ATTR_ADDR")
     return Service(
         af=af,

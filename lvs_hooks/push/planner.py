@@ -28,6 +28,7 @@ from lvs_hooks.kernel.model import (
     Destination,
     Service,
     addr_family,
+    host_port,
 )
 from lvs_hooks.kernel.syncproto import SyncConn
 from lvs_hooks.reseed.planner import (
@@ -157,7 +158,10 @@ def _count(counter: Counter, examples: Dict[str, List[str]], reason: str, text: 
 
 
 def _describe_conn(c: ConnEntry) -> str:
-    return f"{c.protocol} {c.caddr}:{c.cport} -> {c.vaddr}:{c.vport} -> {c.daddr}:{c.dport}"
+    return (
+        f"{c.protocol} {host_port(c.caddr, c.cport)} -> {host_port(c.vaddr, c.vport)} -> "
+        f"{host_port(c.daddr, c.dport)}"
+    )
 
 
 class _Services:

@@ -13,6 +13,7 @@ from lvs_hooks.kernel.model import (
     Destination,
     Service,
     TemplateKey,
+    host_port,
     template_id,
     template_key,
 )
@@ -74,8 +75,11 @@ class PlannedTemplate:
         )
 
     def describe(self) -> str:
-        svc = f"FWM {self.fwmark}" if self.fwmark else f"{self.protocol} {self.vaddr}:{self.vport}"
-        return f"{self.caddr} -> {svc} -> {self.daddr}:{self.dport} ({self.timeout} s)"
+        svc = (
+            f"FWM {self.fwmark}" if self.fwmark
+            else f"{self.protocol} {host_port(self.vaddr, self.vport)}"
+        )
+        return f"{self.caddr} -> {svc} -> {host_port(self.daddr, self.dport)} ({self.timeout} s)"
 
     def table_key(self) -> TemplateKey:
         """How the entry shows in /proc/net/ip_vs_conn (to verify it arrived)."""
@@ -103,9 +107,10 @@ class Plan:
 
 
 def describe_template(t: ConnEntry) -> str:
+    rs = host_port(t.daddr, t.dport)
     if t.protocol == "IP":
-        return f"{t.caddr} -> FWM {t.fwmark} -> {t.daddr}:{t.dport}"
-    return f"{t.protocol} {t.caddr} -> {t.vaddr}:{t.vport} -> {t.daddr}:{t.dport}"
+        return f"{t.caddr} -> FWM {t.fwmark} -> {rs}"
+    return f"{t.protocol} {t.caddr} -> {host_port(t.vaddr, t.vport)} -> {rs}"
 
 
 # Identity of a template in the kernel: client and virtual service (not the real server).
