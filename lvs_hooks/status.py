@@ -1,13 +1,15 @@
 """`lvs-hooks status`: what this director holds now, in one report.
 
 `summarize` is pure (tested with plain values); `build_status` gathers the values from the kernel
-and the snapshot store.
+and the snapshot store, and the templates from the agent's table in memory when it is the table
+and a whole read of /proc/net/ip_vs_conn would be over table.read_budget (docs/design.md 2.4:
+160,000 lines took minutes); connections are then the kernel's per-real-server counters.
 """
 
 import os
 import time
 from collections import Counter, defaultdict
-from typing import Iterable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lvs_hooks.config import Config
 from lvs_hooks.errors import SnapshotError
@@ -15,6 +17,9 @@ from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service, host_port
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon, Timeouts
 from lvs_hooks.snapshot import SnapshotStore
+
+if TYPE_CHECKING:  # the agent's table; status without an agent never loads it
+    from lvs_hooks.director.live import LiveTable
 
 
 def summarize(
@@ -24,12 +29,16 @@ def summarize(
     timeouts: Optional[Timeouts],
     newest_snapshot: Optional[dict],
     malformed: int = 0,
+    connections: Optional[Dict[Tuple, int]] = None,
 ) -> dict:
-    """The status report as plain data (JSON-ready)."""
+    """The status report as plain data (JSON-ready). `connections`: per service key, when
+    `entries` holds templates only (the table in memory keeps no connections one by one)."""
     per_dest: dict = defaultdict(Counter)  # service key -> Counter((daddr, dport, origin))
     conns: Counter = Counter()
     templates = 0
     origins: Counter = Counter()
+    if connections is not None:
+        conns.update(connections)
     for e in entries:
         if not e.is_template:
             conns[e.service_key()] += 1
@@ -82,17 +91,40 @@ def summarize(
     }
 
 
-def build_status(cfg: Config, store: SnapshotStore) -> dict:
+def build_status(
+    cfg: Config, store: SnapshotStore, live: Optional["LiveTable"] = None,
+    from_kernel: bool = False,
+) -> dict:
+    """`live`: the agent's table in memory (the agent answers `lvs-hooks status`); used when it
+    is the table and the kernel counts more entries than table.read_budget, unless
+    `from_kernel`. The report says which in `source`."""
     proc_root = cfg.paths.proc_root
     with IPVS() as ipvs:
         services = ipvs.services()
         daemons = ipvs.daemons()
         timeouts = ipvs.timeouts()
+        counts = ipvs.dest_counts() if live is not None and not from_kernel else []
+    newest = _newest_snapshot(store)
+    entries = sum(c.active + c.inactive + c.persistent for c in counts)
+    if live is not None and live.ready and entries > cfg.table.read_budget:
+        view = live.view()
+        conns: Counter = Counter()
+        for c in counts:
+            conns[c.service_key] += c.active + c.inactive
+        report = summarize(services, view.entries, daemons, timeouts, newest,
+                           connections=dict(conns))
+        report["source"] = {
+            "table": "in memory",
+            "kernel_entries": entries,
+            "kernel_templates": sum(c.persistent for c in counts),
+        }
+        return report
     # ip_vs_conn_sync says LOCAL or SYNC for each entry; older kernels lack it.
     sync_path = os.path.join(proc_root, "net", "ip_vs_conn_sync")
     table = read_conn_table(proc_root, sync=os.path.exists(sync_path), reason="status")
-    newest = _newest_snapshot(store)
-    return summarize(services, table.entries, daemons, timeouts, newest, table.malformed)
+    report = summarize(services, table.entries, daemons, timeouts, newest, table.malformed)
+    report["source"] = {"table": "kernel"}
+    return report
 
 
 def _newest_snapshot(store: SnapshotStore) -> Optional[dict]:
@@ -146,6 +178,13 @@ def render_status(r: dict) -> str:
         )
     else:
         lines.append("newest snapshot: none")
+    src = r.get("source") or {}
+    if src.get("table") == "in memory":
+        lines.append(
+            f"templates from the agent's table in memory (the kernel counts "
+            f"{src['kernel_templates']} templates, {src['kernel_entries']} entries; "
+            f"--from-kernel reads its table)"
+        )
     if r["malformed_lines"]:
         lines.append(f"warning: {r['malformed_lines']} malformed lines in the connection table")
     return "\n".join(lines)

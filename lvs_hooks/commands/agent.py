@@ -11,6 +11,7 @@ from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.config import Config
 from lvs_hooks.director import Director
 from lvs_hooks.director.snapshot import take_snapshot
+from lvs_hooks.director.state import snapshot_store
 from lvs_hooks.errors import KernelError
 from lvs_hooks.events.inbox import Inbox
 from lvs_hooks.events.parts import director_parts
@@ -18,6 +19,7 @@ from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role
 from lvs_hooks.kernel.model import Service
 from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.status import build_status
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,8 @@ def agent_cmd(app: AppContext) -> None:
             "snapshot": lambda: take_snapshot(
                 cfg, reason="snapshot command, through the agent", live=parts.director.live
             ),
+            # `lvs-hooks status`: templates from the table in memory when it is the table
+            "status": lambda: build_status(cfg, snapshot_store(cfg), live=parts.director.live),
         },
     )
     periodic = PeriodicThread(

@@ -12,7 +12,13 @@ from lvs_hooks.director.reseed import reseed
 from lvs_hooks.director.snapshot import take_snapshot
 from lvs_hooks.director.state import snapshot_store
 from lvs_hooks.door import SOCKET_NAME, AgentConnection, NoAgent, request_message
-from lvs_hooks.errors import LvsHooksError, ReseedIncomplete, SnapshotError, UsageError
+from lvs_hooks.errors import (
+    KernelError,
+    LvsHooksError,
+    ReseedIncomplete,
+    SnapshotError,
+    UsageError,
+)
 from lvs_hooks.status import build_status, render_status
 
 log = logging.getLogger(__name__)
@@ -146,8 +152,18 @@ def _render_reseed(r: dict) -> str:
 
 
 @command("status")
+@click.option(
+    "--from-kernel",
+    is_flag=True,
+    help="Read /proc/net/ip_vs_conn here, even when the agent keeps the table in memory.",
+)
 @json_option
 @pass_app
-def status_cmd(app: AppContext, as_json: bool) -> None:
-    """Templates per service and real server, sync daemons, timeouts, newest snapshot."""
-    emit(build_status(app.config, snapshot_store(app.config)), as_json, render_status)
+def status_cmd(app: AppContext, from_kernel: bool, as_json: bool) -> None:
+    """Templates per service and real server, sync daemons, timeouts, newest snapshot: from
+    the agent's table in memory when an agent keeps one and the kernel's table is large, else
+    from a read of the kernel's table."""
+    report = None if from_kernel else ask_agent(app, "status", KernelError)
+    if report is None:
+        report = build_status(app.config, snapshot_store(app.config), from_kernel=from_kernel)
+    emit(report, as_json, render_status)

@@ -81,8 +81,8 @@ def test_unknown_requests_and_failures_are_answered_in_one_line(base):
     inbox, config, path = agent(base, {"snapshot": fails})
     try:
         c = AgentConnection(path, timeout=10)
-        assert c.exchange(request_message(config, "status"))["reason"] == (
-            "no such request: 'status'"
+        assert c.exchange(request_message(config, "explain"))["reason"] == (
+            "no such request: 'explain'"
         )
         c.close()
         c = AgentConnection(path, timeout=10)
@@ -107,6 +107,27 @@ def test_the_snapshot_command_takes_the_agents_report(base):
         )
         # --from-kernel reads here (this host has no IPVS: IPVS's own error, exit 4)
         r = CliRunner().invoke(cli, ["--config", config, "snapshot", "--from-kernel"])
+        assert r.exit_code == 4, r.output
+    finally:
+        inbox.stop()
+
+
+def test_the_status_command_takes_the_agents_report(base):
+    from lvs_hooks.status import summarize
+
+    report = summarize([], [], [], None, None, connections={})
+    report["source"] = {"table": "in memory", "kernel_entries": 320000,
+                        "kernel_templates": 160000}
+    inbox, config, _ = agent(base, {"status": lambda: report})
+    try:
+        r = CliRunner().invoke(cli, ["--config", config, "status"])
+        assert r.exit_code == 0, r.output
+        assert ("templates from the agent's table in memory (the kernel counts 160000 "
+                "templates, 320000 entries; --from-kernel reads its table)") in r.output
+        r = CliRunner().invoke(cli, ["--config", config, "status", "--json"])
+        assert '"table": "in memory"' in r.output
+        # --from-kernel asks the kernel here (no IPVS on this host: exit 4)
+        r = CliRunner().invoke(cli, ["--config", config, "status", "--from-kernel"])
         assert r.exit_code == 4, r.output
     finally:
         inbox.stop()
