@@ -273,7 +273,7 @@ _IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)
 _IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 _IN_PKTINFO = struct.Struct("=i4s4s")  # ipi_ifindex, ipi_spec_dst, ipi_addr
 _IN6_PKTINFO = struct.Struct("=16si")  # ipi6_addr, ipi6_ifindex
-RCVBUF = 4 << 20  # asked for; SO_RCVBUFFORCE (root) passes net.core.rmem_max, else capped by it
+RCVBUF = 16 << 20  # asked for; SO_RCVBUFFORCE (root) passes net.core.rmem_max, else capped by it
 # include/uapi/asm-generic/socket.h: SO_RXQ_OVFL puts the socket's drop counter (sk_drops, a
 # u32: datagrams dropped because the receive buffer was full) beside each datagram received.
 SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)

@@ -1,0 +1,135 @@
+#!/bin/bash
+# lab-timeout: 1500
+# Issue 13: takeover cost flat in the table's size. Two directors with keepalived, lvs-hooks
+# (FIFO hooks, the agent, the table in memory on), a persistent UDP service; LAB_CLIENTS real
+# clients with live flows, and N bulk templates (one datagram from each of N spoofed sources)
+# on dir1, which the kernel's sync brings to dir2, whose agent hears them beside it.
+#  1. `lvs-hooks status` and `lvs-hooks snapshot` on dir2 (through its agent), timed, with the
+#     entries the kernel counts (ipvsadm --persistent-conn: no read of the table);
+#  2. hard failure of dir1: dir2's MASTER reseed latency (its journal's latency_ms), clients on
+#     their real server (existing flows);
+#  3. twice the persistence timeout later: new flows on their real server (the keeper renewed
+#     the synced templates from the table in memory);
+#  4. whole reads of /proc/net/ip_vs_conn on dir2 after its agent's start-up reconciliation,
+#     counted from its log lines.
+# N is LAB_SCALE_N (200,000); table-scale-1k.sh runs it with 1,000 in the same VM, and the tier
+# compares the two latencies. Results: $LAB_OUT/result.json
+set -u
+. "$LAB_DIR/lib.sh"
+export LVS_HOOKS=1 LVS_HOOKS_AGENT=1 LAB_TABLE=1
+LAB_PROTOS=UDP
+LAB_PERSIST=${LAB_SCALE_PERSIST:-90}
+LAB_PUSH_INTERVAL=0
+N=${LAB_SCALE_N:-200000}
+py() { "$LAB_PYTHON" "$@"; }
+persist_count() {  # templates bound to real servers, by the kernel's counters
+    nsx "$1" ipvsadm -Ln --persistent-conn \
+        | awk '$1 == "->" && $3 ~ /^[0-9]+$/ {n += $4} END {print n + 0}'
+}
+tpl_count_at_least() { local n; n=$(persist_count "$1"); [ "$n" -ge "$2" ]; }
+ms_since() { local now=$EPOCHREALTIME; echo $(( (${now/./} - ${1/./}) / 1000 )); }
+latency_ms() {  # the newest MASTER record's latency_ms in DIR's journal
+    py - "$LAB_TMP/$1/state/events.jsonl" <<'PYEOF'
+import json, sys
+for line in reversed(open(sys.argv[1]).read().splitlines()):
+    r = json.loads(line)
+    if r["event"]["state"] == "MASTER" and r.get("outcome") == "done":
+        steps = r.get("steps") or []
+        for s in steps:
+            f = s.get("figures") or {}
+            if "latency_ms" in f:
+                print(f["latency_ms"]); sys.exit(0)
+        print(r.get("latency_ms", -1)); sys.exit(0)
+print(-1)
+PYEOF
+}
+
+lab_step "size $N: two directors, $LAB_CLIENTS clients, $N bulk templates on dir1"
+lab_topology 2
+lab_keepalived_start dir1 150 MASTER
+lab_keepalived_start dir2 100 BACKUP
+lab_client_start
+lab_wait 90 "dir1 is master" lab_master_is dir1 || lab_die "no master"
+lab_wait 90 "dir2's BACKUP transition journalled" lab_hooks_state dir2 BACKUP \
+    || lab_die "no BACKUP transition on dir2"
+lab_wait 120 "dir2 warm" lab_warm dir2 || lab_die "dir2 never warm"
+lab_client keepalive 1
+lab_client open start || lab_die "clients could not open their flows"
+[ "$(lab_json_field answered)" = "$LAB_CLIENTS" ] || lab_die "not every client got an answer"
+t=$EPOCHREALTIME
+lab_bulk_templates "$N" || lab_die "bulk"
+bulk_ms=$(ms_since "$t")
+want=$((N + LAB_CLIENTS))
+lab_wait 300 "$want templates on dir2 by the kernel's counters" tpl_count_at_least dir2 "$want" \
+    || lab_log "dir2 has $(persist_count dir2) of $want templates"
+on_dir1=$(persist_count dir1); on_dir2=$(persist_count dir2)
+lab_log "templates: dir1 $on_dir1, dir2 $on_dir2 (bulk sent in $bulk_ms ms)"
+
+lab_step "size $N: status and snapshot on dir2, through its agent"
+CFG2="$LAB_TMP/dir2/lvs-hooks.yaml"
+t=$EPOCHREALTIME
+nsx dir2 lvs-hooks --config "$CFG2" status --json > "$LAB_OUT/status-$N.json" \
+    || lab_die "status failed"
+status_ms=$(ms_since "$t")
+t=$EPOCHREALTIME
+snap=$(nsx dir2 lvs-hooks --config "$CFG2" snapshot --json) || lab_die "snapshot failed"
+snapshot_ms=$(ms_since "$t")
+status_source=$(py -c 'import json,sys; print(json.load(open(sys.argv[1])).get("source", {}).get("table"))' \
+    "$LAB_OUT/status-$N.json")
+status_templates=$(py -c 'import json,sys; print(json.load(open(sys.argv[1]))["templates"])' \
+    "$LAB_OUT/status-$N.json")
+lab_log "status in $status_ms ms ($status_templates templates, from: $status_source)," \
+    "snapshot in $snapshot_ms ms: $snap"
+
+lab_step "size $N: hard failure of dir1"
+lab_client probe before
+lab_fail_hard dir1
+lab_wait 60 "dir2 takes over" lab_has_vip dir2 || lab_die "dir2 did not take over"
+lab_wait 120 "dir2's MASTER transition journalled" lab_hooks_state dir2 MASTER \
+    || lab_die "no MASTER record on dir2"
+lat=$(latency_ms dir2)
+lab_client probe after-takeover || lab_die "probe"
+after_same=$(lab_json_field same_as_ref)
+lab_log "dir2's reseed ended $lat ms after MASTER; existing flows on their real server:" \
+    "$after_same/$LAB_CLIENTS"
+
+lab_step "size $N: twice the persistence timeout ($((2 * LAB_PERSIST)) s), then new flows"
+lab_nap $((2 * LAB_PERSIST))  # the time itself is under test: synced templates end unless renewed
+lab_client open new-after || lab_die "new flows"
+new_same=$(lab_json_field same_as_ref); new_moved=$(lab_json_field moved)
+lab_log "new flows on their real server: $new_same/$LAB_CLIENTS (moved $new_moved)"
+
+lab_step "size $N: whole reads of the connection table on dir2 after its agent's start-up"
+lab_syslog 'lvs-hooks' > "$LAB_OUT/lvs-hooks-$N.log"
+reads=$(py - "$LAB_OUT/lvs-hooks-$N.log" <<'PYEOF'
+import re, sys
+# dir2's agent is the last to start; its first reconciliation ends its start-up
+lines = open(sys.argv[1], errors="replace").read().splitlines()
+def pid(line):
+    m = re.search(r"lvs-hooks\[(\d+)\]", line)
+    return m.group(1) if m else None
+agents = [pid(ln) for ln in lines if "agent started" in ln]
+after, reads = False, []
+for ln in lines:
+    if not agents or pid(ln) != agents[-1]:
+        continue
+    if "table in memory reconciled" in ln and not after:
+        after = True
+    elif after and "whole read of" in ln:
+        reads.append(ln)
+print(len(reads))
+for r in reads[:5]:
+    print("  " + r, file=sys.stderr)
+PYEOF
+)
+tracebacks=$(grep -c Traceback "$LAB_OUT/lvs-hooks-$N.log" "$LAB_TMP"/dir*/agent.log 2>/dev/null \
+    | awk -F: '{n += $NF} END {print n + 0}')
+lab_log "whole reads on dir2 after its agent's start-up: $reads; tracebacks: $tracebacks"
+lab_client report "$LAB_OUT/traffic-$N.json" > /dev/null
+lab_result_json result.json "scenario=\"table-scale\"" "size=$N" "clients=$LAB_CLIENTS" \
+    "persist=$LAB_PERSIST" "bulk_ms=$bulk_ms" "templates_dir1=$on_dir1" \
+    "templates_dir2=$on_dir2" "status_ms=$status_ms" "status_source=\"$status_source\"" \
+    "status_templates=$status_templates" "snapshot_ms=$snapshot_ms" "snapshot=$snap" \
+    "latency_ms=$lat" "after_same=$after_same" "new_same=$new_same" \
+    "whole_reads_after_start=$reads" "tracebacks=$tracebacks"
+lab_log "table-scale ($N) done: figures in $LAB_OUT/result.json"
