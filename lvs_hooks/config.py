@@ -778,11 +778,9 @@ class TableConfig:
     """
 
     enabled: bool = setting(
-        False,
+        True,
         "Keep the table in memory in `lvs-hooks agent` and plan from it where a whole read is "
-        "over read_budget. Off by default for now: in the lab, a push planned from it carried "
-        "up to 9% fewer templates than the kernel held, a drift not yet understood. Without it "
-        "(and without an agent), every duty reads the kernel's table as before.",
+        "over read_budget. Off (and without an agent), every duty reads the kernel's table.",
     )
     read_budget: int = setting(
         20000,

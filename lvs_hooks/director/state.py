@@ -41,9 +41,8 @@ class Director:
 
         The table in memory replaces only the reads that are expensive: it can differ from the
         kernel's (a datagram the kernel's socket dropped and the listener heard, docs/design.md
-        3.5; a template the kernel re-armed for its connections, which the stream never says;
-        in the lab's handover, 9,093 of 10,020 templates), and where the kernel's word is
-        cheap, it is the one to plan from."""
+        3.5; a template the kernel re-armed for its connections, whose re-send is batched), and
+        where the kernel's word is cheap, it is the one to plan from."""
         live = self.live
         if live is not None and live.ready:
             within, entries = live.within_budget()
