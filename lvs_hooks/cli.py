@@ -5,6 +5,7 @@ Every option shared by several commands is defined once here. Commands that repo
 
 import json
 import logging
+import os
 import sys
 from typing import Any, Callable, Optional
 
@@ -27,15 +28,42 @@ class AppContext:
         self.config_explicit = config_explicit
         self.debug = debug
         self._config = None
+        self._trusted = False
 
     @property
     def config(self):
+        """The config, once every path it makes root trust has been checked (UntrustedPath)."""
+        if self._trusted:
+            return self._config
+        from lvs_hooks import trust
+        from lvs_hooks.errors import UntrustedPath
+
+        config_file = self._existing_config()
+        try:
+            # The file first: what an untrusted file says is not worth parsing.
+            if config_file is not None:
+                trust.check_path(config_file, "config file")
+            cfg = self.unchecked_config
+            for path, what in trust.config_paths(None, cfg):
+                trust.check_path(path, what)
+        except trust.Untrusted as e:
+            raise UntrustedPath(e.message) from None
+        self._trusted = True
+        return cfg
+
+    @property
+    def unchecked_config(self):
+        """The config without the trust check: for doctor, which reports what it would refuse."""
         if self._config is None:
             # deferred: --help and --version need no YAML parser
             from lvs_hooks.config import load_config
 
             self._config = load_config(self.config_path, required=self.config_explicit)
         return self._config
+
+    def _existing_config(self) -> Optional[str]:
+        # An absent default config means built-in defaults: no file to trust.
+        return self.config_path if os.path.lexists(self.config_path) else None
 
 
 pass_app = click.make_pass_decorator(AppContext)

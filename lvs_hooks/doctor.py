@@ -118,6 +118,9 @@ class DoctorInput:
     paths: Mapping[str, PathInfo] = field(default_factory=dict)
     users: Mapping[str, int] = field(default_factory=dict)  # user name -> uid
     notes: List[str] = field(default_factory=list)
+    # One line per path lvs-hooks would refuse to trust (lvs_hooks.trust): the command refuses
+    # to run there, doctor lists them all.
+    untrusted: List[str] = field(default_factory=list)
 
     # -- shared questions
 
@@ -1041,7 +1044,23 @@ def check_preemption(d: DoctorInput) -> List[Finding]:
     return out
 
 
+def check_trust(d: DoctorInput) -> List[Finding]:
+    """The paths every lvs-hooks command refuses to trust (lvs_hooks.trust)."""
+    return [
+        Finding(
+            "untrusted-path",
+            "error",
+            "lvs-hooks refuses to run: a path it trusts may be changed by someone other than root",
+            (line,),
+            "make the path and every directory above it owned by root and not writable by group "
+            "or others (docs/design.md section 6.3)",
+        )
+        for line in d.untrusted
+    ]
+
+
 CHECKS: Tuple[Callable[[DoctorInput], List[Finding]], ...] = (
+    check_trust,
     check_conf_files,
     check_sync_daemon,
     check_sync_version,

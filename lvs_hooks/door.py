@@ -30,6 +30,7 @@ import sys
 import time
 from typing import Dict, List, NoReturn, Optional, Tuple
 
+from lvs_hooks import safeio, trust
 from lvs_hooks.events.clock import fifo_order, notify_order
 from lvs_hooks.events.keepalived import (
     MAX_LINE,
@@ -52,6 +53,8 @@ DRAIN_WINDOW = 0.7
 
 SOCKET_NAME = "agent.sock"
 WIRE_VERSION = 1
+# lvs_hooks.config's cap (a door cannot import it): a bigger file is the CLI's to refuse.
+MAX_CONFIG = 1 << 20
 MAX_MESSAGE = 8192  # bytes per line, either way; an event is about 150
 # From connecting to the acknowledgement. The agent only notes and queues an event (well under
 # a millisecond); one that takes this long is wedged, and the transition is better run here.
@@ -221,23 +224,35 @@ def _scalar(value: str, n: int) -> str:
 
 
 def socket_path_for(config: str, explicit: bool) -> str:
-    """Where the agent of this config file listens. NoAgent when the file cannot say."""
+    """Where the agent of this config file listens. NoAgent when the file cannot say, or when
+    the file or the run directory is not root's alone (the full CLI then refuses, and says why:
+    an event must not go to a socket someone else may have put there)."""
     try:
-        with open(config, "rb") as f:
-            data = f.read()
+        if os.path.lexists(config):
+            trust.check_path(config, "config file")
+        data = safeio.read_file(config, MAX_CONFIG)
+    except trust.Untrusted as e:
+        raise NoAgent(e.message) from None
     except FileNotFoundError:
         if explicit:
             raise NoAgent(f"config {config}: no such file") from None
-        return os.path.join(DEFAULT_RUN_DIR, SOCKET_NAME)  # built-in defaults, as the CLI does
+        data = None
     except OSError as e:
         raise NoAgent(f"config {config}: cannot read: {e.strerror or e}") from None
+    run_dir = None
+    if data is not None:
+        try:
+            run_dir = read_run_dir(data.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise NoAgent(f"config {config}: not UTF-8 text") from None
+        except Unreadable as e:
+            raise NoAgent(f"config {config}: {e}: left to the full parser") from None
+    run_dir = run_dir or DEFAULT_RUN_DIR  # built-in defaults, as the CLI has them
     try:
-        run_dir = read_run_dir(data.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise NoAgent(f"config {config}: not UTF-8 text") from None
-    except Unreadable as e:
-        raise NoAgent(f"config {config}: {e}: left to the full parser") from None
-    return os.path.join(run_dir or DEFAULT_RUN_DIR, SOCKET_NAME)
+        trust.check_path(run_dir, "run directory")
+    except trust.Untrusted as e:
+        raise NoAgent(e.message) from None
+    return os.path.join(run_dir, SOCKET_NAME)
 
 
 # -- talking to the agent

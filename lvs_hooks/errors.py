@@ -103,3 +103,11 @@ class HandoverFailed(LvsHooksError):
     director master. Nothing was given up unless the message says so."""
 
     exit_code = 10
+
+
+class UntrustedPath(LvsHooksError):
+    """The config file, the key file, the state or run directory, or a directory above one of
+    them, may be changed by someone other than root (its owner or its mode): nothing was done.
+    The message names the path and what is wrong (docs/design.md section 6.3)."""
+
+    exit_code = 11

@@ -56,11 +56,17 @@ def doctor_cmd(
 
     Exit code: 0 nothing found, 1 warnings, 2 errors.
     """
+    from lvs_hooks import trust
     from lvs_hooks.doctor import gather, render_report, run_checks  # start-up, as above
 
-    cfg = app.config  # a bad lvs-hooks config stops here, with its own one-line error
-    hooks_path = app.config_path if os.path.exists(app.config_path) else None
-    report = run_checks(gather(cfg, conf_path, hooks_path, proc_root=cfg.paths.proc_root))
+    hooks_path = app.config_path if os.path.lexists(app.config_path) else None
+    # What every other command refuses is listed here instead, with the rest.
+    untrusted = trust.problems([(hooks_path, "config file")] if hooks_path else [])
+    cfg = app.unchecked_config  # a bad lvs-hooks config stops here, with its own one-line error
+    untrusted += trust.problems(trust.config_paths(None, cfg))
+    d = gather(cfg, conf_path, hooks_path, proc_root=cfg.paths.proc_root)
+    d.untrusted = [e.message for e in untrusted]
+    report = run_checks(d)
     emit(report, as_json, render_report)
     ctx.exit(report["exit_code"])
 

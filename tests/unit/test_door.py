@@ -130,7 +130,7 @@ def test_a_door_imports_only_the_standard_library(agent):
     ours = sorted(m for m in modules if m.startswith("lvs_hooks"))
     assert ours == [
         "lvs_hooks", "lvs_hooks.door", "lvs_hooks.events", "lvs_hooks.events.clock",
-        "lvs_hooks.events.keepalived",
+        "lvs_hooks.events.keepalived", "lvs_hooks.safeio", "lvs_hooks.trust",
     ]
 
 

@@ -27,6 +27,7 @@ EXIT_CODES = {
     errors.KeepalivedConfError: 2,
     errors.ControlError: 2,
     errors.HandoverFailed: 10,
+    errors.UntrustedPath: 11,
 }
 
 
