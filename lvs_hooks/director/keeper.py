@@ -67,10 +67,11 @@ def clients_in_use(
 ) -> Set[Tuple[str, Tuple]]:
     """(template client address, service key) pairs that still have a connection entry.
 
-    A connection of a fwmark service shows the packet's protocol, address and port, not the
-    mark. A connection that belongs to no address/port service is taken to be one of a fwmark
-    service of its family: its templates are kept (keeping one too many costs a template that
-    expires a little later; dropping one costs a client its real server).
+    A connection of a port-zero service shows the packet's port, and one of a fwmark service
+    the packet's protocol, address and port, not the mark. A connection that belongs to no
+    address/port service (nor to the port-zero service of its address) is taken to be one of
+    a fwmark service of its family: its templates are kept (keeping one too many costs a
+    template that expires a little later; dropping one costs a client its real server).
     """
     by_key = {s.key(): s for s in services if not s.fwmark}
     fwmark = [s for s in services if s.fwmark]
@@ -79,6 +80,9 @@ def clients_in_use(
         if n <= 0:
             continue
         svc = by_key.get(key)
+        if svc is None and key[0] != "fwmark" and key[2]:
+            # a port-zero service forwards every port: its connections show the packet's
+            svc = by_key.get((key[0], key[1], 0))
         if svc is not None:
             used.add((svc.template_client(caddr), svc.key()))
             continue

@@ -55,3 +55,15 @@ def test_invalidated_templates_are_not_renewed():
     counts = {("10.0.0.20", ("UDP", "10.0.0.100", 5000)): 1}
     dead = tpl("10.0.0.20", 3)._replace(vport=0xFFFF, dport=0xFFFF)
     assert plan_renewals([dead], counts, SERVICES, refresh_below=12).templates == 0
+
+
+def test_a_port_zero_services_connections_keep_its_templates():
+    # a port-zero service forwards every port; its template has port 0, its connections the
+    # packet's port (issue 17's property tests found the keeper counting them for no service)
+    any_port = Service(4, "UDP", "10.0.0.101", 0, persistent=True, timeout=60,
+                       destinations=(Destination("10.1.0.11", 0, "masq"),))
+    counts = {("10.0.0.20", ("UDP", "10.0.0.101", 5353)): 1}
+    t = tpl("10.0.0.20", 5, vaddr="10.0.0.101", vport=0, dport=0)
+    assert clients_in_use(counts, [any_port]) == {("10.0.0.20", any_port.key())}
+    (r,) = plan_renewals([t], counts, [any_port], refresh_below=12).renew
+    assert (r.vport, r.dport, r.timeout) == (0, 0, 60)
