@@ -117,6 +117,29 @@ def read_proc(path: PathLike, limit: int = 1 << 16) -> bytes:
         os.close(fd)
 
 
+def open_existing(path: PathLike) -> int:
+    """A write descriptor on an existing regular file that only the kernel creates (a sysctl
+    under /proc/sys): no link followed, nothing created, truncated or chmodded."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP) from None
+        if e.errno == errno.ENXIO:
+            raise Refused(os.fspath(path), "is a FIFO, not a regular file") from None
+        raise
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise Refused(os.fspath(path), f"is {_kind(mode)}, not a regular file")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def open_write(
     path: PathLike, mode: int, append: bool = False, create: bool = True
 ) -> int:

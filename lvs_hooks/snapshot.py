@@ -41,6 +41,7 @@ import filelock
 from lvs_hooks.atomicfile import fsync_dir, write_atomic
 from lvs_hooks.errors import SnapshotError
 from lvs_hooks.kernel.model import ConnEntry, Service
+from lvs_hooks.lockfile import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -332,7 +333,7 @@ class SnapshotStore:
         path = self.dir / snapshot_name(captured_at)
         try:
             self._ensure_dir()
-            with filelock.FileLock(self.dir / _LOCK_NAME, timeout=_LOCK_TIMEOUT, mode=0o600):
+            with FileLock(self.dir / _LOCK_NAME, timeout=_LOCK_TIMEOUT, mode=0o600):
                 # Under the lock no other save is writing, so every snapshot temp file is a
                 # stray from a writer that was killed.
                 self._remove_stray_temps()

@@ -35,6 +35,7 @@ import filelock
 from lvs_hooks.atomicfile import PathLike, write_atomic
 from lvs_hooks.config import Config
 from lvs_hooks.errors import LvsHooksError
+from lvs_hooks.lockfile import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -233,10 +234,10 @@ class WarmupStore:
 
     # -- changing
 
-    def lock(self) -> "filelock.BaseFileLock":
+    def lock(self) -> FileLock:
         """The lock every change (and `refresh`) holds; creates run_dir if needed."""
         _ensure_dir(self.run_dir)
-        return filelock.FileLock(str(self.lock_path), timeout=LOCK_TIMEOUT, mode=0o600)
+        return FileLock(str(self.lock_path), timeout=LOCK_TIMEOUT, mode=0o600)
 
     def _save(self, state: WarmState) -> None:
         data = json.dumps(state.to_dict(), sort_keys=True) + "\n"

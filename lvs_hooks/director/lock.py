@@ -4,16 +4,17 @@ One file lock in the run directory (`transition.lock`) serialises keepalived's t
 (events.sequencer), the periodic duties and the agent's kernel work across processes. Within a
 process it must be re-entrant for the thread that holds it: the MASTER transition holds it for
 its whole length, and the reseed it runs goes through the inject path, which takes it too. A
-FileLock object counts its own re-entries per thread (thread_local), while two objects on the
-same path exclude each other even within one process (flock is per open file). So every caller
-gets the same object for a path from here, and other threads still wait their turn.
+lock object counts its own re-entries per thread, while two objects on the same path exclude
+each other even within one process (flock is per open file). So every caller gets the same
+object for a path from here, and other threads still wait their turn. The lock is
+lvs_hooks.lockfile's, which never follows a symbolic link planted at its name.
 """
 
 import os
 import threading
 from typing import Dict
 
-import filelock
+from lvs_hooks.lockfile import FileLock
 
 LOCK_NAME = "transition.lock"
 
@@ -21,18 +22,18 @@ LOCK_NAME = "transition.lock"
 # transition holds it, and that comes first.
 DUTY_LOCK_TIMEOUT = 0.2
 
-_locks: Dict[str, filelock.BaseFileLock] = {}
+_locks: Dict[str, FileLock] = {}
 _guard = threading.Lock()
 
 
-def transition_lock(run_dir: str) -> filelock.BaseFileLock:
+def transition_lock(run_dir: str) -> FileLock:
     """This process's lock object for `<run_dir>/transition.lock`; acquire it with a timeout
     (`with lock.acquire(timeout=...)`), filelock.Timeout when another holder keeps it."""
     path = os.path.join(os.fspath(run_dir), LOCK_NAME)
     with _guard:
         lock = _locks.get(path)
         if lock is None:
-            lock = _locks[path] = filelock.FileLock(path, mode=0o600, thread_local=True)
+            lock = _locks[path] = FileLock(path, mode=0o600)
         return lock
 
 

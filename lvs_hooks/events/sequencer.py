@@ -36,6 +36,7 @@ from lvs_hooks.events.clock import now_ns
 from lvs_hooks.events.journal import Journal
 from lvs_hooks.events.keepalived import Event
 from lvs_hooks.events.role import write_role
+from lvs_hooks.lockfile import FileLock
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +128,7 @@ class Sequencer:
         """Record `event` as the newest of its instance or group, unless a newer one (or this
         very one) is already recorded: then return that one."""
         self._ensure_run_dir()
-        lock = filelock.FileLock(
-            self.run_dir / SEEN_LOCK_NAME, timeout=_SEEN_LOCK_TIMEOUT, mode=0o600
-        )
+        lock = FileLock(self.run_dir / SEEN_LOCK_NAME, timeout=_SEEN_LOCK_TIMEOUT, mode=0o600)
         try:
             with lock:
                 keys = self._read_seen()

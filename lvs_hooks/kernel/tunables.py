@@ -10,6 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence
 
+from lvs_hooks import safeio
 from lvs_hooks.errors import KernelError
 
 if TYPE_CHECKING:  # the sysctl half serves the rules unit, which needs no netlink
@@ -30,10 +31,10 @@ def read_sysctl(proc_root: str, name: str) -> Optional[str]:
     """The value as the kernel prints it (words joined by one space); None if there is no such
     sysctl here (ip_vs not loaded)."""
     try:
-        with open(sysctl_path(proc_root, name)) as f:
-            return " ".join(f.read().split())
+        data = safeio.read_proc(sysctl_path(proc_root, name))
     except FileNotFoundError:
         return None
+    return " ".join(data.decode("utf-8", errors="replace").split())
 
 
 def write_sysctl(proc_root: str, name: str, value: str) -> str:
@@ -42,8 +43,13 @@ def write_sysctl(proc_root: str, name: str, value: str) -> str:
     kernel shows another value afterwards."""
     want = " ".join(value.split())
     try:
-        with open(sysctl_path(proc_root, name), "w") as f:
-            f.write(value + "\n")
+        # Never through a link, never creating a file: a proc_root pointed elsewhere must not
+        # make root write into whatever a link there names.
+        fd = safeio.open_existing(sysctl_path(proc_root, name))
+        try:
+            os.write(fd, (value + "\n").encode())
+        finally:
+            os.close(fd)
     except FileNotFoundError:
         raise
     except OSError as e:

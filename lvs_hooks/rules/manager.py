@@ -16,11 +16,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import filelock
-
 from lvs_hooks.config import Config
 from lvs_hooks.errors import FirewallError, KernelError, PeerMacUnknown, UsageError
 from lvs_hooks.kernel import tunables
+from lvs_hooks.lockfile import FileLock
 from lvs_hooks.rules.model import (
     RuleSet,
     ServiceSpec,
@@ -79,7 +78,7 @@ class RulesManager:
 
     def _lock(self):
         os.makedirs(self.run_dir, 0o700, exist_ok=True)
-        return filelock.FileLock(str(self.run_dir / LOCK_NAME), timeout=LOCK_TIMEOUT)
+        return FileLock(str(self.run_dir / LOCK_NAME), timeout=LOCK_TIMEOUT, mode=0o600)
 
     def peer_macs(self, state: RulesState) -> PeerMacs:
         """fwmark rules cannot do without every peer's MAC (they would mark what a peer

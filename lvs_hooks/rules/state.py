@@ -80,6 +80,7 @@ def _replace(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        os.fchmod(fd, 0o600)  # the umask only took bits away; the mode is ours, whatever it was
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
