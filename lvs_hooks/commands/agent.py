@@ -3,7 +3,7 @@ director's one brain for keepalived's events, which the doors hand it (issue 12)
 
 import logging
 import signal
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import click
 
@@ -12,7 +12,7 @@ from lvs_hooks.config import Config
 from lvs_hooks.director import Director
 from lvs_hooks.director.snapshot import take_snapshot
 from lvs_hooks.director.state import snapshot_store
-from lvs_hooks.errors import KernelError
+from lvs_hooks.errors import KernelError, UsageError
 from lvs_hooks.events.inbox import Inbox
 from lvs_hooks.events.parts import director_parts
 from lvs_hooks.events.periodic import PeriodicThread
@@ -20,6 +20,9 @@ from lvs_hooks.events.role import read_role
 from lvs_hooks.kernel.model import Service
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.status import build_status
+
+if TYPE_CHECKING:  # loaded when the agent runs (start-up of every other command)
+    from lvs_hooks.director.live import LiveTable
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ def agent_cmd(app: AppContext) -> None:
             ),
             # `lvs-hooks status`: templates from the table in memory when it is the table
             "status": lambda: build_status(cfg, snapshot_store(cfg), live=parts.director.live),
+            # `lvs-hooks table-check`: the table in memory against a read of the kernel's
+            "table-check": lambda: _table_check(live),
         },
     )
     periodic = PeriodicThread(
@@ -97,6 +102,13 @@ def agent_cmd(app: AppContext) -> None:
             if x is not None:
                 x.close()
     log.info("agent stopped")
+
+
+def _table_check(live: Optional["LiveTable"]) -> dict:
+    if live is None:
+        raise UsageError("the agent keeps no table in memory (table.enabled is off, or no sync "
+                         "interface is known)")
+    return live.check()
 
 
 def _sync_interface(cfg: Config) -> Optional[str]:

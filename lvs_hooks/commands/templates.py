@@ -20,6 +20,7 @@ from lvs_hooks.errors import (
     UsageError,
 )
 from lvs_hooks.status import build_status, render_status
+from lvs_hooks.table.compare import Comparison, render
 
 log = logging.getLogger(__name__)
 
@@ -167,3 +168,24 @@ def status_cmd(app: AppContext, from_kernel: bool, as_json: bool) -> None:
     if report is None:
         report = build_status(app.config, snapshot_store(app.config), from_kernel=from_kernel)
     emit(report, as_json, render_status)
+
+
+@command("table-check")
+@json_option
+@pass_app
+def table_check_cmd(app: AppContext, as_json: bool) -> None:
+    """Compare the agent's table in memory with a read of the kernel's table (a whole read of
+    /proc/net/ip_vs_conn, at the read's cost): every template that differs. Exit 1 if any."""
+    report = ask_agent(app, "table-check", UsageError)
+    if report is None:
+        raise LvsHooksError("no agent answers: there is no table in memory to check")
+    emit(report, as_json, _render_table_check)
+    if report.get("mismatches"):
+        raise LvsHooksError(f"{report['mismatches']} templates differ between the table in "
+                            "memory and the kernel's")
+
+
+def _render_table_check(r: dict) -> str:
+    c = Comparison(**{k: v for k, v in r.items() if k in Comparison.__dataclass_fields__})
+    extra = "" if r.get("ready") else " (the table is not the table yet: the duties read /proc)"
+    return render(c) + extra

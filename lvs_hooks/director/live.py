@@ -25,6 +25,7 @@ from lvs_hooks.kernel.model import Service
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate
 from lvs_hooks.table import ReconcileReport, TemplateTable
+from lvs_hooks.table.compare import compare
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,25 @@ class LiveTable:
             report.retimed, (time.monotonic() - t0) * 1000,
         )
         return report
+
+    def check(self, tolerance: float = 2.0) -> dict:
+        """The table against a whole read of the kernel's table, asked for by hand (`lvs-hooks
+        table-check`): every template that differs (table.compare). The read's own duration is
+        added to the tolerance: the kernel's lines are taken one page at a time."""
+        t0 = time.monotonic()
+        read = read_conn_table(self.cfg.paths.proc_root, templates_only=True,
+                               reason="table check, asked for by hand")
+        read_s = time.monotonic() - t0
+        with self.lock:
+            now = self.clock()
+            mine = list(self.table.templates(now))
+        result = compare(mine, read.entries, tolerance + read_s).to_dict()
+        result.update(ready=self.ready, read_ms=round(read_s * 1000, 1),
+                      losses=self.losses)
+        log.info("table check: %d templates differ of %d in the table and %d in the kernel "
+                 "(read in %.0f ms)", result["mismatches"], result["table"], result["kernel"],
+                 read_s * 1000)
+        return result
 
     # -- what the duties read
 

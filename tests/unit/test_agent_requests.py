@@ -133,6 +133,28 @@ def test_the_status_command_takes_the_agents_report(base):
         inbox.stop()
 
 
+def test_the_table_check_command_shows_the_agents_comparison_and_exits_1_on_differences(base):
+    from test_table_compare import line, templates
+
+    from lvs_hooks.table.compare import compare
+
+    same = compare(templates(line("10.0.0.1")), templates(line("10.0.0.1"))).to_dict()
+    differs = compare(templates(line("10.0.0.1")), templates(line("10.0.0.2"))).to_dict()
+    answers = [dict(same, ready=True, read_ms=3.0), dict(differs, ready=True, read_ms=3.0)]
+    inbox, config, _ = agent(base, {"table-check": lambda: answers.pop(0)})
+    try:
+        r = CliRunner().invoke(cli, ["--config", config, "table-check"])
+        assert r.exit_code == 0, r.output
+        assert "table in memory 1 templates, the kernel 1: 1 the same" in r.output
+        r = CliRunner().invoke(cli, ["--config", config, "table-check"])
+        assert r.exit_code == 1, r.output
+        assert "only in the table: UDP 10.0.0.1" in r.output
+    finally:
+        inbox.stop()
+    r = CliRunner().invoke(cli, ["--config", config, "table-check"])  # no agent now
+    assert r.exit_code == 1 and "no agent answers" in r.output
+
+
 def test_without_an_agent_the_command_does_it_itself(base):
     config = os.path.join(base, "c.yaml")
     with open(config, "w") as f:

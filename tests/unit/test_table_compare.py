@@ -1,0 +1,43 @@
+"""table.compare: the table in memory against a read of the kernel's table, template by
+template; LiveTable.check over a real /proc file; `lvs-hooks table-check` through the agent."""
+
+from test_conntable import H, kline
+from test_live_table import Clock, cfg_for, datagrams, proc_table
+
+from lvs_hooks.director.live import LiveTable
+from lvs_hooks.kernel.conntable import parse_conn_table
+from lvs_hooks.table.compare import compare, render
+
+
+def templates(*lines):
+    return parse_conn_table(H + b"".join(lines)).entries
+
+
+def line(client, rs="10.1.0.11", expires=200, proto="UDP"):
+    return kline(proto, client, 0, "10.0.0.100", 5000, rs, 5000, "ASSURED", expires)
+
+
+def test_each_kind_of_difference_is_counted_and_shown():
+    mine = templates(line("10.0.0.1"), line("10.0.0.2"), line("10.0.0.3"), line("10.0.0.4", expires=150),
+                     kline("UDP", "10.0.0.1", 4000, "10.0.0.100", 5000, "10.1.0.11", 5000, "UDP", 100))
+    kernel = templates(line("10.0.0.1", expires=201), line("10.0.0.2", rs="10.1.0.12"),
+                       line("10.0.0.4", expires=160), line("10.0.0.5"))
+    c = compare(mine, kernel, tolerance=2)
+    assert (c.table, c.kernel, c.same, c.only_table, c.only_kernel, c.other_real_server,
+            c.other_end, c.mismatches) == (4, 4, 1, 1, 1, 1, 1, 4)
+    assert "10.0.0.3" in c.examples["only_table"][0] and "10.0.0.5" in c.examples["only_kernel"][0]
+    assert "the kernel: via 10.1.0.12:5000" in c.examples["other_real_server"][0]
+    text = render(c)
+    assert text.startswith("table in memory 4 templates, the kernel 4: 1 the same")
+    assert compare(mine, mine).mismatches == 0
+
+
+def test_the_agents_table_against_the_kernels_file(tmp_path):
+    proc_table(tmp_path, line("10.0.0.1", expires=300), line("10.0.0.9"))
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path), clock=clock, counts=lambda: 2)
+    for d in datagrams("10.0.0.1", "10.0.0.2", timeout=300):
+        live.ingest(d, "SYNC")
+    r = live.check()
+    assert (r["same"], r["only_table"], r["only_kernel"], r["mismatches"]) == (1, 1, 1, 2)
+    assert r["ready"] is False and r["read_ms"] >= 0
