@@ -1,0 +1,86 @@
+#!/bin/bash
+# lab-timeout: 900
+# Issue 13, accuracy: the agents' tables in memory against the kernels' after LAB_CHURN_S
+# (300) seconds of churn on two directors (keepalived, lvs-hooks FIFO hooks, the agent, the table
+# on). Clients arrive (a batch of new sources every round, one datagram each, from ranges that
+# come round again later: some return while their template lives, the rest let it expire), the
+# LAB_CLIENTS real clients keep their flows busy, templates and connections expire (persistence
+# LAB_PERSIST, udp timeout 20 s); a planned handover moves the master in the middle. At the end
+# `lvs-hooks table-check` on the master and the backup: every template that differs (key, real
+# server, ends more than 2 s apart). Results: $LAB_OUT/result.json, table-check-DIR.json
+set -u
+. "$LAB_DIR/lib.sh"
+export LVS_HOOKS=1 LVS_HOOKS_AGENT=1 LAB_TABLE=1
+LAB_PROTOS=UDP
+LAB_PERSIST=${LAB_PERSIST_CHURN:-30}
+LAB_PUSH_INTERVAL=0
+CHURN_S=${LAB_CHURN_S:-300}
+BATCH=${LAB_CHURN_BATCH:-300}
+UDP_TIMEOUT=20
+hooks() { local d=$1; shift; nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.yaml" "$@"; }
+keep_logs() {
+    lab_syslog 'lvs-hooks' > "$LAB_OUT/lvs-hooks.log" 2>/dev/null
+    for d in dir1 dir2; do
+        cp "$LAB_TMP/$d/agent.log" "$LAB_OUT/agent-$d.log" 2>/dev/null
+        cp "$LAB_TMP/$d/state/events.jsonl" "$LAB_OUT/events-$d.jsonl" 2>/dev/null
+    done
+    return 0
+}
+trap keep_logs EXIT
+
+lab_step "two directors, the table in memory on, $LAB_CLIENTS clients"
+lab_topology 2
+lab_keepalived_start dir1 150 MASTER
+lab_keepalived_start dir2 100 BACKUP
+lab_client_start
+lab_wait 90 "dir1 is master" lab_master_is dir1 || lab_die "no master"
+lab_wait 120 "dir2 warm" lab_warm dir2 || lab_die "dir2 never warm"
+for d in dir1 dir2; do nsx "$d" ipvsadm --set 0 0 "$UDP_TIMEOUT" || lab_die "timeouts on $d"; done
+lab_client keepalive 1
+lab_client open start || lab_die "clients could not open their flows"
+
+lab_step "$CHURN_S s of churn: $BATCH new sources a round, a handover half-way"
+t0=$EPOCHREALTIME
+round=0 handed=0 sent=0
+elapsed() { local now=$EPOCHREALTIME; echo $(( (${now/./} - ${t0/./}) / 1000000 )); }
+while [ "$(elapsed)" -lt "$CHURN_S" ]; do
+    # ranges 10.3.0.0, 10.3.2.0, ... come round again every 8 rounds (about 40-80 s)
+    base="10.3.$(( (round % 8) * 2 )).0"
+    lab_bulk_templates "$BATCH" "$base" 400 > /dev/null || lab_die "bulk round $round"
+    sent=$((sent + BATCH)); round=$((round + 1))
+    if [ "$handed" = 0 ] && [ "$(elapsed)" -ge $((CHURN_S / 2)) ]; then
+        lab_log "handover at $(elapsed) s (round $round)"
+        hooks dir1 handover --json --timeout 120 > "$LAB_OUT/handover.json" \
+            || lab_die "handover failed"
+        handed=1
+    fi
+done
+lab_log "churn: $round rounds, $sent datagrams from new or returning sources in $(elapsed) s"
+lab_wait 30 "dir2 holds the VIP" lab_has_vip dir2 || lab_die "dir2 has no VIP"
+
+lab_step "the tables in memory against the kernels' tables"
+mismatches=0
+for d in dir2 dir1; do
+    hooks "$d" table-check --json > "$LAB_OUT/table-check-$d.json"
+    rc=$?
+    [ "$rc" -le 1 ] || lab_die "table-check on $d failed (rc $rc)"
+    "$LAB_PYTHON" - "$LAB_OUT/table-check-$d.json" "$d" <<'PYEOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]}: table {r['table']}, kernel {r['kernel']}, same {r['same']}, "
+      f"only in the table {r['only_table']}, only in the kernel {r['only_kernel']}, "
+      f"another real server {r['other_real_server']}, another end {r['other_end']} "
+      f"(ready {r['ready']}, read {r['read_ms']} ms, datagrams lost {r['losses']})")
+for kind, ex in r["examples"].items():
+    for x in ex:
+        print(f"    {kind}: {x}")
+PYEOF
+    n=$("$LAB_PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["mismatches"])' \
+        "$LAB_OUT/table-check-$d.json")
+    mismatches=$((mismatches + n))
+done
+tracebacks=$(grep -c Traceback "$LAB_TMP"/dir*/agent.log 2>/dev/null | awk -F: '{n += $NF} END {print n + 0}')
+lab_result_json result.json "scenario=\"churn\"" "churn_s=$CHURN_S" "rounds=$round" \
+    "datagrams=$sent" "persist=$LAB_PERSIST" "udp_timeout=$UDP_TIMEOUT" \
+    "mismatches=$mismatches" "tracebacks=$tracebacks"
+lab_log "churn done: $mismatches templates differ in all; figures in $LAB_OUT/result.json"
