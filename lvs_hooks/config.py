@@ -38,8 +38,11 @@ from typing import (
 )
 
 import yaml
+from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, ScalarNode, SequenceNode
 
+from lvs_hooks import safeio
 from lvs_hooks.errors import ConfigError
 from lvs_hooks.kernel import syncproto
 
@@ -134,6 +137,13 @@ def _show(value: Any) -> str:
     else:
         text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _kind(value: Any) -> str:
+    """What a value is, without its content."""
+    if value is None or isinstance(value, (bool, dict, list)):
+        return _show(value)
+    return {str: "a string", int: "an integer", float: "a number"}.get(type(value), "a value")
 
 
 def _optional_inner(tp: Any) -> Any:
@@ -271,7 +281,14 @@ def _hints(cls: Type[Any]) -> Dict[str, Any]:
     return get_type_hints(cls)
 
 
+_KEY_LIKE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
 def _unknown_key(cls: Type[Any], key: str, path: str, ctx: _Context) -> None:
+    if not _KEY_LIKE.match(key):
+        # Not a name anyone meant as a setting: a line of some other file. Say where, not what.
+        ctx.problem(path, "a key that is no setting name (is this a lvs-hooks config?)")
+        return
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
     if close:
@@ -288,7 +305,10 @@ def _dataclass(cls: Type[Any], data: Any, path: str, ctx: _Context) -> Any:
         data = {}  # an empty section ("sync:" and nothing under it) means its defaults
     if not isinstance(data, dict):
         what = "settings" if path else "sections"
-        ctx.problem(path, f"must be a mapping of {what}, got {_show(data)}")
+        # At the top, only what kind of document it is: a file that is no config at all (a
+        # --config pointing at /etc/shadow) must not have its first line echoed to syslog.
+        got = _show(data) if path else _kind(data)
+        ctx.problem(path, f"must be a mapping of {what}, got {got}")
         return None
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -340,18 +360,81 @@ def validate(
 # YAML
 
 
+# Bounds on what a config file may make the parser do (issue 15): a file is a few KiB, a few
+# levels deep, its numbers a few digits. Past these it is not a config, and it is refused in one
+# line before it can exhaust memory, the stack or the integer parser.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_DEPTH = 32
+MAX_NUMBER_CHARS = 40
+
+
+class _Refused(ComposerError):
+    """A document the loader refuses to build (an alias, too deep): not a syntax error."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false.
+    """SafeLoader with YAML 1.2 booleans (only true/false), no aliases, bounded nesting and
+    numbers.
 
     YAML 1.1 (PyYAML's default) also reads yes/no/on/off as booleans, which turns an interface
     named "no" into False and lets "yes" pass for true. Here those stay strings, so a boolean
     setting given "yes" is refused with a message instead of being guessed.
+
+    Aliases (`*name`, and with them `<<: *name` merges) are refused: a few lines of them expand
+    to billions of nodes (an "alias bomb"), or to a loop, and a config this small does not need
+    them. The composer recurses per level: nesting is capped well below Python's stack.
     """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise _Refused(
+                None, None, "aliases (*name) are not allowed here; write the value out",
+                event.start_mark,
+            )
+        if self._depth >= MAX_DEPTH:
+            raise _Refused(
+                None, None, f"nested deeper than {MAX_DEPTH} levels", self.peek_event().start_mark
+            )
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _bounded(kind: str, construct: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+    """A scalar constructor that refuses a value too long to be a setting, and turns the
+    conversion's own errors (which quote the text) into a YAML error at the value's line."""
+
+    def build(loader: Any, node: Any) -> Any:
+        if isinstance(node, ScalarNode) and len(node.value) > MAX_NUMBER_CHARS:
+            raise ConstructorError(
+                None, None, f"{kind} longer than {MAX_NUMBER_CHARS} characters", node.start_mark
+            )
+        try:
+            return construct(loader, node)
+        except (ValueError, OverflowError):
+            raise ConstructorError(
+                None, None, f"not a valid {kind}", node.start_mark
+            ) from None
+
+    return build
+
+
 
 
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+_Loader.add_constructor(_INT_TAG, _bounded("integer", yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor(_FLOAT_TAG, _bounded("number", yaml.SafeLoader.construct_yaml_float))
+_Loader.add_constructor(
+    _TIMESTAMP_TAG, _bounded("timestamp", yaml.SafeLoader.construct_yaml_timestamp)
+)
 _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag not in (_BOOL_TAG, _INT_TAG, _FLOAT_TAG)]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
@@ -420,8 +503,10 @@ def _yaml_error(source: str, text: str, e: yaml.YAMLError) -> ConfigError:
         what = e.problem or "syntax error"
         if e.context:
             what += f" ({e.context})"
+        # The composer's and the constructors' refusals (an alias, a bound) are not syntax.
+        kind = "YAML" if isinstance(e, (_Refused, ConstructorError)) else "YAML syntax"
         return ConfigError(
-            f"config {source}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}"
+            f"config {source}:{mark.line + 1}:{mark.column + 1}: {kind} error: {what}"
         )
     # ReaderError (a control character, bad encoding) and the like: flatten to one line.
     text = "; ".join(part.strip() for part in str(e).splitlines() if part.strip())
@@ -431,6 +516,8 @@ def _yaml_error(source: str, text: str, e: yaml.YAMLError) -> ConfigError:
 def parse_config(text: str, source: str = "config", schema: Optional[Type[Any]] = None) -> Any:
     """Parse and validate YAML text into a Config, or into another dataclass `schema`
     (ConfigError on any problem)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {source}: larger than {MAX_CONFIG_BYTES >> 20} MiB")
     loader = None
     try:
         loader = _Loader(text)  # the reader already refuses control characters here
@@ -466,8 +553,7 @@ def load_config(path: str, required: bool) -> "Config":
     explicitly, so its absence is a mistake worth stopping for).
     """
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        raw = safeio.read_file(path, MAX_CONFIG_BYTES)
     except FileNotFoundError:
         if required:
             raise ConfigError(f"config {path}: no such file") from None

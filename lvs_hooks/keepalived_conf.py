@@ -31,7 +31,11 @@ import stat
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
+from lvs_hooks import safeio
 from lvs_hooks.errors import KeepalivedConfError
+
+# keepalived.conf and each file it includes: real ones are a few hundred KiB at most.
+MAX_FILE = 4 << 20
 
 DEFAULT_PATH = "/etc/keepalived/keepalived.conf"
 
@@ -59,6 +63,16 @@ TOP_LEVEL_BLOCKS = (
 
 _MAX_SUBSTITUTIONS = 50  # a definition that refers to itself must not loop forever
 _MAX_SEQ = 100000
+# Bounds on what a keepalived.conf can make the reader do (issue 15): `$A=$A $A` doubles at each
+# pass, ten definitions each twice the one before make a thousand copies, a chain of files each
+# including the next twice reads 2^depth files, `{a,b}{a,b}...` globs 2^n patterns. Real
+# configurations stay far below each; past one, the reader stops with one line, where it was.
+MAX_LINE_EXPANSION = 64 << 10  # one line after its definitions are substituted
+MAX_TOTAL_EXPANSION = 32 << 20  # every substituted line of the whole configuration
+MAX_INCLUDE_DEPTH = 16  # files open at once, the main one included
+MAX_FILES_READ = 1000  # includes read in all, counting a file read twice twice
+MAX_TOTAL_BYTES = 64 << 20  # the bytes of every file read
+MAX_GLOB_PATTERNS = 1024  # patterns one include's braces expand to
 
 
 @dataclass
@@ -203,7 +217,11 @@ def _split_braces(text: str) -> List[str]:
     return pieces
 
 
-def _expand_braces(pattern: str) -> List[str]:
+class _TooMany(Exception):
+    """A brace pattern expands to more alternatives than the reader takes."""
+
+
+def _expand_braces(pattern: str, limit: int = 1 << 30) -> List[str]:
     """GLOB_BRACE: `a{b,c}d` -> [`abd`, `acd`], nested braces too, in order."""
     depth = 0
     start = -1
@@ -231,7 +249,9 @@ def _expand_braces(pattern: str) -> List[str]:
                 head, tail = pattern[:start], pattern[i + 1 :]
                 out: List[str] = []
                 for p in parts:
-                    out.extend(_expand_braces(head + p + tail))
+                    out.extend(_expand_braces(head + p + tail, limit))
+                    if len(out) > limit:
+                        raise _TooMany()
                 return out
     return [pattern]
 
@@ -242,8 +262,7 @@ _REF = re.compile(r"\$(\{[A-Za-z_][A-Za-z0-9_]*\}|[A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+    return safeio.read_file(path, MAX_FILE)
 
 
 @dataclass
@@ -271,6 +290,9 @@ class _Reader:
         self.including: List[str] = []  # files being read, outermost first
         self.frames: List[_Frame] = []
         self.last: Optional[Item] = None  # the statement a `{` on the next line belongs to
+        self.files_read = 0
+        self.bytes_read = 0
+        self.expanded = 0  # characters produced by substitution so far
 
     # -- files
 
@@ -299,13 +321,21 @@ class _Reader:
         self.parse_file_text(text, path)
         return self.conf
 
-    def read_file(self, path: str) -> None:
+    def read_file(self, path: str, file: str = "", line: int = 0) -> None:
+        self.files_read += 1
+        if self.files_read > MAX_FILES_READ:
+            raise _error(file, line, f"more than {MAX_FILES_READ} files read through includes")
+        if len(self.including) >= MAX_INCLUDE_DEPTH:
+            raise _error(file, line, f"includes nested deeper than {MAX_INCLUDE_DEPTH} files")
         try:
             data = self.read(path)
         except OSError as e:
             raise KeepalivedConfError(
                 f"keepalived config {path}: cannot read: {e.strerror or e}"
             ) from None
+        self.bytes_read += len(data)
+        if self.bytes_read > MAX_TOTAL_BYTES:
+            raise _error(file or path, line, f"more than {MAX_TOTAL_BYTES >> 20} MiB read in all")
         # keepalived reads bytes; comments in other scripts than ASCII are common (UTF-8 mostly)
         self.parse_file_text(data.decode("utf-8", errors="replace"), path)
 
@@ -332,7 +362,16 @@ class _Reader:
         base = os.path.dirname(file)
         where = f"{file}:{line}"
         matched = 0
-        for alt in _expand_braces(pattern):
+        try:
+            # Each brace group is a level of recursion: a few dozen is already a huge fan-out.
+            if pattern.count("{") > 64:
+                raise _TooMany()
+            alternatives = _expand_braces(pattern, MAX_GLOB_PATTERNS)
+        except _TooMany:
+            raise _error(
+                file, line, f"include '{pattern[:80]}': more than {MAX_GLOB_PATTERNS} patterns"
+            ) from None
+        for alt in alternatives:
             full = alt if os.path.isabs(alt) else os.path.normpath(os.path.join(base, alt))
             for path in sorted(glob.glob(full)):
                 try:
@@ -357,7 +396,7 @@ class _Reader:
                         f"include loop: '{pattern}' matches {path}, which is being read already "
                         f"(keepalived would read it again and again)",
                     )
-                self.read_file(path)
+                self.read_file(path, file, line)
         if not matched:
             self.conf.unmatched_includes.append((pattern, where))
 
@@ -456,7 +495,19 @@ class _Reader:
                 return value[0]
 
             text = _REF.sub(repl, text)
+            size = len(text) + sum(len(x) for x in extra)
+            if size > MAX_LINE_EXPANSION:
+                raise _error(
+                    file, line, f"definitions expand to more than {MAX_LINE_EXPANSION >> 10} KiB"
+                )
             if not changed or "$" not in text:
+                self.expanded += size
+                if self.expanded > MAX_TOTAL_EXPANSION:
+                    raise _error(
+                        file,
+                        line,
+                        f"definitions expand to more than {MAX_TOTAL_EXPANSION >> 20} MiB in all",
+                    )
                 return [text] + extra
         raise _error(file, line, "definitions refer to each other without end")
 

@@ -38,10 +38,14 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
 
 import filelock
 
+from lvs_hooks import safeio
 from lvs_hooks.atomicfile import fsync_dir, write_atomic
 from lvs_hooks.errors import SnapshotError
 from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.lockfile import FileLock
+
+# About 150 bytes a template: over three million templates; a bigger file is not ours.
+MAX_SNAPSHOT = 512 << 20
 
 log = logging.getLogger(__name__)
 
@@ -414,9 +418,12 @@ class SnapshotStore:
             header: Optional[_Header] = None
             err: Optional[str] = None
             try:
-                with open(path, "rb") as f:
-                    head = f.read(_MAX_HEADER)
-                    size = os.fstat(f.fileno()).st_size
+                fd = safeio.open_regular(path)
+                try:
+                    head = os.read(fd, _MAX_HEADER)
+                    size = os.fstat(fd).st_size
+                finally:
+                    os.close(fd)
             except FileNotFoundError:
                 continue  # pruned by a concurrent save since the listing
             except OSError as e:
@@ -447,8 +454,7 @@ class SnapshotStore:
     def load(self, path: PathLike) -> Snapshot:
         """The snapshot in one file; SnapshotError naming the file and the problem."""
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = safeio.read_file(path, MAX_SNAPSHOT)
         except OSError as e:
             raise SnapshotError(f"snapshot {path}: cannot read: {e.strerror or e}") from None
         return decode(data, str(path))

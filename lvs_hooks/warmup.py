@@ -32,10 +32,14 @@ from typing import Any, Dict, Iterator, Optional
 
 import filelock
 
+from lvs_hooks import safeio
 from lvs_hooks.atomicfile import PathLike, write_atomic
 from lvs_hooks.config import Config
 from lvs_hooks.errors import LvsHooksError
 from lvs_hooks.lockfile import FileLock
+
+# warmup.json is a few hundred bytes; anything near this is not ours.
+MAX_STATE = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +214,7 @@ class WarmupStore:
         """The state, or None if there is none (nothing has started since boot). A file that
         cannot be read or is not a valid state: LvsHooksError, one line naming the file."""
         try:
-            raw = self.path.read_bytes()
+            raw = safeio.read_file(self.path, MAX_STATE)
         except FileNotFoundError:
             return None
         except OSError as e:
@@ -358,9 +362,8 @@ def write_track_file(path: PathLike, value: int) -> bool:
     keepalived rereads the file at each write or rename (inotify). True if it was written."""
     data = f"{int(value)}\n".encode()
     try:
-        with open(path, "rb") as f:
-            if f.read(64) == data:
-                return False
+        if safeio.read_file(path, 64) == data:
+            return False
     except FileNotFoundError:
         pass
     except OSError as e:

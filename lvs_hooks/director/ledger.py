@@ -12,8 +12,12 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional, Tuple
 
+from lvs_hooks import safeio
 from lvs_hooks.atomicfile import write_atomic
 from lvs_hooks.kernel.model import TemplateKey, parse_template_key
+
+# A line per template injected: well under this at a million templates.
+MAX_LEDGER = 16 << 20
 
 INJECTIONS_FILE = "injected.json"
 # An entry is kept this long after its timeout would have ended (explain may still be asked
@@ -70,8 +74,7 @@ def load(run_dir: str) -> Dict[TemplateKey, Injection]:
 
 def _read(path: str) -> dict:
     try:
-        with open(path, "rb") as f:
-            data = json.loads(f.read())
+        data = json.loads(safeio.read_file(path, MAX_LEDGER))
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}

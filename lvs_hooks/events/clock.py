@@ -17,6 +17,7 @@ import os
 import time
 from typing import Optional, Tuple
 
+from lvs_hooks import safeio
 from lvs_hooks.events.keepalived import Order
 
 _TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
@@ -33,8 +34,7 @@ def now_ns() -> int:
 def _stat(pid: int, proc_root: str) -> Optional[Tuple[str, int, int]]:
     """(comm, ppid, start time in ticks) of a process, None if it is gone."""
     try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            data = f.read().decode("utf-8", errors="replace")
+        data = safeio.read_proc(f"{proc_root}/{pid}/stat").decode("utf-8", errors="replace")
     except OSError:
         return None
     # comm may hold spaces and parentheses: it ends at the last ')'.

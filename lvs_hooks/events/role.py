@@ -11,6 +11,7 @@ import os
 import time
 from typing import Optional
 
+from lvs_hooks import safeio
 from lvs_hooks.atomicfile import write_atomic
 
 ROLE_FILE = "role.json"
@@ -27,8 +28,7 @@ def read_role(run_dir: str) -> Optional[str]:
     """MASTER, BACKUP, FAULT or STOP; None when no transition has run since boot (or the file
     is unreadable: the callers then act as for an unknown role)."""
     try:
-        with open(os.path.join(run_dir, ROLE_FILE), "rb") as f:
-            data = json.loads(f.read())
+        data = json.loads(safeio.read_file(os.path.join(run_dir, ROLE_FILE), 4096))
     except (OSError, ValueError):
         return None
     state = data.get("state") if isinstance(data, dict) else None

@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import filelock
 
+from lvs_hooks import safeio
 from lvs_hooks.atomicfile import write_atomic
 from lvs_hooks.director.lock import LOCK_NAME, transition_lock
 from lvs_hooks.errors import LockTimeout, LvsHooksError
@@ -37,6 +38,9 @@ from lvs_hooks.events.journal import Journal
 from lvs_hooks.events.keepalived import Event
 from lvs_hooks.events.role import write_role
 from lvs_hooks.lockfile import FileLock
+
+# seen.json holds a line per instance or group.
+MAX_SEEN = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -111,9 +115,11 @@ class Sequencer:
 
     def _read_seen(self) -> Dict[str, dict]:
         try:
-            with open(self.run_dir / SEEN_NAME, "rb") as f:
-                data = json.loads(f.read())
+            data = json.loads(safeio.read_file(self.run_dir / SEEN_NAME, MAX_SEEN))
         except FileNotFoundError:
+            return {}
+        except OSError as e:
+            log.warning("%s: %s; forgetting the events seen before", e.filename, e.strerror)
             return {}
         except ValueError:
             # Written atomically, so this is damage from outside: start afresh, say so.
@@ -296,7 +302,6 @@ def _oserror(e: OSError) -> str:
 
 def _read_boot_id(path: str) -> str:
     try:
-        with open(path) as f:
-            return f.read().strip()
+        return safeio.read_proc(path).decode("utf-8", errors="replace").strip()
     except OSError:
         return "unknown"

@@ -32,6 +32,7 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
+from lvs_hooks import safeio
 from lvs_hooks.errors import KernelError
 from lvs_hooks.kernel.model import ConnEntry, ipv6_text
 
@@ -183,7 +184,9 @@ def read_proc_file(path: str, reason: str = "") -> bytes:
     with `reason`, its size and its time."""
     t0 = time.monotonic()
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # A FIFO or /dev/zero put where the table belongs must not hang or fill memory:
+        # procfs files are regular, anything else is refused before the first read.
+        fd = safeio.open_regular(path)
     except FileNotFoundError:
         raise KernelError(f"IPVS not loaded (no {path})") from None
     except OSError as e:

@@ -18,8 +18,12 @@ import time
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Set
 
+from lvs_hooks import safeio
 from lvs_hooks.errors import KernelError
 from lvs_hooks.kernel import mcast
+
+# /proc/net/udp: 128 bytes a socket; this is half a million sockets.
+MAX_PROC_UDP = 64 << 20
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +90,7 @@ class SyncQueueProbe:
 
     def sockets(self) -> List[UdpSocketState]:
         try:
-            with open(self.path, "rb") as f:
-                found = parse_proc_udp(f.read(), self.port)
+            found = parse_proc_udp(safeio.read_proc(self.path, MAX_PROC_UDP), self.port)
         except OSError as e:
             raise KernelError(f"cannot read {self.path}: {e.strerror}") from e
         own = own_socket_inodes()

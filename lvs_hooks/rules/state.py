@@ -21,7 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from lvs_hooks import safeio
 from lvs_hooks.atomicfile import write_atomic
+
+# The rules' state is a few KiB; anything near this is not ours.
+MAX_STATE = 1 << 20
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +37,7 @@ BOOT_ID = "/proc/sys/kernel/random/boot_id"
 
 def read_boot_id(path: str = BOOT_ID) -> str:
     try:
-        with open(path) as f:
-            return f.read().strip()
+        return safeio.read_proc(path).decode("utf-8", errors="replace").strip()
     except OSError:
         return "unknown"
 
@@ -62,7 +65,7 @@ class RulesState:
 
 def _read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(safeio.read_file(path, MAX_STATE))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:

@@ -265,7 +265,7 @@ def test_file_not_utf8(tmp_path):
 
 
 def test_unreadable_path_is_an_error(tmp_path):
-    with pytest.raises(ConfigError, match=r"^config .*: cannot read: Is a directory$"):
+    with pytest.raises(ConfigError, match=r"^config .*: cannot read: is a directory, not a regular file$"):
         load_config(str(tmp_path), required=False)
 
 
