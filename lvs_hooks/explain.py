@@ -244,8 +244,11 @@ def controlled_connections(
         if c.is_template or c.daddr != t.daddr or _masked(c.caddr, svc) != t.caddr:
             continue
         if fwmark:
-            # a fwmark connection shows the packet's protocol, address and port, not the mark
-            if c.af != t.af or c.service_key() in addr_keys:
+            # a fwmark connection shows the packet's protocol, address and port, not the mark;
+            # a port-zero service's shows the packet's port
+            if c.af != t.af or c.service_key() in addr_keys or (
+                (c.protocol, c.vaddr, 0) in addr_keys
+            ):
                 continue
         elif c.protocol != t.protocol or c.vaddr != t.vaddr or (t.vport and c.vport != t.vport):
             continue
