@@ -1,5 +1,6 @@
-"""Packaging fixtures: the RPM built once per session by packaging/build-rpm, its payload
-unpacked (see rpmtest.py for how the packaged wrapper is run)."""
+"""Packaging fixtures: the RPM built once per session by packaging/build-rpm and the .deb by
+packaging/build-deb, their payloads unpacked (see rpmtest.py for how the packaged wrapper is run,
+debroot.py for the Debian roots the .deb is installed in)."""
 
 import os
 import shutil
@@ -40,3 +41,27 @@ def can_unshare(tmp_path_factory) -> None:
     r = ns_run({"/usr": [str(probe / "usr")]}, ["true"])
     if r.returncode != 0:
         missing(f"cannot overlay /usr in a mount namespace: {r.stderr.strip()}")
+
+
+@pytest.fixture(scope="session")
+def built_deb(tmp_path_factory) -> str:
+    """The .deb, built once per session by packaging/build-deb (lintian is its own test)."""
+    for tool in ("dpkg-deb", "git"):
+        if not shutil.which(tool):
+            missing(f"needs {tool} (scripts/setup installs it)")
+    out = tmp_path_factory.mktemp("deb")
+    r = subprocess.run([os.path.join(PACKAGING, "build-deb"), "--out", str(out), "--no-lintian"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, f"build-deb failed:\n{r.stderr}\n{r.stdout}"
+    path = r.stdout.strip().splitlines()[-1]
+    assert path.endswith("_all.deb") and os.path.exists(path), r.stdout
+    return path
+
+
+@pytest.fixture(scope="session")
+def deb_root(built_deb, tmp_path_factory) -> str:
+    """The payload of the .deb, unpacked with dpkg-deb -x (its control files in DEBIAN/)."""
+    root = tmp_path_factory.mktemp("debroot-payload")
+    subprocess.run(["dpkg-deb", "-x", built_deb, str(root)], check=True)
+    subprocess.run(["dpkg-deb", "-e", built_deb, str(root / "DEBIAN")], check=True)
+    return str(root)
