@@ -9,12 +9,24 @@ own, in the fallback FIFO reader between events. A duty reads the table without 
 lock (on a large table that read takes seconds) and takes the lock only to send, briefly and
 only if it can at once; under it, it checks that the role is still the one it planned for and
 that no event is waiting (`should_yield`), else it drops its plan and tries again next turn.
+
+A duty that fails is a defect to see, not a line lost among the same line every period (issue
+17: a keeper that raised on every period for an IPv6 service showed only in the log). Failures
+are counted per duty, the traceback of a bug is logged once per streak (and when the error
+changes), and `<run_dir>/duties.json` says, for the process that runs the duties, how many
+times each one failed, how many times in a row up to now, and the last error: written when a
+duty fails and when a streak ends, never every period; `read_duty_failures` reads it (for
+`status` and the metrics).
 """
 
+import json
 import logging
+import os
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from lvs_hooks import safeio
+from lvs_hooks.atomicfile import write_atomic
 from lvs_hooks.director.fwmark_repair import repair_once
 from lvs_hooks.director.keeper import keep_once
 from lvs_hooks.director.snapshot import take_snapshot
@@ -24,6 +36,8 @@ from lvs_hooks.errors import LvsHooksError
 log = logging.getLogger(__name__)
 
 Task = Tuple[str, str, float]  # name, the role it runs in, interval in seconds
+
+DUTIES_FILE = "duties.json"
 
 
 class Duties:
@@ -40,7 +54,9 @@ class Duties:
         self.clock = clock
         self.tasks = _tasks(director)
         self.last: Dict[str, float] = {}
-        self.failures: Dict[str, int] = {}
+        self.failures: Dict[str, int] = {}  # since this process started
+        self.in_a_row: Dict[str, int] = {}  # up to the last run: 0 once a run succeeded
+        self.last_error: Dict[str, str] = {}
         director.duties_beside = True
 
     @property
@@ -67,8 +83,8 @@ class Duties:
     def run_due(
         self, role: Optional[str], should_yield: Callable[[], bool] = lambda: False
     ) -> None:
-        """Run the tasks due in `role`. A failing task is logged with its count of failures and
-        does not keep the others from running."""
+        """Run the tasks due in `role`. A failing task is counted, logged with its count of
+        failures (a bug's traceback once per streak) and does not keep the others from running."""
         if role != "BACKUP":
             # Repairs belong to one stretch as backup; the MASTER reseed took what it needed.
             self.director.repair.pending.clear()
@@ -84,13 +100,46 @@ class Duties:
                 self._run(name, proceed)
             except LvsHooksError as e:
                 self._failed(name, role, e.format_message())
-            except Exception:  # a bug: the traceback, once per failure, and the next duty
-                log.exception("periodic %s while %s failed", name, role)
-                self.failures[name] = self.failures.get(name, 0) + 1
+            except Exception as e:  # a bug: counted, its traceback once per streak
+                self._failed(name, role, f"{type(e).__name__}: {e}", bug=True)
+            else:
+                if self.in_a_row.get(name):
+                    log.info("periodic %s while %s ran again after %d failures in a row", name,
+                             role, self.in_a_row[name])
+                    self.in_a_row[name] = 0
+                    self._record()
 
-    def _failed(self, name: str, role: Optional[str], message: str) -> None:
+    def _failed(self, name: str, role: Optional[str], message: str, bug: bool = False) -> None:
         n = self.failures[name] = self.failures.get(name, 0) + 1
-        log.error("periodic %s while %s failed (%d so far): %s", name, role, n, message)
+        row = self.in_a_row[name] = self.in_a_row.get(name, 0) + 1
+        again = row > 1 and self.last_error.get(name) == message
+        self.last_error[name] = message
+        streak = f", {row} in a row" if row > 1 else ""
+        text = f"periodic {name} while {role} failed ({n} so far{streak}): {message}"
+        if bug and not again:
+            log.exception(text)
+        else:
+            log.error(text)
+        self._record()
+
+    def _record(self) -> None:
+        """`<run_dir>/duties.json` (see the module's docstring); a failure to write it is
+        logged and changes nothing else."""
+        tasks = {
+            name: {
+                "failures": n,
+                "in_a_row": self.in_a_row.get(name, 0),
+                "last_error": self.last_error.get(name, ""),
+            }
+            for name, n in self.failures.items()
+        }
+        data = {"pid": os.getpid(), "at": time.time(), "tasks": tasks}
+        run_dir = self.director.cfg.paths.run_dir
+        try:
+            os.makedirs(run_dir, mode=0o700, exist_ok=True)
+            write_atomic(os.path.join(run_dir, DUTIES_FILE), json.dumps(data).encode(), 0o644)
+        except OSError as e:
+            log.warning("cannot record the periodic duties' failures in %s: %s", run_dir, e)
 
     def _run(self, name: str, proceed: Callable[[], bool]) -> None:
         cfg = self.director.cfg
@@ -103,6 +152,17 @@ class Duties:
             keep_once(self.director, proceed)
         else:
             repair_once(self.director, proceed)
+
+
+def read_duty_failures(run_dir: str) -> Optional[Dict[str, Any]]:
+    """What `<run_dir>/duties.json` holds: {"pid", "at", "tasks": {name: {"failures",
+    "in_a_row", "last_error"}}}, or None when no duty has failed since boot (or the file is
+    unreadable)."""
+    try:
+        data = json.loads(safeio.read_file(os.path.join(run_dir, DUTIES_FILE), 1 << 16))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and isinstance(data.get("tasks"), dict) else None
 
 
 def _tasks(director: Director) -> List[Task]:

@@ -6,7 +6,7 @@ import logging
 
 from lvs_hooks.config import parse_config
 from lvs_hooks.director import Director
-from lvs_hooks.director.duties import Duties
+from lvs_hooks.director.duties import Duties, read_duty_failures
 from lvs_hooks.director.fwmark_repair import _Pending
 from lvs_hooks.errors import KernelError
 
@@ -104,3 +104,40 @@ def test_a_snapshot_left_by_a_transition_runs_at_the_next_turn(tmp_path):
                                                               False))
     d.run_due("FAULT")
     assert ran == ["snapshot"] and not d.director.snapshot_wanted
+
+
+def test_a_failing_duty_is_counted_where_status_can_read_it(tmp_path, caplog):
+    """Issue 17: the keeper raised on every period for an IPv6 service, and that showed only as
+    the same traceback in the log every period. Now: counted per duty in <run_dir>/duties.json
+    (failures, in a row, the last error), the traceback once per streak and error."""
+    d, _, _ = duties_for(tmp_path, "keeper:\n  interval: 1\n", role="MASTER")
+    outcome = ["bug"]
+
+    def run(name, proceed):
+        if outcome[0] == "bug":
+            raise ValueError("'fd00::29/2147483648' does not appear to be an IPv4 or IPv6 network")
+        if outcome[0] == "error":
+            raise KernelError("IPVS is not available")
+
+    d._run = run
+    assert read_duty_failures(str(tmp_path)) is None
+    caplog.set_level(logging.INFO)
+    for _ in range(3):
+        d.last.clear()
+        d.run_due("MASTER")
+    rec = read_duty_failures(str(tmp_path))
+    assert rec["tasks"] == {"keeper": {"failures": 3, "in_a_row": 3, "last_error": (
+        "ValueError: 'fd00::29/2147483648' does not appear to be an IPv4 or IPv6 network")}}
+    assert caplog.text.count("Traceback") == 1
+    assert "periodic keeper while MASTER failed (3 so far, 3 in a row)" in caplog.text
+    outcome[0] = "error"  # another error: counted on, no traceback (an error a user can act on)
+    d.last.clear()
+    d.run_due("MASTER")
+    assert read_duty_failures(str(tmp_path))["tasks"]["keeper"]["in_a_row"] == 4
+    outcome[0] = "ok"  # the streak ends: said once, and recorded
+    d.last.clear()
+    d.run_due("MASTER")
+    assert read_duty_failures(str(tmp_path))["tasks"]["keeper"] == {
+        "failures": 4, "in_a_row": 0, "last_error": "IPVS is not available"}
+    assert "ran again after 4 failures in a row" in caplog.text
+    assert caplog.text.count("Traceback") == 1
