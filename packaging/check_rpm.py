@@ -4,9 +4,10 @@
 What an EL director needs from it, read from the RPM itself (rpm -qp, and the payload unpacked
 with rpm2cpio into a scratch directory):
 
-- files: the expected paths with their modes and flags (config noreplace, ghost /run dir), and
-  nothing in site-packages, no bytecode, no compiled code (noarch), no path outside the
-  package's own;
+- files: the expected paths with their modes and flags (config noreplace, ghost /run dir), the
+  man pages and bash completion, and nothing in site-packages, no compiled code (noarch), no path
+  outside the package's own; the package owns its bytecode: every module compiled for each
+  interpreter the wrapper may choose (3.9, 3.11, 3.12: EL8, EL9, EL10);
 - modes: every file and directory root:root, none group- or world-writable, no setuid/setgid;
   that covers the hook's whole path inside the package (the wrappers and /usr/lib/lvs-hooks,
   which the wrappers' Python imports from), which keepalived's enable_script_security demands.
@@ -14,9 +15,10 @@ with rpm2cpio into a scratch directory):
   packages; tests/packaging runs keepalived itself against the unpacked payload;
 - requires / provides: exactly the expected dependencies (no generated python(abi) or
   pythondist ones), Recommends ipvsadm, bundled() provides equal to packaging/vendor.lock;
-- scriptlets: post/preun/postun with systemctl and systemd-tmpfiles, no unexpanded macro, each
-  valid sh; and each one run with sh, for install, upgrade and removal ($1), against stand-ins
-  for systemctl, systemd-tmpfiles, find and the interpreters that record their calls: what is
+- scriptlets: post/preun/postun with systemctl and systemd-tmpfiles (no bytecode compiled or
+  removed: the package owns it), no unexpanded macro, each valid sh; and each one run with sh, for
+  install, upgrade and removal ($1), against stand-ins for systemctl, systemd-tmpfiles, find and
+  the interpreters that record their calls: what is
   done to each unit (UNIT_POLICY: preset on install, disabled and stopped or only disabled on
   removal, restarted on upgrade or left alone);
 - units: every Exec program packaged (or required), /usr/sbin/lvs-hooks and never
@@ -59,6 +61,9 @@ LICENSES = "/usr/share/licenses/lvs-hooks"
 EXAMPLES = ("lvs-hooks-fifo.conf", "lvs-hooks-notify.conf", "lvs-hooks-warmup.conf")
 # programs outside the package that the units run, each a Requires of the package
 REQUIRED_PROGRAMS = ("/usr/bin/flock",)
+COMPLETION = "/usr/share/bash-completion/completions/lvs-hooks"
+# the bytecode the package owns: one file per module and interpreter (cpython-39 ...)
+BYTECODE_TAGS = tuple("cpython-" + p.rsplit("python", 1)[1].replace(".", "") for p in PYTHONS)
 
 # What the scriptlets do to each unit: on installation every unit is preset (the distribution's
 # preset policy decides; EL's default enables none of them); on removal each is disabled, and
@@ -93,6 +98,7 @@ UNIT_INSTALL = {
 SOURCE_PATH = re.compile(r"(^|[\s(\"'])(etc/keepalived|systemd|packaging)/[\w.-]+")
 # path prefixes the package may put files under (besides the exact paths of EXPECTED)
 ALLOWED_PREFIXES = (LIB + "/", DOC + "/", LICENSES + "/")
+# the man pages' directories belong to the filesystem package
 
 
 class Entry(NamedTuple):
@@ -122,6 +128,11 @@ def expected_entries(bundled: bool) -> Dict[str, tuple]:
         "/var/lib/lvs-hooks": (d | 0o700, ""),
         "/run/lvs-hooks": (d | 0o700, "g"),
         DOC + "/README.md": (f | 0o644, "d"),
+        "/usr/share/man/man8/lvs-hooks.8.gz": (f | 0o644, "d"),
+        "/usr/share/man/man5/lvs-hooks.yaml.5.gz": (f | 0o644, "d"),
+        "/usr/share/bash-completion": (d | 0o755, ""),
+        "/usr/share/bash-completion/completions": (d | 0o755, ""),
+        COMPLETION: (f | 0o644, ""),
     }
     for unit in UNITS:
         exp[f"{UNITDIR}/{unit}"] = (f | 0o644, "")
@@ -204,10 +215,19 @@ def check_files(c: Checker, ents: List[Entry], bundled: bool) -> None:
     links = [e.path for e in ents if stat.S_ISLNK(e.mode)]
     c.check("no symlinks (keepalived resolves them: one path to vet)", not links,
             ", ".join(links[:5]))
-    code = [e.path for e in ents if re.search(r"(\.pyc|\.pyo|\.so(\.[0-9.]+)?)$|/__pycache__(/|$)",
-                                              e.path)]
-    c.check("no bytecode or compiled code (noarch; %post compiles)", not code,
-            ", ".join(code[:5]))
+    code = [e.path for e in ents if re.search(r"(\.pyo|\.so(\.[0-9.]+)?)$", e.path)]
+    c.check("no compiled code (noarch)", not code, ", ".join(code[:5]))
+    paths = {e.path for e in ents}
+    sources = [p for p in paths if p.startswith(LIB + "/") and p.endswith(".py")]
+    tags = BYTECODE_TAGS if bundled else ()
+    uncompiled = [f"{src} {tag}" for src in sources for tag in tags
+                  if "{}/__pycache__/{}.{}.pyc".format(*os.path.split(src[:-3]), tag) not in paths]
+    c.check(f"bytecode owned for every module: {', '.join(tags) or 'as built'}",
+            bool(sources) and not uncompiled, ", ".join(uncompiled[:5]))
+    stray_pyc = [p for p in paths if p.endswith(".pyc") and (
+        "/__pycache__/" not in p or not p.startswith(LIB + "/")
+        or "{}.py".format(p.replace("/__pycache__", "").rsplit(".", 2)[0]) not in paths)]
+    c.check("no bytecode without its source", not stray_pyc, ", ".join(stray_pyc[:5]))
     site = [e.path for e in ents if re.search(r"/(site|dist)-packages/|^/usr/lib(64)?/python",
                                               e.path)]
     c.check("nothing in a system site-packages", not site, ", ".join(site[:5]))
@@ -280,11 +300,14 @@ def check_scriptlets(c: Checker, rpm: str, bundled: bool = True) -> None:
 def check_scriptlet_bodies(c: Checker, s: Dict[str, str], bundled: bool = True) -> None:
     """The scriptlets' text, then what they do when run (run_scriptlet)."""
     musts = {
-        "post": ["systemctl --no-reload preset ", f"systemd-tmpfiles --create {TMPFILES}",
-                 f"-m compileall -q -f {LIB}"],
-        "preun": ["systemctl --no-reload disable --now ", "-name __pycache__"],
+        "post": ["systemctl --no-reload preset ", f"systemd-tmpfiles --create {TMPFILES}"],
+        "preun": ["systemctl --no-reload disable --now "],
         "postun": ["systemctl try-restart "],
     }
+    for name in ("post", "preun", "postun"):
+        body = s.get(name, "")
+        c.check(f"{name}: neither compiles nor removes bytecode (the package owns it)",
+                "compileall" not in body and "__pycache__" not in body)
     for name, needles in musts.items():
         body = s.get(name, "")
         for n in needles:
@@ -362,14 +385,9 @@ def expected_calls(name: str, arg: int,
             for u in UNITS:
                 actions[u].add("preset")
         other.append(["systemd-tmpfiles", "--create", TMPFILES])
-        other += [[m.group(1), "-I", "-S", "-m", "compileall", "-q", "-f", LIB]
-                  for p in (PYTHONS if bundled else ("/usr/bin/python3",))
-                  for m in [_INTERPRETER.fullmatch(p)]]
     elif name == "preun" and arg == 0:
         for u, (on_removal, _up) in UNIT_POLICY.items():
             actions[u].add(on_removal)
-        other.append(["find", LIB, "-depth", "-type", "d", "-name", "__pycache__", "-exec", "rm",
-                      "-rf", "{}", "+"])
     elif name == "postun" and arg >= 1:
         for u, (_rm, on_upgrade) in UNIT_POLICY.items():
             if on_upgrade:
