@@ -55,7 +55,8 @@ def ns_run(overlays: Dict[str, Sequence[str]], cmd: Sequence[str], *, tmpfs: Seq
             opts += f",upperdir={up},workdir={work}"
         lines.append(f"mount -t overlay overlay -o {shlex.quote(opts)} {shlex.quote(target)}")
     for t in tmpfs:
-        lines.append(f"mount -t tmpfs tmpfs {shlex.quote(t)}")
+        # mode 0755 as /run is at boot (tmpfs defaults to 1777, which lvs-hooks refuses to trust)
+        lines.append(f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(t)}")
     if setup:
         lines.append(setup)
     lines.append(f"cd {shlex.quote(cwd)}")
