@@ -102,6 +102,9 @@ class Sequencer:
         self.run_dir = Path(run_dir)
         self.journal = journal
         self._boot_id = _read_boot_id(boot_id_path)
+        # What each event noted ahead of its turn (the FIFO reader, the inbox) replaced in
+        # seen.json: put back if the event then cannot run (forget).
+        self._replaced: Dict[Tuple[str, Tuple[Any, ...]], Optional[dict]] = {}
 
     # -- the newest event seen per instance or group
 
@@ -133,21 +136,28 @@ class Sequencer:
     def note(self, event: Event) -> Optional[dict]:
         """Record `event` as the newest of its instance or group, unless a newer one (or this
         very one) is already recorded: then return that one."""
+        return self._note(event)[0]
+
+    def _note(self, event: Event) -> Tuple[Optional[dict], Optional[dict]]:
+        """note(), and the entry it replaced (None: there was none, or nothing was noted)."""
         self._ensure_run_dir()
         lock = FileLock(self.run_dir / SEEN_LOCK_NAME, timeout=_SEEN_LOCK_TIMEOUT, mode=0o600)
         try:
             with lock:
                 keys = self._read_seen()
                 newest = keys.get(event.key)
-                if newest is not None and tuple(newest["order"]) >= event.order:
-                    return newest
+                if newest is not None and _order(newest) >= event.order:
+                    return newest, None
                 keys[event.key] = {
                     "order": list(event.order),
                     "state": event.state,
                     "source": event.source,
                 }
-                data = json.dumps({"boot_id": self._boot_id, "keys": keys}, sort_keys=True)
-                write_atomic(self.run_dir / SEEN_NAME, data.encode(), 0o600)
+                self._write_seen(keys)
+                if len(self._replaced) > 10000:
+                    self._replaced.clear()  # events noted and never handled: a bug elsewhere
+                self._replaced[(event.key, tuple(event.order))] = newest
+                return None, newest
         except filelock.Timeout:
             # Not fatal: the event still runs in its turn, it just cannot make older waiting
             # events give way to it.
@@ -157,12 +167,39 @@ class Sequencer:
                 self.run_dir / SEEN_LOCK_NAME,
                 _SEEN_LOCK_TIMEOUT,
             )
-        return None
+        return None, None
+
+    def _write_seen(self, keys: Dict[str, dict]) -> None:
+        data = json.dumps({"boot_id": self._boot_id, "keys": keys}, sort_keys=True)
+        write_atomic(self.run_dir / SEEN_NAME, data.encode(), 0o600)
+
+    def forget(self, event: Event, replaced: Optional[dict]) -> None:
+        """Undo note(event) for an event that could not run: if it is still the newest of its
+        instance or group, the entry it replaced comes back (or none), so that an older event
+        still waiting is not skipped as stale in favour of one that never ran."""
+        try:
+            with FileLock(self.run_dir / SEEN_LOCK_NAME, timeout=_SEEN_LOCK_TIMEOUT, mode=0o600):
+                keys = self._read_seen()
+                current = keys.get(event.key)
+                if current is None or _order(current) != event.order:
+                    return  # a newer event came since: it is the newest, rightly
+                if replaced is None:
+                    del keys[event.key]
+                else:
+                    keys[event.key] = replaced
+                self._write_seen(keys)
+        except filelock.Timeout:
+            log.error(
+                "%s: %s held for %.0f s; the event that did not run stays noted as the newest",
+                event.describe(),
+                self.run_dir / SEEN_LOCK_NAME,
+                _SEEN_LOCK_TIMEOUT,
+            )
 
     def newer_than(self, event: Event) -> Optional[dict]:
         """The newest event seen of the same instance or group, if it is newer than `event`."""
         newest = self._read_seen().get(event.key)
-        if newest is not None and tuple(newest["order"]) > event.order:
+        if newest is not None and _order(newest) > event.order:
             return newest
         return None
 
@@ -177,17 +214,41 @@ class Sequencer:
         holds the lock longer than `lock_timeout` seconds.
         """
         arrived = now_ns()
-        self.note(event)
+        self._note(event)
+        replaced = self._replaced.pop((event.key, tuple(event.order)), None)
         lock = transition_lock(str(self.run_dir))
         try:
             lock.acquire(timeout=lock_timeout)
         except filelock.Timeout:
+            # Nothing ran: leave no trace that could make a waiting older event give way to
+            # this one (a STOP that timed out would otherwise leave the director MASTER with
+            # the BACKUP before it skipped as stale and no snapshot).
+            self.forget(event, replaced)
             raise LockTimeout(
                 f"{event.describe()}: the transition before it held {self.run_dir / LOCK_NAME} "
                 f"for more than {lock_timeout:g} s; this event was not acted on"
             ) from None
         try:
             return self._run(event, planner, arrived)
+        finally:
+            lock.release()
+            self._compact_journal()
+
+    def _compact_journal(self) -> None:
+        """Compact the journal when it has grown past its bound, between events: only if the
+        transition lock is free this instant (an event waiting for it goes first; a later
+        event compacts instead)."""
+        if not self.journal.needs_compaction():
+            return
+        lock = transition_lock(str(self.run_dir))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return
+        try:
+            self.journal.compact()
+        except OSError as e:
+            log.error("journal %s not compacted: %s", self.journal.path, e.strerror or e)
         finally:
             lock.release()
 
@@ -293,6 +354,14 @@ class Sequencer:
                     "%s: %s FAILED: %s (%.0f ms)", what, step.name, entry["error"], entry["ms"]
                 )
         return outcome
+
+
+def _order(entry: Any) -> Tuple[Any, ...]:
+    """The order key of a seen.json entry; a damaged entry sorts before every event."""
+    order = entry.get("order") if isinstance(entry, dict) else None
+    if isinstance(order, list) and all(type(x) is int for x in order):
+        return tuple(order)
+    return ()
 
 
 def _oserror(e: OSError) -> str:

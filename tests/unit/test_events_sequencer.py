@@ -361,3 +361,45 @@ def test_processes_serialize(tmp_path):
     assert_no_overlap(records)
     assert_steps_paired(Recorder(tmp_path / "steps").lines())
     _assert_latest_applied_last(records)
+
+
+@pytest.mark.parametrize("noted_ahead", [False, True], ids=["notify", "fifo-or-inbox"])
+def test_a_stop_that_timed_out_on_the_lock_leaves_no_trace(tmp_path, noted_ahead):
+    """The issue's case: MASTER runs, BACKUP waits, STOP times out on the lock (0.3 s). The
+    BACKUP must still run once MASTER is done, as if the STOP had never come."""
+    seq = make_seq(tmp_path)
+    rec = Recorder(tmp_path / "steps")
+    seq.handle(ev("MASTER", 1), rec.planner, 5)
+    backup = ev("BACKUP", 2)
+    seq.note(backup)  # waiting for the lock, noted as the newest
+    stop = ev("STOP", 3)
+    if noted_ahead:  # the FIFO reader and the inbox note an event when it is read
+        seq.note(stop)
+    with filelock.FileLock(str(tmp_path / "run" / LOCK_NAME)), pytest.raises(LockTimeout):
+        seq.handle(stop, rec.planner, 0.05)
+    assert seq.newer_than(backup) is None
+    out = seq.handle(backup, rec.planner, 5)
+    assert out.outcome == DONE
+    assert [r["event"]["state"] for r in journal_of(tmp_path)] == ["MASTER", "BACKUP"]
+    # and a STOP that comes again later runs normally
+    assert seq.handle(ev("STOP", 4), rec.planner, 5).outcome == DONE
+
+
+def test_a_timed_out_event_keeps_a_newer_one_noted(tmp_path):
+    seq = make_seq(tmp_path)
+    (tmp_path / "run").mkdir(mode=0o700)
+    stop = ev("STOP", 3)
+    errors = []
+
+    def late_master():
+        seq.note(ev("MASTER", 4))
+
+    with filelock.FileLock(str(tmp_path / "run" / LOCK_NAME)):
+        seq.note(stop)
+        late_master()  # came while the STOP waited
+        try:
+            seq.handle(stop, lambda e: Plan(), 0.05)
+        except LockTimeout as e:
+            errors.append(e)
+    assert errors
+    assert seq.newer_than(ev("MASTER", 3))["state"] == "MASTER"
