@@ -12,16 +12,16 @@ keepalived drops a script's stdout and stderr: everything worth knowing goes to 
 import logging
 import signal
 from contextlib import contextmanager
-from typing import Iterator, Tuple
+from typing import Iterator, List, Tuple
 
 import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.director import Director
-from lvs_hooks.errors import TransitionIncomplete, UsageError
+from lvs_hooks.errors import LvsHooksError, TransitionIncomplete, UsageError
 from lvs_hooks.events.clock import notify_order
 from lvs_hooks.events.fifo import FifoReader, serve
-from lvs_hooks.events.journal import Journal, render_history
+from lvs_hooks.events.journal import Journal, render_history, well_formed
 from lvs_hooks.events.keepalived import (
     ROLE_COMMANDS,
     ArgumentError,
@@ -78,8 +78,23 @@ def dispatch(app: AppContext, event: Event) -> None:
         raise TransitionIncomplete(f"{event.describe()}: failed steps: {', '.join(failed)}")
 
 
+class KeepalivedArgs(click.Command):
+    """keepalived's arguments are data, not options: an instance named `--help` is an instance
+    (click would print the help and exit 0, and the event would be lost). Only `--help` as the
+    first argument asks for help, as a person typing it means; `--group` stays the role
+    commands' flag wherever it is."""
+
+    def parse_args(self, ctx: click.Context, args: List[str]) -> List[str]:
+        if args and args[0] != "--help":
+            flags = [a for a in args if a == "--group" and self.name != "notify"]
+            rest = [a for a in args if a != "--group" or self.name == "notify"]
+            args = flags + ["--"] + rest
+        return super().parse_args(ctx, args)
+
+
 @command(
     "notify",
+    cls=KeepalivedArgs,
     context_settings={"ignore_unknown_options": True},
     short_help="keepalived's generic notify script.",
 )
@@ -99,6 +114,7 @@ def notify_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
 def _role_command(name: str, state: str) -> None:
     @command(
         name,
+        cls=KeepalivedArgs,
         context_settings={"ignore_unknown_options": True},
         short_help=f"keepalived's notify_{name} script.",
         help=f"keepalived's notify_{name} script (keepalived passes no arguments): the "
@@ -167,9 +183,16 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
 def history_cmd(app: AppContext, last: int, as_json: bool) -> None:
     """The journal of transitions: each event, what was done and how each step went."""
     journal = _journal(app)
-    records, bad = journal.read()
+    try:
+        records, bad = journal.read()
+    except OSError as e:
+        raise LvsHooksError(f"journal {journal.path}: cannot read: {e.strerror or e}") from None
+    shown = [r for r in records if well_formed(r)]
+    bad += len(records) - len(shown)
+    records = shown
     if bad:
-        log.warning("journal %s: %d lines are not records", journal.path, bad)
+        # counted, never shown: a line that is not a record may hold anything
+        log.warning("journal %s: %d lines are not records: skipped", journal.path, bad)
     if last > 0:
         records = records[-last:]
     emit(records, as_json, render_history)

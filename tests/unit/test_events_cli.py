@@ -100,3 +100,57 @@ def test_unwatched_instance_is_ignored_exit_0(env):
     (record,) = json.loads(run(cfg, "history", "--json").output)
     assert record["outcome"] == "ignored"
     assert (tmp / "proc/sys/net/ipv4/vs/sloppy_tcp").read_text() == "0\n"
+
+
+def test_history_skips_and_counts_records_of_the_wrong_shape(env, caplog):
+    tmp, cfg = env
+    assert run(cfg, "notify", "INSTANCE", "VI_1", "DELETED", "100").exit_code == 0
+    journal = tmp / "state" / "events.jsonl"
+    with open(journal, "a") as f:
+        for bad in ('{"event": 5}', '{"steps": "x"}', '{"steps": [1]}', '{"ms": "slow"}',
+                    '{"event": {"kind": 7}}', '{"at": 1e999}', '{"newer": []}', '[1]', "x",
+                    '{"steps": [{"step": "s", "figures": {"latency_ms": "x"}}]}',
+                    "[" * 100000):
+            f.write(bad + "\n")
+    assert run(cfg, "notify", "INSTANCE", "VI_2", "DELETED", "100").exit_code == 0
+    r = run(cfg, "history")
+    assert r.exit_code == 0, r.output
+    lines = r.output.splitlines()
+    assert len(lines) == 3 and "VI_1" in lines[1] and "VI_2" in lines[2]
+    assert "11 lines are not records: skipped" in caplog.text
+
+
+def test_history_of_a_journal_that_is_a_directory_is_one_line(env):
+    tmp, cfg = env
+    (tmp / "state" / "events.jsonl").mkdir(parents=True)
+    r = run(cfg, "history")
+    assert r.exit_code == 1
+    assert r.output.splitlines() == [
+        f"Error: journal {tmp / 'state' / 'events.jsonl'}: cannot read: is a directory, "
+        "not a regular file"
+    ]
+
+
+@pytest.mark.parametrize(
+    "args, described",
+    [
+        (["notify", "INSTANCE", "--help", "DELETED", "100"], "DELETED instance --help"),
+        (["notify", "GROUP", "-h", "DELETED", "0"], "DELETED group -h"),
+        (["stop", "--group", "--help"], "STOP group --help"),
+    ],
+)
+def test_an_instance_named_like_an_option_is_an_instance(env, args, described):
+    tmp, cfg = env
+    r = run(cfg, *args)
+    assert "Usage:" not in r.output
+    records = json.loads(run(cfg, "history", "--json").output)
+    ev = records[-1]["event"]
+    assert f"{ev['state']} {ev['kind'].lower()} {ev['name']}" == described
+
+
+def test_help_first_is_still_help(env):
+    tmp, cfg = env
+    for args in (["notify", "--help"], ["master", "--help"]):
+        r = run(cfg, *args)
+        assert r.exit_code == 0 and "Usage:" in r.output
+    assert not (tmp / "state").exists()
