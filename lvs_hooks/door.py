@@ -38,6 +38,7 @@ from lvs_hooks.events.keepalived import (
     ArgumentError,
     Event,
     Ignored,
+    LineSplitter,
     parse_fifo_line,
     parse_notify_args,
     role_event,
@@ -345,7 +346,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     """The console script: a door for keepalived's commands, the full CLI for the rest."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = split_args(argv)
-    if args is None or args.command not in DOOR_COMMANDS or "--help" in args.rest:
+    # Only a first `--help` asks for help: keepalived's arguments after it are data (an instance
+    # may be named --help), as the CLI reads them too (commands.notify.KeepalivedArgs).
+    if args is None or args.command not in DOOR_COMMANDS or args.rest[:1] == ["--help"]:
         full_cli(argv)
     if args.command == "fifo":
         return fifo_door(args, argv)
@@ -433,6 +436,7 @@ class FifoDoor:
         self.seq = 0  # lines read, for the order key (events.clock.fifo_order)
         self.last_state: Dict[str, str] = {}
         self.counts = {"lines": 0, "events": 0, "ignored": 0}
+        self.lines = LineSplitter()
         self.drain_window = DRAIN_WINDOW
         self.stopping = False
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -457,7 +461,6 @@ class FifoDoor:
         """Hand events to the agent until stopped and drained: None. If the agent goes away:
         the bytes read and not handed over (from the first event the agent did not take), for
         the reader that goes on in this process."""
-        buf = b""
         deadline = None
         while True:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -466,21 +469,23 @@ class FifoDoor:
             if self.conn.sock in ready:
                 # The agent speaks only when asked: readable now means it closed or died.
                 self.log.warning("the agent on %s closed the connection", self.conn.path)
-                return buf
+                return self.lines.buf
             if self.fd in ready:
-                buf, left = self._read_available(buf)
+                left = self._read_available()
                 if left is not None:
                     return left
             if self._wake_r in ready and deadline is None:
                 os.read(self._wake_r, 64)
                 deadline = time.monotonic() + self.drain_window
-                buf, left = self._read_available(buf)
+                left = self._read_available()
                 if left is not None:
                     return left
             if deadline is not None and (self._all_stopped() or time.monotonic() >= deadline):
-                if buf:
+                if self.lines.buf:
                     self.log.warning(
-                        "FIFO %s: incomplete line at exit ignored: %r", self.path, buf[:200]
+                        "FIFO %s: incomplete line at exit ignored: %r",
+                        self.path,
+                        self.lines.buf[:200],
                     )
                 return None
 
@@ -488,25 +493,30 @@ class FifoDoor:
         # As events.fifo: keepalived writes the STOP lines after signalling its scripts.
         return bool(self.last_state) and all(s == "STOP" for s in self.last_state.values())
 
-    def _read_available(self, buf: bytes) -> Tuple[bytes, Optional[bytes]]:
+    def _read_available(self) -> Optional[bytes]:
+        """Hand over what can be read now: None, or when the agent did not take a line, the
+        bytes from that line on (the splitter's unfinished line included)."""
         while True:
             try:
                 chunk = os.read(self.fd, _CHUNK)
             except BlockingIOError:
-                return buf, None
+                return None
             if not chunk:  # no writer at all: cannot happen while we hold it open read-write
-                return buf, None
-            buf += chunk
-            *lines, buf = buf.split(b"\n")
-            for i, line in enumerate(lines):
-                if not self._line(line):
-                    return b"", b"".join(x + b"\n" for x in lines[i:]) + buf
-            if len(buf) > MAX_LINE:
+                return None
+            before = self.lines.overlong
+            lines = self.lines.feed(chunk)
+            if self.lines.overlong > before:
                 self.log.warning(
-                    "FIFO %s: %d bytes without a newline ignored: %r", self.path, len(buf), buf[:80]
+                    "FIFO %s: a line longer than %d bytes ignored, up to its newline",
+                    self.path,
+                    MAX_LINE,
                 )
                 self.counts["ignored"] += 1
-                buf = b""
+            for i, line in enumerate(lines):
+                if not self._line(line):
+                    left = b"".join(x + b"\n" for x in lines[i:]) + self.lines.buf
+                    self.lines.buf = b""
+                    return left
 
     def _line(self, raw: bytes) -> bool:
         """Parse one line and hand its event over; False if the agent did not take it."""
@@ -619,7 +629,7 @@ def _read_in_process(args: Args, door: FifoDoor, left: bytes, stop_target: list)
         door.log.error("%s", e.format_message())
         door.close()
         return e.exit_code
-    reader.carry_over(left, door.last_state, door.seq)
+    reader.carry_over(left, door.last_state, door.seq, door.lines.skipping)
     door.close()  # after the reader opened the FIFO: it never loses its last reader
     stop_target[0] = reader.request_stop
     if door.stopping:

@@ -29,7 +29,13 @@ from typing import Callable, Dict, Optional
 from lvs_hooks.errors import UsageError
 from lvs_hooks.events.clock import fifo_order
 from lvs_hooks.events.eventqueue import EventQueue
-from lvs_hooks.events.keepalived import MAX_LINE, Event, Ignored, parse_fifo_line
+from lvs_hooks.events.keepalived import (
+    MAX_LINE,
+    Event,
+    Ignored,
+    LineSplitter,
+    parse_fifo_line,
+)
 from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role
 from lvs_hooks.events.sequencer import DONE, FAILED, Outcome, Plan, Sequencer
@@ -74,6 +80,8 @@ class FifoReader:
         self._seq = 0
         self._last_state: Dict[str, str] = {}
         self._carried = b""
+        self._carried_skipping = False
+        self._lines = LineSplitter()
         self.drain_window = DRAIN_WINDOW
         self.counts = {"lines": 0, "events": 0, "ignored": 0, "failed": 0, "errors": 0}
         # the planner and lock timeout looked up at each event (tests swap them)
@@ -91,12 +99,15 @@ class FifoReader:
         with contextlib.suppress(BlockingIOError):  # a wake-up is pending already
             os.write(self._wake_w, b"x")
 
-    def carry_over(self, data: bytes, last_state: Dict[str, str], lines_before: int) -> None:
+    def carry_over(
+        self, data: bytes, last_state: Dict[str, str], lines_before: int, skipping: bool = False
+    ) -> None:
         """Take over from another reader of this FIFO in this process (the door, when the agent
         went away): `data` it read and did not hand on (read first, as if just read), the last
-        state it heard of each instance or group (for the drain), and how many lines it read
-        (line numbers go on). Call before run()."""
+        state it heard of each instance or group (for the drain), how many lines it read (line
+        numbers go on), and whether it was inside an overlong line. Call before run()."""
         self._carried = data
+        self._carried_skipping = skipping
         self._last_state.update(last_state)
         self._seq = lines_before
 
@@ -105,21 +116,26 @@ class FifoReader:
     def _read_loop(self) -> None:
         deadline = None  # set when asked to stop
         try:
-            buf = self._feed(self._carried)
+            self._feed(self._carried)
             self._carried = b""
+            # The door was inside an overlong line after what it carried over: what comes
+            # next up to a newline is that line's tail.
+            self._lines.skipping = self._lines.skipping or self._carried_skipping
             while True:
                 timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ready, _, _ = select.select([self.fd, self._wake_r], [], [], timeout)
                 if self.fd in ready:
-                    buf = self._read_available(buf)
+                    self._read_available()
                 if self._wake_r in ready and deadline is None:
                     os.read(self._wake_r, 64)
                     deadline = time.monotonic() + self.drain_window
-                    buf = self._read_available(buf)
+                    self._read_available()
                 if deadline is not None and (self._all_stopped() or time.monotonic() >= deadline):
-                    if buf:
+                    if self._lines.buf:
                         log.warning(
-                            "FIFO %s: incomplete line at exit ignored: %r", self.path, buf[:200]
+                            "FIFO %s: incomplete line at exit ignored: %r",
+                            self.path,
+                            self._lines.buf[:200],
                         )
                     return
         except Exception:
@@ -133,28 +149,28 @@ class FifoReader:
         # instance and group heard of has stopped, nothing more is coming.
         return bool(self._last_state) and all(s == "STOP" for s in self._last_state.values())
 
-    def _read_available(self, buf: bytes) -> bytes:
+    def _read_available(self) -> None:
         while True:
             try:
                 chunk = os.read(self.fd, _CHUNK)
             except BlockingIOError:
-                return buf
+                return
             if not chunk:  # no writer at all: cannot happen while we hold it open read-write
-                return buf
-            buf = self._feed(buf + chunk)
+                return
+            self._feed(chunk)
 
-    def _feed(self, buf: bytes) -> bytes:
-        """Take the whole lines in `buf`; what is left of an unfinished line."""
-        *lines, buf = buf.split(b"\n")
-        for line in lines:
+    def _feed(self, data: bytes) -> None:
+        """Take the whole lines that `data` completes."""
+        before = self._lines.overlong
+        for line in self._lines.feed(data):
             self._line(line)
-        if len(buf) > MAX_LINE:
+        if self._lines.overlong > before:
             log.warning(
-                "FIFO %s: %d bytes without a newline ignored: %r", self.path, len(buf), buf[:80]
+                "FIFO %s: a line longer than %d bytes ignored, up to its newline",
+                self.path,
+                MAX_LINE,
             )
             self.counts["ignored"] += 1
-            buf = b""
-        return buf
 
     def _line(self, raw: bytes) -> None:
         self._seq += 1

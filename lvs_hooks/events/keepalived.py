@@ -18,7 +18,7 @@ An Event carries an `order`: a key that sorts events in the order keepalived emi
 
 import re
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 KINDS = ("INSTANCE", "GROUP")
 # States that are transitions of an instance or a sync group.
@@ -35,6 +35,38 @@ _CHECKER_PREFIXES = ("VS ", "RS ", "MONITOR ")
 # Far longer than any keepalived line (names are at most a few hundred bytes); a longer line is
 # not from keepalived.
 MAX_LINE = 4096
+
+
+
+class LineSplitter:
+    """Whole lines of a byte stream (keepalived's FIFO), each at most MAX_LINE bytes.
+
+    A line that grows past MAX_LINE without its newline is dropped, and so is the rest of it
+    when it comes: what follows a dropped piece up to the next newline is the same line's
+    tail, never a line of its own (a reader that forgot this parsed that tail as an event).
+    """
+
+    def __init__(self, skipping: bool = False):
+        self.buf = b""
+        self.skipping = skipping  # inside an overlong line: drop up to the next newline
+        self.overlong = 0  # overlong lines dropped so far
+
+    def feed(self, data: bytes) -> List[bytes]:
+        """The lines completed by `data` (without their newline)."""
+        lines = (self.buf + data).split(b"\n")
+        self.buf = lines.pop()
+        if self.skipping:
+            if not lines:
+                self.buf = b""  # still inside the overlong line
+                return []
+            lines.pop(0)  # its tail, up to its newline
+            self.skipping = False
+        if len(self.buf) > MAX_LINE:
+            self.buf = b""
+            self.skipping = True
+            self.overlong += 1
+        return lines
+
 
 # (event time in ns on CLOCK_BOOTTIME, pid, sequence number): see sequencer.
 Order = Tuple[int, int, int]
@@ -152,7 +184,9 @@ def parse_fifo_line(line: Union[str, bytes], order: Order) -> Union[Event, Ignor
         return Ignored(f"unknown state {state!r}", unexpected=True)
     if not name:
         return Ignored("empty instance or group name", unexpected=True)
-    priority = int(prio)
+    # A run of digits no priority has: not converted at all (int() of thousands of digits is
+    # slow, and refused past 4,300 on Python 3.11).
+    priority = int(prio) if len(prio) <= 4 else 10**4
     if not 0 <= priority <= 255:
         return Ignored(f"priority {priority} out of range", unexpected=True)
     return Event(kind, name, state, priority, "fifo", order)

@@ -319,3 +319,16 @@ def test_an_event_does_not_wait_for_a_duty_under_way(tmp_path):
     h.stop()
     assert seen["handled_during_duty"] == [("INSTANCE", "VI_1", "MASTER")]
     assert h.reader.busy() is False
+
+
+def test_after_an_overlong_line_the_reader_skips_to_the_next_newline(tmp_path):
+    h = Harness(tmp_path)
+    h.start()
+    os.write(h.wfd, b"x" * 5000)  # no newline yet: dropped once past MAX_LINE
+    wait_for(lambda: h.reader.counts["ignored"] == 1)
+    # the same line's tail, which looks like an event, then a real event
+    os.write(h.wfd, b'INSTANCE "VI_1" MASTER 100\nINSTANCE "VI_1" BACKUP 100\n')
+    wait_for(lambda: len(h.handled) == 1)
+    h.stop()
+    assert h.handled == [("INSTANCE", "VI_1", "BACKUP")]
+    assert h.reader.counts["events"] == 1

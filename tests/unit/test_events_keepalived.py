@@ -148,3 +148,22 @@ def test_fifo_bad_lines_ignored_with_a_reason(line):
 def test_event_dict_round_trip():
     ev = parse_fifo_line('INSTANCE "VI 1" STOP 50', ORDER)
     assert Event.from_dict(ev.to_dict()) == ev
+
+
+def test_after_an_overlong_line_its_tail_is_never_a_line():
+    from lvs_hooks.events.keepalived import MAX_LINE, LineSplitter
+
+    s = LineSplitter()
+    tail = b'INSTANCE "VI_1" MASTER 100'  # looks like an event: must not be read as one
+    assert s.feed(b"x" * (MAX_LINE + 10)) == []
+    assert s.feed(b"y" * 100) == []
+    assert s.feed(b"z" + tail + b'\nINSTANCE "VI_1" BACKUP 100\n') == [b'INSTANCE "VI_1" BACKUP 100']
+    assert s.overlong == 1 and not s.skipping
+    assert s.feed(b"a\nb") == [b"a"] and s.buf == b"b"
+
+
+def test_a_priority_of_thousands_of_digits_is_ignored_not_converted():
+    from lvs_hooks.events.keepalived import Ignored, parse_fifo_line
+
+    got = parse_fifo_line('INSTANCE "VI_1" MASTER ' + "9" * 4000, (1, 1, 1))
+    assert isinstance(got, Ignored) and "out of range" in got.reason
