@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
+import ipaddress
 import json
 import logging
 import os
@@ -94,6 +95,8 @@ class Snapshot:
     version: int = VERSION
     # The file it was loaded from, for reports; None for a fresh capture. Not part of its value.
     source: Optional[str] = field(default=None, compare=False)
+    # Rows and service records of the file that were not valid and were left out (decode).
+    skipped: int = field(default=0, compare=False)
 
     @classmethod
     def capture(
@@ -155,7 +158,7 @@ def _parse_header(head: bytes) -> _Header:
         raise _Refused("not an lvs-hooks snapshot (no header line)")
     try:
         header = json.loads(head[:end])
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _Refused("not an lvs-hooks snapshot (the header is not JSON)") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise _Refused("not an lvs-hooks snapshot (no 'format': 'lvs-hooks-snapshot' header)")
@@ -167,9 +170,14 @@ def _parse_header(head: bytes) -> _Header:
     sha = _field(header, "sha256", (str,))
     if not re.fullmatch(r"[0-9a-f]{64}", sha):
         raise _Refused(f"bad header: 'sha256' is {sha!r}")
+    raw_time = _field(header, "captured_at", (int, float))
+    # compared before float(): an integer of 400 digits does not convert
+    if not _MIN_TIME <= raw_time <= _MAX_TIME:
+        raise _Refused(f"bad header: 'captured_at' is {str(raw_time)[:40]}")
+    captured_at = float(raw_time)
     return _Header(
         host=_field(header, "host", (str,)),
-        captured_at=float(_field(header, "captured_at", (int, float))),
+        captured_at=captured_at,
         templates=_field(header, "templates", (int,)),
         services=_field(header, "services", (int,)),
         body_bytes=_field(header, "body_bytes", (int,)),
@@ -239,6 +247,8 @@ def _decode(data: bytes, source: Optional[str]) -> Snapshot:
         obj = json.loads(body)
     except ValueError as e:
         raise _Refused(f"invalid JSON in the body: {e}") from None
+    except RecursionError:
+        raise _Refused("invalid JSON in the body: nested too deep") from None
     if not isinstance(obj, dict):
         raise _Refused("the body is not a JSON object")
     if obj.get("host") != header.host or obj.get("captured_at") != header.captured_at:
@@ -253,21 +263,110 @@ def _decode(data: bytes, source: Optional[str]) -> Snapshot:
             f"header counts ({header.templates} templates, {header.services} services) differ "
             f"from the body ({len(rows)}, {len(services_in)})"
         )
-    services = []
-    for i, s in enumerate(services_in):
+    # Row by row: a bad row or service record (whatever wrote it, the checksum only says it is
+    # what was written) is left out and counted, and the rest is reseeded. A file none of whose
+    # rows is usable is no snapshot: the store falls back to the generation before it.
+    services = [svc for svc in map(_service, services_in) if svc is not None]
+    addrs: Dict[Any, bool] = {}
+    templates = [e for e in (_template(r, addrs) for r in rows) if e is not None]
+    skipped = len(services_in) - len(services) + len(rows) - len(templates)
+    if rows and not templates:
+        raise _Refused(f"none of its {len(rows)} template rows is valid")
+    if services_in and not services:
+        raise _Refused(f"none of its {len(services_in)} service records is valid")
+    return Snapshot(header.host, header.captured_at, services, templates, VERSION, source, skipped)
+
+
+# Capture times a snapshot may have: after 2001 and before 2500 (a clock gone mad, -Infinity or
+# NaN in a file are not times).
+_MIN_TIME = 1e9
+_MAX_TIME = 1.7e10
+_U32 = 0xFFFFFFFF
+_PROTOCOLS = ("TCP", "UDP", "SCTP", "IP")
+_MAX_TEXT = 4096  # a state name, a PE name, PE data (a SIP Call-ID): far below
+
+
+def _is_int(x: Any, top: int) -> bool:
+    return type(x) is int and 0 <= x <= top
+
+
+def _is_text(x: Any) -> bool:
+    return type(x) is str and len(x) <= _MAX_TEXT
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# An IPv4 address as ipaddress writes it, matched in C: a million client addresses are checked
+# in a reseed, and ipaddress.ip_address costs four times as much.
+_IPV4 = re.compile(rf"{_OCTET}(?:\.{_OCTET}){{3}}")
+
+
+def _family(addr: Any, cache: Dict[Any, bool]) -> int:
+    """4 or 6 for an address as the model writes it, 0 for anything else."""
+    if type(addr) is not str or len(addr) > 45:
+        return 0
+    if _IPV4.fullmatch(addr):
+        return 4
+    if ":" not in addr:
+        return 0
+    known = cache.get(addr)
+    if known is None:
         try:
-            services.append(Service.from_dict(s))
-        except (TypeError, ValueError, AttributeError) as e:
-            raise _Refused(f"bad service record #{i}: {e}") from None
-    width = len(TEMPLATE_COLUMNS)
-    for i, r in enumerate(rows):
-        if type(r) is not list or len(r) != width:
-            raise _Refused(f"bad template row #{i}: {str(r)[:80]}")
-    templates = [
-        ConnEntry(r[0], r[1], 0, r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10])
-        for r in rows
-    ]
-    return Snapshot(header.host, header.captured_at, services, templates, VERSION, source)
+            known = cache[addr] = ipaddress.ip_address(addr).version == 6
+        except ValueError:
+            return 0
+        if len(cache) > 100000:
+            cache.clear()  # client addresses rarely repeat: only the servers' are worth keeping
+    return 6 if known else 4
+
+
+def _template(r: Any, addrs: Dict[Any, bool]) -> Optional[ConnEntry]:
+    """A template from a row, or None when the row is not one."""
+    if type(r) is not list or len(r) != len(TEMPLATE_COLUMNS):
+        return None
+    proto, caddr, vaddr, vport, daddr, dport, state, expires, pe_name, pe_data, origin = r
+    if (
+        proto not in _PROTOCOLS
+        or not _is_int(vport, 0xFFFF)
+        or not _is_int(dport, 0xFFFF)
+        or not _is_int(expires, _U32)
+        or not _is_text(state)
+        or not _is_text(pe_name)
+        or not _is_text(pe_data)
+        or origin not in (None, "LOCAL", "SYNC")
+    ):
+        return None
+    family = _family(caddr, addrs)
+    if not family or _family(vaddr, addrs) != family or not _family(daddr, addrs):
+        return None
+    return ConnEntry(proto, caddr, 0, vaddr, vport, daddr, dport, state, expires, pe_name,
+                     pe_data, origin)
+
+
+def _service(d: Any) -> Optional[Service]:
+    """A service from its record, or None when the record is not one."""
+    try:
+        svc = Service.from_dict(d)
+    except (TypeError, ValueError, AttributeError):
+        return None
+    cache: Dict[Any, bool] = {}
+    ok = (
+        svc.af in (4, 6)
+        and svc.protocol in (None, "TCP", "UDP", "SCTP")
+        and (svc.addr is None or _family(svc.addr, cache) == svc.af)
+        and _is_int(svc.port, 0xFFFF)
+        and _is_int(svc.fwmark, _U32)
+        and _is_int(svc.timeout, _U32)
+        and type(svc.persistent) is bool
+        and all(_is_text(x) for x in (svc.scheduler, svc.netmask, svc.pe_name))
+        and all(
+            _family(dst.addr, cache)
+            and _is_int(dst.port, 0xFFFF)
+            and _is_text(dst.fwd_method)
+            and type(dst.weight) is int
+            for dst in svc.destinations
+        )
+    )
+    return svc if ok else None
 
 
 def decode(data: bytes, name: str = "snapshot") -> Snapshot:
@@ -301,7 +400,10 @@ def _name_time(name: str) -> Optional[float]:
     m = _NAME_RE.match(name)
     if not m:
         return None
-    stamp = datetime.strptime(m.group(1), _NAME_TIME).replace(tzinfo=timezone.utc)
+    try:
+        stamp = datetime.strptime(m.group(1), _NAME_TIME).replace(tzinfo=timezone.utc)
+    except ValueError:  # digits in the right places, but no date (month 13)
+        return None
     return stamp.timestamp()
 
 
@@ -474,6 +576,11 @@ class SnapshotStore:
             except SnapshotError as e:
                 warnings.append(f"skipped {e.format_message()}")
                 continue
+            if snapshot.skipped:
+                warnings.append(
+                    f"snapshot {info.path}: {snapshot.skipped} invalid rows or service records "
+                    "left out"
+                )
             return snapshot, warnings
         if not self.dir.exists():
             why = "the directory does not exist"

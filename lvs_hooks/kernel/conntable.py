@@ -54,12 +54,16 @@ _A4 = rb"[0-9A-F]{8}"
 _A6 = rb"[0-9a-f]{4}(?::[0-9a-f]{4}){7}"
 _ADDR = rb"(" + _A4 + rb"|" + _A6 + rb")"
 _PORT = rb"([0-9A-F]{4})"
+# Seconds left: the kernel's longest timeout is a u32 of jiffies, under 5 * 10^7 s at HZ=100;
+# more than nine digits is no line of the kernel's (one with 99999999999 was once snapshotted,
+# then crashed the reseed). The same bound in every pattern: such a line is malformed.
+_EXPIRES = rb"\d{1,9}(?!\d)"
 _LINE_HEAD = rb"(\w+) +" + b" ".join([_ADDR, _PORT, _ADDR, _PORT, _ADDR, _PORT]) + rb" (\S+) +"
 # One line, for lines with PE data and for naming what is wrong with a line. Groups:
 # proto caddr cport vaddr vport daddr dport state expires pe_name pe_data
-_CONN_LINE = _LINE_HEAD + rb"(\d+)(?: (\S+) ([^\n]*))?"
+_CONN_LINE = _LINE_HEAD + rb"(" + _EXPIRES + rb")(?: (\S+) ([^\n]*))?"
 # Groups: proto caddr cport vaddr vport daddr dport state origin expires
-_SYNC_LINE = _LINE_HEAD + rb"(LOCAL|SYNC) +(\d+)"
+_SYNC_LINE = _LINE_HEAD + rb"(LOCAL|SYNC) +(" + _EXPIRES + rb")"
 
 # The lines of a buffer that starts with "\n": every line is matched from the newline before
 # it; "(?![^\n])" ends it at a newline or at the end of the buffer.
@@ -91,8 +95,8 @@ def _line_scan(guard: bytes, cport: bytes, tail: bytes, pe_tail: bytes) -> "re.P
     return re.compile(rb"\n" + guard + rb"(?:(" + groups + rb"))")
 
 
-_CONN_TAIL, _CONN_PE = rb" \S+ +\d+", rb" \S+ [^\n]*"
-_SYNC_TAIL, _NO_PE = rb" \S+ +(?:LOCAL|SYNC) +\d+", rb"(?!)"
+_CONN_TAIL, _CONN_PE = rb" \S+ +" + _EXPIRES, rb" \S+ [^\n]*"
+_SYNC_TAIL, _NO_PE = rb" \S+ +(?:LOCAL|SYNC) +" + _EXPIRES, rb"(?!)"
 _CONN_TEMPLATES = _line_scan(_GUARD, b"0000", _CONN_TAIL, _CONN_PE)
 _SYNC_TEMPLATES = _line_scan(_GUARD, b"0000", _SYNC_TAIL, _NO_PE)
 _CONN_LINES = _line_scan(b"", rb"[0-9A-F]{4}", _CONN_TAIL, _CONN_PE)
@@ -115,7 +119,7 @@ _FIELD_RES = {
     "DPrt": re.compile(_PORT),
     "State": re.compile(rb"\S+"),
     "Origin": re.compile(rb"LOCAL|SYNC"),
-    "Expires": re.compile(rb"\d+"),
+    "Expires": re.compile(_EXPIRES),
 }
 
 ClientKey = Tuple[str, Tuple]

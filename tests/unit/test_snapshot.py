@@ -19,6 +19,7 @@ from lvs_hooks.errors import SnapshotError
 from lvs_hooks.kernel.model import ConnEntry, Destination, Service
 from lvs_hooks.snapshot import (
     FORMAT,
+    TEMPLATE_COLUMNS,
     VERSION,
     Snapshot,
     SnapshotStore,
@@ -512,3 +513,104 @@ def test_stray_temp_from_a_killed_writer_is_ignored_then_cleaned(tmp_path):
     assert store.load_latest()[0] == sample(T0)
     store.save(sample(T0 + 10))
     assert not stray.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Row by row (issue 15): a bad row is left out and counted, a file of bad rows falls back
+
+
+def forged(rows, services_in=None, captured_at=T0, header_extra=None):
+    """A file with a correct checksum holding whatever rows it is given."""
+    services_in = [s.to_dict() for s in services()] if services_in is None else services_in
+    body = json.dumps({"host": "lb1", "captured_at": captured_at, "services": services_in,
+                       "columns": list(TEMPLATE_COLUMNS), "templates": rows}).encode() + b"\n"
+    header = {"format": FORMAT, "version": 1, "host": "lb1", "captured_at": captured_at,
+              "templates": len(rows), "services": len(services_in), "body_bytes": len(body),
+              "sha256": hashlib.sha256(body).hexdigest(), **(header_extra or {})}
+    return json.dumps(header).encode() + b"\n" + body
+
+
+GOOD = ["TCP", "198.51.100.7", "192.0.2.10", 80, "10.9.0.2", 80, "NONE", 287, "", "", "LOCAL"]
+BAD_ROWS = [
+    GOOD[:7] + ["abc"] + GOOD[8:],  # expires "abc"
+    GOOD[:7] + [None] + GOOD[8:],  # expires null
+    GOOD[:7] + [2**32] + GOOD[8:],  # a timeout above 2^32-1
+    GOOD[:7] + [-1] + GOOD[8:],
+    GOOD[:7] + [True] + GOOD[8:],
+    ["TCP", "not-an-address"] + GOOD[2:],
+    ["TCP", "198.51.100.7", "2001:db8::10"] + GOOD[3:],  # families differ
+    GOOD[:3] + [70000] + GOOD[4:],
+    ["ICMP"] + GOOD[1:],
+    GOOD[:10] + ["ELSEWHERE"],
+    GOOD[:10],
+    "a row",
+    None,
+    {"protocol": "TCP"},
+]
+
+
+def test_bad_rows_are_left_out_and_counted(tmp_path):
+    snap = decode(forged([GOOD] + BAD_ROWS + [GOOD]), "x")
+    assert len(snap.templates) == 2 and snap.skipped == len(BAD_ROWS)
+    assert snap.templates[0].expires == 287
+
+
+def test_bad_service_records_are_left_out_and_counted():
+    svcs = [s.to_dict() for s in services()]
+    bad = [{**svcs[0], "port": "http"}, {**svcs[0], "af": 5}, {**svcs[0], "nope": 1}, 7,
+           {**svcs[0], "destinations": [{"addr": "x", "port": 1}]}]
+    snap = decode(forged([GOOD], svcs + bad), "x")
+    assert len(snap.services) == len(svcs) and snap.skipped == len(bad)
+
+
+def test_a_newest_generation_of_bad_rows_falls_back_to_the_previous(tmp_path):
+    store = SnapshotStore(tmp_path)
+    store.save(sample(T0))
+    newest = tmp_path / snapshot_name(T0 + 60)
+    newest.write_bytes(forged(BAD_ROWS, captured_at=T0 + 60))
+    snap, warnings = store.load_latest()
+    assert snap.captured_at == T0
+    assert "none of its 14 template rows is valid" in warnings[0]
+
+
+def test_load_latest_says_how_many_rows_it_left_out(tmp_path):
+    store = SnapshotStore(tmp_path)
+    (tmp_path / snapshot_name(T0)).write_bytes(forged([GOOD] + BAD_ROWS))
+    snap, warnings = store.load_latest()
+    assert len(snap.templates) == 1
+    assert warnings == [f"snapshot {tmp_path / snapshot_name(T0)}: 14 invalid rows or service "
+                        "records left out"]
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (forged([GOOD], captured_at=float("-inf")), "bad header: 'captured_at' is -inf"),
+        (forged([GOOD], header_extra={"captured_at": 10**400}), "bad header: 'captured_at'"),
+        (b'{"format":"lvs-hooks-snapshot",' + b"[" * 3000 + b"\n", "header is not JSON"),
+    ],
+)
+def test_absurd_headers_are_refused(data, reason):
+    with pytest.raises(SnapshotError, match=re.escape(reason)):
+        decode(data, "x")
+
+
+def test_a_body_nested_200k_deep_is_refused():
+    body = b"[" * 200000 + b"]" * 200000 + b"\n"
+    header = {"format": FORMAT, "version": 1, "host": "lb1", "captured_at": T0, "templates": 0,
+              "services": 0, "body_bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+    with pytest.raises(SnapshotError, match="nested too deep"):
+        decode(json.dumps(header).encode() + b"\n" + body, "x")
+
+
+def test_listing_survives_unreadable_headers_and_odd_names(tmp_path):
+    store = SnapshotStore(tmp_path)
+    store.save(sample(T0))
+    (tmp_path / "snapshot-20261399T000000.000000Z.json").write_bytes(b"\x00garbage")
+    (tmp_path / snapshot_name(T0 + 1)).write_bytes(forged([GOOD], captured_at=float("nan")))
+    (tmp_path / snapshot_name(T0 + 2)).mkdir()
+    (tmp_path / snapshot_name(T0 + 3)).write_bytes(b'{"format":' + b"[" * 4000)
+    gens = store.generations()
+    assert sum(g.ok for g in gens) == 1 and len(gens) == 5
+    assert all(g.error for g in gens if not g.ok)
+    assert store.load_latest()[0].captured_at == T0
