@@ -17,11 +17,11 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lvs_hooks.config import Config
 from lvs_hooks.kernel.conntable import ConnTable, read_conn_table
-from lvs_hooks.kernel.model import Service
+from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate
 from lvs_hooks.table import ReconcileReport, TemplateTable
@@ -173,6 +173,11 @@ class LiveTable:
         return ConnTable(
             entries=entries, total_lines=None, templates_only=True, client_counts=counts
         )
+
+    def templates_of(self, protocol: str) -> List[ConnEntry]:
+        """The templates of the services of one protocol ("IP": fwmark services)."""
+        with self.lock:
+            return list(self.table.templates_of(self.clock(), protocol))
 
     def __len__(self) -> int:
         with self.lock:

@@ -865,6 +865,29 @@ class TemplateTable:
             self._pe_entries(pes, now_ms),
         )
 
+    def templates_of(self, now: float, protocol: str) -> Iterator[ConnEntry]:
+        """The live templates of virtual services of one protocol as /proc names it ("IP":
+        those of fwmark services, which the kernel's own sync leaves unbound): nothing to scan
+        when the table has no such service, else one pass over the keys without building the
+        other entries."""
+        now_ms = self._ms(now)
+        wanted = {i for i, v in enumerate(self._virtuals) if v[0] == protocol}
+        if not wanted:
+            return iter(())
+        keys: List[int] = []
+        values: List[int] = []
+        for k, v in self._tpl.items():
+            i = (~k) >> 128 if k < 0 else k >> 32
+            if i in wanted:
+                keys.append(k)
+                values.append(v)
+        pes = [(k, v) for k, v in self._pe.items()
+               if ((~k[0]) >> 128 if k[0] < 0 else k[0] >> 32) in wanted]
+        return chain(
+            chain.from_iterable(self._entry_chunks(keys, values, now_ms)),
+            self._pe_entries(pes, now_ms),
+        )
+
     def _expiring(self, now_ms: int, below_ms: int) -> Tuple[List[Tuple[int, int]], List[Any]]:
         """The live templates with less than `below_ms` left, from the wheel: each has a
         reference in a bucket no later than its deadline's."""

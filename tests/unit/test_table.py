@@ -396,6 +396,19 @@ def test_a_template_one_read_skipped_is_dropped_only_if_a_second_skips_it_too():
     assert rep.unseen == 0
 
 
+def test_templates_of_one_protocol_without_building_the_others():
+    t = ingest(TemplateTable(), [tpl_conn("10.0.0.1"), tpl_conn("fd00::1", vaddr="fd00::100", daddr="fd00:1::11"),
+                                 tpl_conn("10.0.0.2", proto="TCP")])
+    assert list(t.templates_of(NOW, "IP")) == []  # no fwmark service: nothing scanned
+    ingest(t, [tpl_conn("10.0.0.3", proto="IP", vaddr=None, vport=0, dport=0, fwmark=1),
+               tpl_conn("fd00::3", proto="IP", vaddr=None, vport=0, daddr="fd00:1::11",
+                        dport=0, fwmark=1)])
+    got = sorted(e.caddr for e in t.templates_of(NOW, "IP"))
+    assert got == ["10.0.0.3", "fd00::3"]
+    assert sorted(e.caddr for e in t.templates_of(NOW, "UDP")) == ["10.0.0.1", "fd00::1"]
+    assert [e.caddr for e in t.templates_of(NOW + 301, "UDP")] == []  # ended
+
+
 def test_netmask_clients_are_keyed_as_their_templates():
     from lvs_hooks.director.keeper import clients_in_use
     from lvs_hooks.kernel.model import Destination, Service
