@@ -36,7 +36,7 @@ from lvs_hooks.keepalived_conf import (
     VrrpInstance,
     read_keepalived_conf,
 )
-from lvs_hooks.kernel.model import Service
+from lvs_hooks.kernel.model import Service, host_port
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon
 
 SEVERITIES = ("error", "warning", "info")
@@ -563,7 +563,7 @@ def check_fwmark_ports(d: DoctorInput) -> List[Finding]:
                     + [
                         _at(rs.item, f"real_server {rs.addr} {rs.port}")
                         if rs.item is not None
-                        else f"kernel: real server {rs.addr}:{rs.port}"
+                        else f"kernel: real server {host_port(rs.addr, rs.port)}"
                         for rs in ported[:3]
                     ]
                 ),
