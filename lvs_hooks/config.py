@@ -109,8 +109,14 @@ class _Context:
         self.lines = lines
         self.root = root
         self.problems: List[Problem] = []
+        self.more = 0  # problems past MAX_PROBLEMS, counted only
 
     def problem(self, path: str, message: str) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            # A file of thousands of bad keys is no config: counting the rest is enough, and
+            # a suggestion for each would take seconds.
+            self.more += 1
+            return
         # A key that is missing has no line of its own: point at its section instead.
         line = self.lines.get(path)
         parent = path
@@ -285,6 +291,9 @@ _KEY_LIKE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
 
 def _unknown_key(cls: Type[Any], key: str, path: str, ctx: _Context) -> None:
+    if len(ctx.problems) >= MAX_PROBLEMS:
+        ctx.more += 1
+        return
     if not _KEY_LIKE.match(key):
         # Not a name anyone meant as a setting: a line of some other file. Say where, not what.
         ctx.problem(path, "a key that is no setting name (is this a lvs-hooks config?)")
@@ -329,11 +338,11 @@ def _dataclass(cls: Type[Any], data: Any, path: str, ctx: _Context) -> Any:
     return cls(**values)
 
 
-def _raise(problems: List[Problem]) -> None:
+def _raise(problems: List[Problem], uncounted: int = 0) -> None:
     # In file order, so the first one named is the first one an editor reaches.
     problems = sorted(problems, key=lambda p: p.line or 0)
     first = str(problems[0])
-    more = len(problems) - 1
+    more = len(problems) - 1 + uncounted
     if more:
         first += f" (and {more} more problem{'s' if more > 1 else ''})"
     err = ConfigError(first)
@@ -352,7 +361,7 @@ def validate(
     ctx = _Context(source, lines or {}, cls)
     result = _dataclass(cls, data, "", ctx)
     if ctx.problems:
-        _raise(ctx.problems)
+        _raise(ctx.problems, ctx.more)
     return result
 
 
@@ -363,9 +372,10 @@ def validate(
 # Bounds on what a config file may make the parser do (issue 15): a file is a few KiB, a few
 # levels deep, its numbers a few digits. Past these it is not a config, and it is refused in one
 # line before it can exhaust memory, the stack or the integer parser.
-MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_BYTES = 256 << 10
 MAX_DEPTH = 32
 MAX_NUMBER_CHARS = 40
+MAX_PROBLEMS = 100
 
 
 class _Refused(ComposerError):
@@ -405,6 +415,11 @@ class _Loader(yaml.SafeLoader):
             self._depth -= 1
 
 
+# What PyYAML's scalar constructors raise on a value their tag does not fit (`!!int` alone is an
+# IndexError, `!!bool abc` a KeyError, `!!timestamp abc` an AttributeError): input errors all.
+_CONSTRUCTION_ERRORS = (ValueError, OverflowError, IndexError, KeyError, AttributeError, TypeError)
+
+
 def _bounded(kind: str, construct: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
     """A scalar constructor that refuses a value too long to be a setting, and turns the
     conversion's own errors (which quote the text) into a YAML error at the value's line."""
@@ -416,7 +431,7 @@ def _bounded(kind: str, construct: Callable[[Any, Any], Any]) -> Callable[[Any, 
             )
         try:
             return construct(loader, node)
-        except (ValueError, OverflowError):
+        except _CONSTRUCTION_ERRORS:
             raise ConstructorError(
                 None, None, f"not a valid {kind}", node.start_mark
             ) from None
@@ -431,6 +446,7 @@ _INT_TAG = "tag:yaml.org,2002:int"
 _FLOAT_TAG = "tag:yaml.org,2002:float"
 _TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _Loader.add_constructor(_INT_TAG, _bounded("integer", yaml.SafeLoader.construct_yaml_int))
+_Loader.add_constructor(_BOOL_TAG, _bounded("boolean", yaml.SafeLoader.construct_yaml_bool))
 _Loader.add_constructor(_FLOAT_TAG, _bounded("number", yaml.SafeLoader.construct_yaml_float))
 _Loader.add_constructor(
     _TIMESTAMP_TAG, _bounded("timestamp", yaml.SafeLoader.construct_yaml_timestamp)
@@ -517,7 +533,7 @@ def parse_config(text: str, source: str = "config", schema: Optional[Type[Any]] 
     """Parse and validate YAML text into a Config, or into another dataclass `schema`
     (ConfigError on any problem)."""
     if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config {source}: larger than {MAX_CONFIG_BYTES >> 20} MiB")
+        raise ConfigError(f"config {source}: larger than {MAX_CONFIG_BYTES >> 10} KiB")
     loader = None
     try:
         loader = _Loader(text)  # the reader already refuses control characters here
@@ -525,6 +541,10 @@ def parse_config(text: str, source: str = "config", schema: Optional[Type[Any]] 
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as e:
         raise _yaml_error(source, text, e) from None
+    except (*_CONSTRUCTION_ERRORS, RecursionError) as e:
+        # A constructor's failure on a tag and value this loader did not wrap: still the file's.
+        raise ConfigError(f"config {source}: YAML error: a value cannot be read "
+                          f"({type(e).__name__})") from None
     finally:
         if loader is not None:
             loader.dispose()
@@ -1065,6 +1085,29 @@ class WarmupConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Health and metrics: what `lvs-hooks status --check` judges, and a Prometheus text file
+    for node_exporter's textfile collector (docs/monitoring.md)."""
+
+    textfile: Optional[str] = setting(
+        None,
+        "The metrics file, rewritten atomically after each transition, push and (at most every "
+        "5 s) turn of the periodic duties; its directory must exist. node_exporter's "
+        "--collector.textfile.directory, e.g. "
+        "/var/lib/prometheus/node-exporter/lvs_hooks.prom (Debian's package) or "
+        "/var/lib/node_exporter/textfile_collector/lvs_hooks.prom. null: no metrics file.",
+        check=lambda p: os.path.isabs(p) and p.endswith(".prom"),
+        allowed="an absolute path ending in .prom (node_exporter reads only those)",
+    )
+    snapshot_max_age: float = setting(
+        3600.0,
+        "`status --check` warns when the newest good snapshot is older than this many seconds "
+        "(the snapshot timer and a backup's agent take one every minute or less). 0: never.",
+        ge=0,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; every key has a default that works for one sync interface."""
 
@@ -1082,6 +1125,7 @@ class Config:
     control: ControlConfig = section(ControlConfig)
     push: PushConfig = section(PushConfig)
     warmup: WarmupConfig = section(WarmupConfig)
+    metrics: MetricsConfig = section(MetricsConfig)
 
 
 # --------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ DRAIN_WINDOW = 0.7
 SOCKET_NAME = "agent.sock"
 WIRE_VERSION = 1
 # lvs_hooks.config's cap (a door cannot import it): a bigger file is the CLI's to refuse.
-MAX_CONFIG = 1 << 20
+MAX_CONFIG = 256 << 10
 MAX_MESSAGE = 8192  # bytes per line, either way; an event is about 150
 # From connecting to the acknowledgement. The agent only notes and queues an event (well under
 # a millisecond); one that takes this long is wedged, and the transition is better run here.

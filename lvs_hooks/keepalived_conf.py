@@ -68,7 +68,7 @@ _MAX_SEQ = 100000
 # including the next twice reads 2^depth files, `{a,b}{a,b}...` globs 2^n patterns. Real
 # configurations stay far below each; past one, the reader stops with one line, where it was.
 MAX_LINE_EXPANSION = 64 << 10  # one line after its definitions are substituted
-MAX_TOTAL_EXPANSION = 32 << 20  # every substituted line of the whole configuration
+MAX_TOTAL_EXPANSION = 4 << 20  # every substituted line of the whole configuration
 MAX_INCLUDE_DEPTH = 16  # files open at once, the main one included
 MAX_FILES_READ = 1000  # includes read in all, counting a file read twice twice
 MAX_TOTAL_BYTES = 64 << 20  # the bytes of every file read

@@ -23,7 +23,7 @@ from typing import Any, Optional
 import filelock
 
 from lvs_hooks import safeio
-from lvs_hooks.errors import UntrustedPath
+from lvs_hooks.errors import LvsHooksError, UntrustedPath
 
 # How often a waiter retries: a transition releases the lock in well under this much once done.
 _POLL = 0.01
@@ -107,3 +107,9 @@ class FileLock:
             return safeio.open_write(self.lock_file, self.mode)
         except safeio.Refused as e:
             raise UntrustedPath(f"lock {self.lock_file}: {e.strerror}; nothing was done") from None
+        except OSError as e:
+            # A read-only or full file system, a missing directory: the lock cannot be had,
+            # so nothing it guards may run.
+            raise LvsHooksError(
+                f"lock {self.lock_file}: cannot open: {e.strerror or e}; nothing was done"
+            ) from None

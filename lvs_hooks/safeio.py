@@ -141,13 +141,14 @@ def open_existing(path: PathLike) -> int:
 
 
 def open_write(
-    path: PathLike, mode: int, append: bool = False, create: bool = True
+    path: PathLike, mode: int, append: bool = False, create: bool = True, readable: bool = False
 ) -> int:
     """A write descriptor on regular file `path` that never follows a symbolic link at its name
     and never truncates: created with exactly `mode` (whatever the umask), or an existing file
     brought to `mode` only once it is known to be a regular file of ours with one link. Refused
     for a symbolic link, a hard link, another owner's file or anything but a regular file."""
-    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
+    flags = (os.O_RDWR if readable else os.O_WRONLY) | os.O_NOFOLLOW | os.O_CLOEXEC
+    flags |= os.O_NONBLOCK | os.O_NOCTTY
     if create:
         flags |= os.O_CREAT
     if append:
@@ -159,6 +160,8 @@ def open_write(
             raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP) from None
         if e.errno == errno.ENXIO:  # a FIFO nobody reads, opened for writing non-blocking
             raise Refused(os.fspath(path), "is a FIFO, not a regular file") from None
+        if e.errno == errno.EISDIR:
+            raise Refused(os.fspath(path), "is a directory, not a regular file") from None
         raise
     try:
         st = os.fstat(fd)
