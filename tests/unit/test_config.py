@@ -220,11 +220,11 @@ def test_several_problems_first_in_file_order_and_all_kept():
     with pytest.raises(ConfigError) as info:
         parse_config("bogus: 1\nsync:\n  syncid: x\n  port: y\n", SRC)
     assert info.value.format_message() == (
-        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, table, rules, control, push, warmup) "
+        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, table, rules, control, push, warmup, metrics) "
         "(and 2 more problems)"
     )
     assert [str(p) for p in info.value.problems] == [
-        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, table, rules, control, push, warmup)",
+        f"config {SRC}:1: bogus: unknown key (allowed: sync, paths, snapshot, reseed, log, transitions, master, backup, keeper, table, rules, control, push, warmup, metrics)",
         f"config {SRC}:3: sync.syncid: must be an integer 0-255, got 'x'",
         f"config {SRC}:4: sync.port: must be an integer 1-65535, got 'y'",
     ]
