@@ -244,3 +244,21 @@ def test_rules_state_is_written_with_its_mode_whatever_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "applied.json").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the check runs only as root")
+def test_the_door_hands_nothing_to_a_socket_in_an_untrusted_run_dir(tree):
+    """Through the installed entry point (the door first): a 0777 run directory is refused
+    before any socket in it is spoken to, by the CLI the door falls back to."""
+    (tree / "run").chmod(0o777)
+    r = subprocess.run(
+        [sys.executable, "-m", "lvs_hooks", "--config", str(tree / "lvs-hooks.yaml"),
+         "notify", "INSTANCE", "VI_1", "BACKUP", "100"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert r.returncode == 11
+    assert error_lines(r.stderr) == [
+        f"Error: run directory {tree / 'run'}: {tree / 'run'} is writable by group or others "
+        f"(mode 0777); chmod go-w {tree / 'run'}"
+    ]
+    assert os.listdir(tree / "run") == [] and os.listdir(tree / "state") == []
