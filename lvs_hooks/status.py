@@ -12,7 +12,8 @@ from collections import Counter, defaultdict
 from typing import TYPE_CHECKING, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lvs_hooks.config import Config
-from lvs_hooks.errors import SnapshotError
+from lvs_hooks.errors import KernelError, SnapshotError
+from lvs_hooks.health import render_health
 from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service, host_port
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon, Timeouts
@@ -99,12 +100,20 @@ def build_status(
     is the table and the kernel counts more entries than table.read_budget, unless
     `from_kernel`. The report says which in `source`."""
     proc_root = cfg.paths.proc_root
-    with IPVS() as ipvs:
-        services = ipvs.services()
-        daemons = ipvs.daemons()
-        timeouts = ipvs.timeouts()
-        counts = ipvs.dest_counts() if live is not None and not from_kernel else []
     newest = _newest_snapshot(store)
+    try:
+        with IPVS() as ipvs:
+            services = ipvs.services()
+            daemons = ipvs.daemons()
+            timeouts = ipvs.timeouts()
+            counts = ipvs.dest_counts() if live is not None and not from_kernel else []
+    except KernelError as e:
+        # No ip_vs module, or netlink refused: the rest of the report (role, agent, gate,
+        # pushes, snapshots: lvs_hooks.health) still stands, and says what was not read.
+        report = summarize([], [], [], None, newest)
+        report["source"] = {"table": "none"}
+        report["unreadable"] = [f"IPVS: {e.format_message()}"]
+        return report
     entries = sum(c.active + c.inactive + c.persistent for c in counts)
     if live is not None and live.ready and entries > cfg.table.read_budget:
         view = live.view()
@@ -121,7 +130,13 @@ def build_status(
         return report
     # ip_vs_conn_sync says LOCAL or SYNC for each entry; older kernels lack it.
     sync_path = os.path.join(proc_root, "net", "ip_vs_conn_sync")
-    table = read_conn_table(proc_root, sync=os.path.exists(sync_path), reason="status")
+    try:
+        table = read_conn_table(proc_root, sync=os.path.exists(sync_path), reason="status")
+    except KernelError as e:
+        report = summarize(services, [], daemons, timeouts, newest)
+        report["source"] = {"table": "none"}
+        report["unreadable"] = [f"connection table: {e.format_message()}"]
+        return report
     report = summarize(services, table.entries, daemons, timeouts, newest, table.malformed)
     report["source"] = {"table": "kernel"}
     return report
@@ -146,11 +161,19 @@ def _newest_snapshot(store: SnapshotStore) -> Optional[dict]:
 
 def render_status(r: dict) -> str:
     lines: List[str] = []
+    health = r.get("health")
+    if health:
+        lines.extend(render_health(health))
+    for u in r.get("unreadable", []):
+        lines.append(f"could not read {u}")
+    src = r.get("source") or {}
+    ipvs_read = src.get("table") != "none" or bool(r["services"])
     origin = ", ".join(f"{k} {v}" for k, v in sorted(r["templates_by_origin"].items()))
-    lines.append(
-        f"templates: {r['templates']}" + (f" ({origin})" if origin else "")
-        + f"   connections: {r['connections']}"
-    )
+    if src.get("table") != "none":
+        lines.append(
+            f"templates: {r['templates']}" + (f" ({origin})" if origin else "")
+            + f"   connections: {r['connections']}"
+        )
     if r["templates_without_service"]:
         lines.append(f"templates of no current service: {r['templates_without_service']}")
     for s in r["services"]:
@@ -165,7 +188,7 @@ def render_status(r: dict) -> str:
     if r["sync_daemons"]:
         for d in r["sync_daemons"]:
             lines.append(f"sync daemon: {d['state']} on {d['ifname']} syncid {d['syncid']}")
-    else:
+    elif ipvs_read:
         lines.append("sync daemon: none")
     t = r["timeouts"]
     if t:
@@ -178,7 +201,6 @@ def render_status(r: dict) -> str:
         )
     else:
         lines.append("newest snapshot: none")
-    src = r.get("source") or {}
     if src.get("table") == "in memory":
         lines.append(
             f"templates from the agent's table in memory (the kernel counts "

@@ -2,6 +2,7 @@
 
 import logging
 import os
+import sys
 from typing import Optional, Type
 
 import click
@@ -11,7 +12,13 @@ from lvs_hooks.director import Director
 from lvs_hooks.director.reseed import reseed
 from lvs_hooks.director.snapshot import take_snapshot
 from lvs_hooks.director.state import snapshot_store
-from lvs_hooks.door import SOCKET_NAME, AgentConnection, NoAgent, request_message
+from lvs_hooks.door import (
+    SOCKET_NAME,
+    AgentConnection,
+    NoAgent,
+    hello_message,
+    request_message,
+)
 from lvs_hooks.errors import (
     KernelError,
     LvsHooksError,
@@ -19,6 +26,7 @@ from lvs_hooks.errors import (
     SnapshotError,
     UsageError,
 )
+from lvs_hooks.health import STATE_NAMES, UNKNOWN, check_line, gather, judge, read_ipvs
 from lvs_hooks.status import build_status, render_status
 from lvs_hooks.table.compare import Comparison, render
 
@@ -158,16 +166,78 @@ def _render_reseed(r: dict) -> str:
     is_flag=True,
     help="Read /proc/net/ip_vs_conn here, even when the agent keeps the table in memory.",
 )
+@click.option(
+    "--check",
+    is_flag=True,
+    help="One line and a monitoring plugin's exit code: 0 OK, 1 WARNING, 2 CRITICAL, "
+    "3 UNKNOWN (docs/monitoring.md). Reads no connection table.",
+)
 @json_option
 @pass_app
-def status_cmd(app: AppContext, from_kernel: bool, as_json: bool) -> None:
-    """Templates per service and real server, sync daemons, timeouts, newest snapshot: from
-    the agent's table in memory when an agent keeps one and the kernel's table is large, else
-    from a read of the kernel's table."""
-    report = None if from_kernel else ask_agent(app, "status", KernelError)
+def status_cmd(app: AppContext, from_kernel: bool, check: bool, as_json: bool) -> None:
+    """Role, last transition, agent, warm-up gate, last push, periodic duties; templates per
+    service and real server, sync daemons, timeouts, newest snapshot: from the agent's table in
+    memory when an agent keeps one and the kernel's table is large, else from a read of the
+    kernel's table. Without IPVS it says what it could not read and reports the rest."""
+    if check:
+        _check(app, as_json)
+        return
+    cfg = app.config
+    agent = probe_agent(app.config_path, cfg.paths.run_dir)
+    report = None
+    if not from_kernel and agent["running"]:
+        report = ask_agent(app, "status", KernelError)
     if report is None:
-        report = build_status(app.config, snapshot_store(app.config), from_kernel=from_kernel)
+        report = build_status(cfg, snapshot_store(cfg), from_kernel=from_kernel)
+    # The health part is read here, never by the agent: files and a probe of the agent.
+    report["health"] = gather(cfg, agent=agent)
     emit(report, as_json, render_status)
+
+
+def probe_agent(config_path: str, run_dir: str) -> dict:
+    """Whether an agent answers on `<run_dir>/agent.sock` (a hello, as a door says it):
+    {"running": True/False, or None when this process may not even ask, "detail"}."""
+    path = os.path.join(run_dir, SOCKET_NAME)
+    try:
+        conn = AgentConnection(path, timeout=2.0)
+    except NoAgent as e:
+        if "Permission denied" in str(e):  # not root: the run directory is root's alone
+            return {"running": None, "detail": f"{path}: {e}"}
+        return {"running": False, "detail": f"{e} on {path}"}
+    try:
+        reply = conn.exchange(hello_message(os.path.abspath(config_path), "status"))
+    except NoAgent as e:
+        return {"running": False, "detail": f"{path}: {e}"}
+    finally:
+        conn.close()
+    if reply.get("ok") is True:
+        return {"running": True, "detail": f"answers on {path}"}
+    # it answered, and refused: it runs, with another config or another wire version
+    return {"running": True, "detail": f"answers on {path} but refused: {reply.get('reason')}"}
+
+
+def _check(app: AppContext, as_json: bool) -> None:
+    """`status --check`: the plugin convention only, whatever goes wrong (an unreadable config
+    is UNKNOWN, not the CLI's exit 2, which a monitoring system would read as CRITICAL)."""
+    try:
+        cfg = app.config
+        agent = probe_agent(app.config_path, cfg.paths.run_dir)
+        h = gather(cfg, agent=agent, ipvs=read_ipvs)
+        state, reasons, notes = judge(h, cfg)
+        line = check_line(state, reasons, notes)
+    except LvsHooksError as e:
+        h, state, reasons, notes = {}, UNKNOWN, [e.format_message()], []
+        line = check_line(state, reasons, notes)
+    except Exception as e:  # a bug: still one line and UNKNOWN; the traceback to the log
+        log.exception("status --check failed")
+        h, state, reasons, notes = {}, UNKNOWN, [f"bug: {type(e).__name__}: {e}"], []
+        line = check_line(state, reasons, notes)
+    if as_json:
+        emit({"state": STATE_NAMES[state], "exit_code": state, "reasons": reasons,
+              "notes": notes, "line": line, "health": h}, True, str)
+    else:
+        click.echo(line)
+    sys.exit(state)
 
 
 @command("table-check")

@@ -124,11 +124,14 @@ def test_the_status_command_takes_the_agents_report(base):
         assert r.exit_code == 0, r.output
         assert ("templates from the agent's table in memory (the kernel counts 160000 "
                 "templates, 320000 entries; --from-kernel reads its table)") in r.output
+        assert "agent: running (answers on " in r.output
         r = CliRunner().invoke(cli, ["--config", config, "status", "--json"])
         assert '"table": "in memory"' in r.output
-        # --from-kernel asks the kernel here (no IPVS on this host: exit 4)
+        # --from-kernel asks the kernel here; without IPVS on this host it says what it could
+        # not read and still reports the rest (exit 0)
         r = CliRunner().invoke(cli, ["--config", config, "status", "--from-kernel"])
-        assert r.exit_code == 4, r.output
+        assert r.exit_code == 0, r.output
+        assert "could not read " in r.output and "templates from the agent's" not in r.output
     finally:
         inbox.stop()
 
