@@ -117,6 +117,24 @@ def read_proc(path: PathLike, limit: int = 1 << 16) -> bytes:
         os.close(fd)
 
 
+def check_writable(path: PathLike) -> None:
+    """Refused now if open_write would refuse `path` (a link, anything but a regular file of
+    ours with one link); nothing is created or changed. For a command that must refuse before
+    it does anything, rather than half way (open_write still checks on the descriptor)."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return  # missing, or its directory is not one: the write itself will say so
+    if stat.S_ISLNK(st.st_mode):
+        raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP)
+    if not stat.S_ISREG(st.st_mode):
+        raise Refused(os.fspath(path), f"is {_kind(st.st_mode)}, not a regular file")
+    if st.st_nlink != 1:
+        raise Refused(os.fspath(path), f"has {st.st_nlink} hard links, expected 1")
+    if st.st_uid != os.geteuid():
+        raise Refused(os.fspath(path), f"is owned by uid {st.st_uid}", errno.EPERM)
+
+
 def open_existing(path: PathLike) -> int:
     """A write descriptor on an existing regular file that only the kernel creates (a sysctl
     under /proc/sys): no link followed, nothing created, truncated or chmodded."""

@@ -32,7 +32,7 @@ import filelock
 from lvs_hooks import safeio
 from lvs_hooks.atomicfile import write_atomic
 from lvs_hooks.director.lock import LOCK_NAME, transition_lock
-from lvs_hooks.errors import LockTimeout, LvsHooksError
+from lvs_hooks.errors import LockTimeout, LvsHooksError, UntrustedPath
 from lvs_hooks.events.clock import now_ns
 from lvs_hooks.events.journal import Journal
 from lvs_hooks.events.keepalived import Event
@@ -214,6 +214,7 @@ class Sequencer:
         holds the lock longer than `lock_timeout` seconds.
         """
         arrived = now_ns()
+        self._preflight()
         self._note(event)
         replaced = self._replaced.pop((event.key, tuple(event.order)), None)
         lock = transition_lock(str(self.run_dir))
@@ -233,6 +234,20 @@ class Sequencer:
         finally:
             lock.release()
             self._compact_journal()
+
+    def _preflight(self) -> None:
+        """Refuse before anything is written when a file this event will write in place is not
+        a regular file of ours (a link planted at a lock's name): one line, nothing changed,
+        rather than a transition refused half way or run without its record."""
+        for path, what in (
+            (self.run_dir / LOCK_NAME, "lock"),
+            (self.run_dir / SEEN_LOCK_NAME, "lock"),
+            (self.journal.path, "journal"),
+        ):
+            try:
+                safeio.check_writable(path)
+            except safeio.Refused as e:
+                raise UntrustedPath(f"{what} {path}: {e.strerror}; nothing was done") from None
 
     def _compact_journal(self) -> None:
         """Compact the journal when it has grown past its bound, between events: only if the
