@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Callable, Dict, Optional
 
-from lvs_hooks.errors import UsageError
+from lvs_hooks.errors import LvsHooksError, UsageError
 from lvs_hooks.events.clock import fifo_order
 from lvs_hooks.events.eventqueue import EventQueue
 from lvs_hooks.events.keepalived import (
@@ -190,7 +190,13 @@ class FifoReader:
         self.counts["events"] += 1
         self._last_state[parsed.key] = parsed.state
         log.info("FIFO line %d: %s", self._seq, parsed.describe())
-        self.sequencer.note(parsed)
+        try:
+            self.sequencer.note(parsed)
+        except (OSError, LvsHooksError) as e:
+            # The reader must go on reading (keepalived does not restart it): the event is
+            # still queued, and its turn says in one line why it cannot run.
+            text = e.format_message() if isinstance(e, LvsHooksError) else (e.strerror or str(e))
+            log.error("FIFO line %d: %s: not noted: %s", self._seq, parsed.describe(), text)
         self.events.put(parsed)
 
     # -- the main thread

@@ -332,3 +332,21 @@ def test_after_an_overlong_line_the_reader_skips_to_the_next_newline(tmp_path):
     h.stop()
     assert h.handled == [("INSTANCE", "VI_1", "BACKUP")]
     assert h.reader.counts["events"] == 1
+
+
+def test_a_link_planted_at_the_seen_lock_does_not_stop_the_reader(tmp_path, caplog):
+    h = Harness(tmp_path)
+    (tmp_path / "run").mkdir(exist_ok=True)
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "run" / "seen.lock").symlink_to(victim)
+    h.start()
+    h.write('INSTANCE "VI_1" BACKUP 100')
+    wait_for(lambda: h.reader.counts["errors"] == 1)
+    os.unlink(tmp_path / "run" / "seen.lock")
+    h.write('INSTANCE "VI_1" MASTER 100')
+    wait_for(lambda: len(h.handled) == 1)
+    h.stop()
+    assert h.handled == [("INSTANCE", "VI_1", "MASTER")]
+    assert victim.read_text() == "precious\n"
+    assert "is a symbolic link" in caplog.text and "Traceback" not in caplog.text
