@@ -171,6 +171,7 @@ class Agent:
         beside: Sequence[Beside] = (),
         capture: Optional[SyncListener] = None,
         live: Optional[LiveTable] = None,
+        on_push: Optional[Callable[[str, dict, bool], None]] = None,
     ):
         self.cfg = cfg
         self.ops = ops
@@ -185,6 +186,8 @@ class Agent:
         # master), whichever the role; both are the kernel's own account of its table.
         self.capture = capture
         self.live = live
+        # `status` and the metrics: <run_dir>/push.json, the metrics file (note_push)
+        self.on_push = on_push
         self.st = AgentState()
 
     # -- the loop
@@ -310,10 +313,18 @@ class Agent:
 
     def push(self) -> Optional[dict]:
         try:
-            return self.ops.push(self.channel)
+            figures = self.ops.push(self.channel)
         except Exception as e:  # an LvsHooksError, or an OSError of the socket
             log.error("push failed: %s", _text(e))
+            self.pushed("sent", {"error": _text(e)}, False)
             return None
+        self.pushed("sent", figures, True)
+        return figures
+
+    def pushed(self, direction: str, figures: dict, ok: bool) -> None:
+        """A push sent or received, for `status` and the metrics (`on_push`)."""
+        if self.on_push is not None:
+            self.on_push(direction, figures, ok)
 
     def startup_reseed(self, now: float) -> None:
         st = self.st
@@ -427,6 +438,7 @@ class Agent:
         if not res.complete:
             log.warning("push %s from %s incomplete: %s", push_id, c.source, res.reason)
             self.st.last_push = status
+            self.pushed("received", status.to_dict(), False)
             self.st.next_request = 0.0  # ask again at the next tick, if still cold
             return
         try:
@@ -436,6 +448,7 @@ class Agent:
             status.complete = False
             status.reason = f"table check failed: {_text(e)}"
             self.st.last_push = status
+            self.pushed("received", status.to_dict(), False)
             return
         status.verified = fig["verified"]
         status.put_back = fig["put_back"]
@@ -443,12 +456,25 @@ class Agent:
         status.stale_in_use = fig["stale_in_use"]
         status.missing = fig["missing_after"]
         self.st.last_push = status
+        self.pushed("received", status.to_dict(), status.missing == 0)
         if status.missing == 0:
             self.warm.mark_warm(
                 f"full push {push_id} from {msg.sender} ({c.source}): {templates} templates, "
                 f"{status.verified} verified in the table",
                 status.to_dict(),
             )
+
+
+def note_push(cfg: Config) -> Callable[[str, dict, bool], None]:
+    """The agent's `on_push`: <run_dir>/push.json (health.record_push), then the metrics file."""
+    from lvs_hooks.health import record_push
+    from lvs_hooks.metrics import write_metrics
+
+    def on_push(direction: str, figures: dict, ok: bool) -> None:
+        record_push(cfg.paths.run_dir, direction, figures, ok)
+        write_metrics(cfg, f"push {direction}")
+
+    return on_push
 
 
 def _text(e: BaseException) -> str:

@@ -36,7 +36,7 @@ def agent_cmd(app: AppContext) -> None:
     collecting and checking them while backup; the start-up reseed from disk and the warm-up
     gate's track file."""
     # start-up: the CLI imports every command module; the agent's parts load when it runs
-    from lvs_hooks.agent import Agent, KernelOps, WarmGate
+    from lvs_hooks.agent import Agent, KernelOps, WarmGate, note_push
     from lvs_hooks.control.channel import ControlChannel
     from lvs_hooks.director.live import LiveTable, TableUpkeep
     from lvs_hooks.handover import node_name
@@ -94,6 +94,7 @@ def agent_cmd(app: AppContext) -> None:
         beside=[p for p in (upkeep, inbox, periodic) if p is not None],
         capture=capture,
         live=live,
+        on_push=note_push(cfg),
     )
     try:
         agent.run(lambda: bool(stop))

@@ -29,7 +29,7 @@ from lvs_hooks.events.keepalived import (
     parse_notify_args,
     role_event,
 )
-from lvs_hooks.events.parts import director_parts
+from lvs_hooks.events.parts import ReportingSequencer, director_parts
 from lvs_hooks.events.sequencer import Sequencer
 from lvs_hooks.events.transitions import lock_timeout_for, make_planner
 
@@ -42,7 +42,7 @@ def _journal(app: AppContext) -> Journal:
 
 
 def _sequencer(app: AppContext) -> Sequencer:
-    return Sequencer(app.config.paths.run_dir, _journal(app))
+    return ReportingSequencer(app.config, _journal(app))
 
 
 @contextmanager
