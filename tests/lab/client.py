@@ -18,7 +18,9 @@ Commands (one line each; reply: one JSON line, "ok": true/false):
   quit
 
 Usage: client.py --ctl /tmp/lab/client --vip 10.0.0.100 --port 5000 ADDR...
-       (ADDR may be a range A.B.C.D-E)
+       (ADDR may be a range A.B.C.D-E, or for IPv6 P::N-M: the last group's text runs from N
+       to M as decimal numbers, e.g. fd00::20-39 is fd00::20, fd00::21, ... fd00::39). The VIP's
+       family is the flows' family.
 """
 
 import argparse
@@ -53,6 +55,7 @@ class Flow:
 class Client:
     def __init__(self, vip: str, port: int, addrs: List[str], seed: int):
         self.vip, self.port, self.addrs = vip, port, addrs
+        self.family = socket.AF_INET6 if ":" in vip else socket.AF_INET
         # Real clients do not arrive in a fixed order. With a round-robin scheduler a fixed order
         # would hand every client the same real server again on a fresh director, hiding the
         # loss: every step sends in a new random order (seeded, recorded in the report).
@@ -170,13 +173,13 @@ class Client:
     def new_flow(self, addr: str, proto: str, label: str) -> Flow:
         fl = Flow(addr, proto, label)
         if proto == "udp":
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(self.family, socket.SOCK_DGRAM)
             s.bind((addr, 0))
             s.connect((self.vip, self.port))
             s.setblocking(False)
             self.sel.register(s, selectors.EVENT_READ, fl)
         else:
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s = socket.socket(self.family, socket.SOCK_STREAM)
             s.bind((addr, 0))
             s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             s.setblocking(False)
@@ -304,8 +307,9 @@ def expand(addrs: List[str]) -> List[str]:
     for a in addrs:
         if "-" in a:
             first, last = a.split("-")
-            base, lo = first.rsplit(".", 1)
-            out += [f"{base}.{i}" for i in range(int(lo), int(last) + 1)]
+            sep = ":" if ":" in first else "."
+            base, lo = first.rsplit(sep, 1)
+            out += [f"{base}{sep}{i}" for i in range(int(lo), int(last) + 1)]
         else:
             out.append(a)
     return out

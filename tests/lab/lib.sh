@@ -23,6 +23,12 @@
 #   br-sync 172.16.0.0/24 dirN sync0 .N: the IPVS sync link (a bridge, so 2 or 3 directors alike)
 #   Real servers answer UDP and TCP on LAB_VPORT (5000) with their name (rs_server.py).
 #   Netns names: client, rs1, rs2, dir1 .. dirN. Scratch: $LAB_TMP/<name>/ (/tmp/lab).
+#   LAB_IPV6=1 (set before lab_topology) adds IPv6 beside it, without DAD: br-ext fd00::/64
+#   (client fd00::10 and fd00::20 ... as client addresses, dirN fd00::N, VIP fd00::100 =
+#   LAB_VIP6), br-int fd00:1::/64 (dirN fd00:1::N, rsN fd00:1::(10+N), gateway VIP
+#   fd00:1::254 = LAB_GW_VIP6); keepalived holds the IPv6 VIPs in the same instance
+#   (virtual_ipaddress_excluded), a virtual_server per protocol in LAB_PROTOS6 on the IPv6 VIP,
+#   and the traffic client's flows are IPv6. The sync link stays IPv4.
 #
 # FUNCTIONS (details above each one):
 #   lab_log MSG / lab_step TITLE / lab_die MSG / lab_nap SECS / lab_wait SECS DESC CMD...
@@ -36,6 +42,7 @@
 #   lab_hooks_state DIR STATE           DIR's newest journal record: a finished STATE transition
 #   lab_agent_start DIR / lab_warm DIR  the agent (LVS_HOOKS_AGENT=1); its warm-up state
 #   lab_has_vip DIR / lab_master_is DIR wait predicates
+#   lab_has_vip6 DIR                    the IPv6 VIP is usable on DIR (LAB_IPV6=1)
 #   lab_fail_hard DIR                   node death: SIGKILL all its processes, links down
 #   lab_reboot DIR                      fresh netns (empty IPVS table), re-plugged, no keepalived
 #   lab_move_vips FROM TO               move the VIPs by hand (without keepalived)
@@ -77,6 +84,10 @@ LVS_HOOKS_AGENT=${LVS_HOOKS_AGENT:-0}   # 1 (with LVS_HOOKS=1): `lvs-hooks agent
 LAB_GATE_WEIGHT=${LAB_GATE_WEIGHT:--60} # track_file weight: larger than the priority gaps
 LAB_PUSH_INTERVAL=${LAB_PUSH_INTERVAL:-30}
 LAB_TABLE=${LAB_TABLE:-}                # 1 (with the agent): table.enabled, read_budget LAB_TABLE_BUDGET
+LAB_IPV6=${LAB_IPV6:-0}                 # 1: IPv6 beside IPv4 (see TOPOLOGY), IPv6 client flows
+LAB_VIP6=${LAB_VIP6:-fd00::100}
+LAB_GW_VIP6=${LAB_GW_VIP6:-fd00:1::254}
+LAB_PROTOS6=${LAB_PROTOS6:-UDP}         # with LAB_IPV6=1: one virtual_server per protocol on VIP6
 LAB_DIRECTORS=0                         # set by lab_topology
 
 declare -A LAB_ANCHOR=()   # netns -> pid of a process living in it (for /proc/PID/net/*)
@@ -160,12 +171,26 @@ _lab_dir_ns_batch() {
     echo "addr add 10.0.0.$n/24 dev eth0"
     echo "addr add 10.1.0.$n/24 dev eth1"
     echo "addr add 172.16.0.$n/24 dev $LAB_SYNC_IF"
+    if [ "$LAB_IPV6" = 1 ]; then
+        echo "addr add fd00::$n/64 dev eth0 nodad"
+        echo "addr add fd00:1::$n/64 dev eth1 nodad"
+    fi
     echo "link set eth0 up"
     echo "link set eth1 up"
     echo "link set $LAB_SYNC_IF up"
 }
 _lab_dir_sysctls=(net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0
                   net.ipv4.conf.default.rp_filter=0 net.ipv4.conf.eth0.rp_filter=0)
+# with LAB_IPV6=1: forwarding, and no DAD for the VIPs keepalived adds (an address stays
+# tentative, unusable, for about a second of DAD otherwise)
+_lab_dir_sysctls6=(net.ipv6.conf.all.forwarding=1 net.ipv6.conf.all.accept_dad=0
+                   net.ipv6.conf.eth0.accept_dad=0 net.ipv6.conf.eth1.accept_dad=0)
+# _lab_dir_sysctl_list: a director's sysctls into _LAB_SYSCTLS
+_lab_dir_sysctl_list() {
+    _LAB_SYSCTLS=("${_lab_dir_sysctls[@]}")
+    [ "$LAB_IPV6" = 1 ] && _LAB_SYSCTLS+=("${_lab_dir_sysctls6[@]}")
+    return 0
+}
 
 # lab_director_create DIR: director netns DIR (dirN), plugged into br-ext, br-int, br-sync
 lab_director_create() {
@@ -173,7 +198,8 @@ lab_director_create() {
     _lab_dir_root_batch "$d" | ip -b - || lab_die "creating $d"
     _lab_dir_ns_batch "$n" | ip -n "$d" -b - || lab_die "addressing $d"
     mkdir -p "$LAB_TMP/$d/run" "$LAB_TMP/$d/state"
-    lab_anchor "$d" "${_lab_dir_sysctls[@]}"
+    _lab_dir_sysctl_list
+    lab_anchor "$d" "${_LAB_SYSCTLS[@]}"
 }
 
 # lab_topology [NDIRECTORS]: everything but keepalived (see the header for the picture)
@@ -203,19 +229,30 @@ lab_topology() {
         for ((i = 0; i < LAB_CLIENTS; i++)); do
             echo "addr add 10.0.0.$((LAB_CLIENT_FIRST + i))/24 dev eth0"
         done
+        if [ "$LAB_IPV6" = 1 ]; then
+            echo "addr add fd00::10/64 dev eth0 nodad"
+            for ((i = 0; i < LAB_CLIENTS; i++)); do
+                echo "addr add fd00::$((LAB_CLIENT_FIRST + i))/64 dev eth0 nodad"
+            done
+        fi
         echo "link set eth0 up"
     } | ip -n client -b - || lab_die "topology (client)"
     for r in $LAB_RS; do
         printf 'link set lo up\naddr add 10.1.0.%d/24 dev eth0\nlink set eth0 up\n%s\n' \
             $((10 + ${r#rs})) "route add default via $LAB_GW_VIP" | ip -n "$r" -b - \
             || lab_die "topology ($r)"
+        if [ "$LAB_IPV6" = 1 ]; then
+            printf 'addr add fd00:1::%d/64 dev eth0 nodad\nroute add default via %s\n' \
+                $((10 + ${r#rs})) "$LAB_GW_VIP6" | ip -n "$r" -b - || lab_die "topology ($r, IPv6)"
+        fi
     done
     for ((i = 1; i <= nd; i++)); do
         _lab_dir_ns_batch "$i" | ip -n "dir$i" -b - || lab_die "topology (dir$i)"
         mkdir -p "$LAB_TMP/dir$i/run" "$LAB_TMP/dir$i/state"
     done
     # anchors (sysctls + /proc view) for all directors and the client, started in parallel
-    for ((i = 1; i <= nd; i++)); do _lab_anchor_spawn "dir$i" "${_lab_dir_sysctls[@]}"; done
+    _lab_dir_sysctl_list
+    for ((i = 1; i <= nd; i++)); do _lab_anchor_spawn "dir$i" "${_LAB_SYSCTLS[@]}"; done
     _lab_anchor_spawn client net.ipv4.ip_nonlocal_bind=1
     for a in "${!LAB_ANCHOR[@]}"; do _lab_anchor_wait "$a"; done
     lab_rs_start
@@ -236,17 +273,19 @@ lab_syslog() { grep -a -- "$1" "$LAB_TMP/syslog.log" 2>/dev/null; }
 
 # lab_rs_start: the real servers (one rs_server.py each, UDP+TCP on LAB_VPORT), waits until bound
 lab_rs_start() {
-    local r
+    local r bind=0.0.0.0 tcp=tcp
+    # LAB_IPV6=1: one dual-stack socket per protocol, listed in tcp6
+    [ "$LAB_IPV6" = 1 ] && bind=:: tcp=tcp6
     for r in $LAB_RS; do
         ip netns exec "$r" "$LAB_PYTHON" "$LAB_DIR/rs_server.py" "$r" --port "$LAB_VPORT" \
-            > "$LAB_TMP/$r.log" 2>&1 &
+            --bind "$bind" > "$LAB_TMP/$r.log" 2>&1 &
         LAB_ANCHOR[$r]=$!
         disown
     done
     local port
     printf -v port ':%04X ' "$LAB_VPORT"
     for r in $LAB_RS; do
-        lab_wait 30 "$r listening" _lab_file_has "/proc/${LAB_ANCHOR[$r]}/net/tcp" "$port" \
+        lab_wait 30 "$r listening" _lab_file_has "/proc/${LAB_ANCHOR[$r]}/net/$tcp" "$port" \
             > /dev/null || lab_die "$r did not start: $(< "$LAB_TMP/$r.log")"
     done
 }
@@ -331,7 +370,13 @@ lab_keepalived_conf() {
     vrrp_notify_fifo_script \"/usr/local/bin/lvs-hooks --config $cfg fifo\""
         fi
     fi
-    local gate_global="" gate_instance=""
+    local gate_global="" gate_instance="" vips6=""
+    # the IPv6 VIPs ride in the IPv4 instance: one family per instance's adverts, the others
+    # "excluded" from them but moved (and announced, unsolicited NA) with it
+    [ "$LAB_IPV6" = 1 ] && vips6="    virtual_ipaddress_excluded {
+        $LAB_VIP6/64 dev eth0
+        $LAB_GW_VIP6/64 dev eth1
+    }"
     if [ "$LVS_HOOKS" = 1 ] && [ "$LVS_HOOKS_AGENT" = 1 ]; then
         gate_global="track_file lvs_hooks_warmup {
     file \"$LAB_TMP/$d/run/warmup.track\"
@@ -361,6 +406,7 @@ vrrp_instance VI_1 {
         $LAB_VIP/24 dev eth0
         $LAB_GW_VIP/24 dev eth1
     }
+$vips6
 $hooks_instance
 $gate_instance
 }
@@ -371,10 +417,16 @@ EOF
     for proto in $LAB_PROTOS; do
         _lab_virtual_server "$LAB_VIP $LAB_VPORT" "    protocol $proto"
     done
+    if [ "$LAB_IPV6" = 1 ]; then
+        for proto in $LAB_PROTOS6; do
+            _lab_virtual_server "$LAB_VIP6 $LAB_VPORT" "    protocol $proto" fd00:1::
+        done
+    fi
     return 0
 }
 
-# _lab_virtual_server WHAT [LINE]: a persistent NAT virtual_server WHAT to every real server
+# _lab_virtual_server WHAT [LINE] [RS_PREFIX]: a persistent NAT virtual_server WHAT to every
+# real server (rsN at RS_PREFIX(10+N), default 10.1.0.)
 _lab_virtual_server() {
     local r
     echo "virtual_server $1 {"
@@ -384,7 +436,7 @@ _lab_virtual_server() {
     echo "    persistence_timeout $LAB_PERSIST"
     [ -n "${2:-}" ] && echo "$2"
     for r in $LAB_RS; do
-        echo "    real_server 10.1.0.$((10 + ${r#rs})) $LAB_VPORT {"
+        echo "    real_server ${3:-10.1.0.}$((10 + ${r#rs})) $LAB_VPORT {"
         echo "        weight 1"
         echo "    }"
     done
@@ -420,6 +472,28 @@ lab_has_vip() {
     t=$(< "/proc/${LAB_ANCHOR[$1]:-0}/net/fib_trie") 2>/dev/null || return 1
     re="-- ${LAB_VIP//./\\.}"$'\n'"[ ]+/32 host LOCAL"
     [[ $t =~ $re ]]
+}
+# lab_has_vip6 DIR: the IPv6 VIP is an address of DIR and not tentative (IFA_F_TENTATIVE 0x40
+# in the flags column of DIR's if_inet6)
+lab_has_vip6() {
+    local t re
+    t=$(< "/proc/${LAB_ANCHOR[$1]:-0}/net/if_inet6") 2>/dev/null || return 1
+    _lab_ip6_hex "$LAB_VIP6"
+    re="$REPLY [0-9a-f]+ [0-9a-f]+ [0-9a-f]+ ([0-9a-f]+) +eth0"
+    [[ $t =~ $re ]] && (( (16#${BASH_REMATCH[1]} & 0x40) == 0 ))
+}
+# _lab_ip6_hex ADDR: an IPv6 address as 32 hex digits (if_inet6's form), into REPLY; no process
+_lab_ip6_hex() {
+    local a=$1 head tail g out="" n i
+    if [[ $a == *::* ]]; then head=${a%%::*} tail=${a#*::}; else head=$a tail=""; fi
+    local -a h=() t=()
+    [ -n "$head" ] && IFS=: read -r -a h <<< "$head"
+    [ -n "$tail" ] && IFS=: read -r -a t <<< "$tail"
+    n=$((8 - ${#h[@]} - ${#t[@]}))
+    for g in "${h[@]}"; do printf -v g '%04x' "0x$g"; out+=$g; done
+    for ((i = 0; i < n; i++)); do out+=0000; done
+    for g in "${t[@]}"; do printf -v g '%04x' "0x$g"; out+=$g; done
+    REPLY=$out
 }
 # lab_master_is DIR: DIR holds the VIP and no other director does
 lab_master_is() {
@@ -576,8 +650,10 @@ lab_bulk_templates() {
 # sends in a random order per step (as real clients arrive); LAB_SEED=N makes the order repeatable.
 lab_client_start() {
     local last=$((LAB_CLIENT_FIRST + LAB_CLIENTS - 1)) ctl="$LAB_TMP/client"
-    ip netns exec client "$LAB_PYTHON" "$LAB_DIR/client.py" --ctl "$ctl" --vip "$LAB_VIP" \
-        --port "$LAB_VPORT" ${LAB_SEED:+--seed "$LAB_SEED"} "10.0.0.$LAB_CLIENT_FIRST-$last" \
+    local vip=$LAB_VIP range="10.0.0.$LAB_CLIENT_FIRST-$last"
+    [ "$LAB_IPV6" = 1 ] && vip=$LAB_VIP6 range="fd00::$LAB_CLIENT_FIRST-$last"
+    ip netns exec client "$LAB_PYTHON" "$LAB_DIR/client.py" --ctl "$ctl" --vip "$vip" \
+        --port "$LAB_VPORT" ${LAB_SEED:+--seed "$LAB_SEED"} "$range" \
         > "$LAB_TMP/client.log" 2>&1 &
     LAB_CLIENT_PID=$!
     disown

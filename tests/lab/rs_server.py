@@ -5,6 +5,7 @@ Reply (UDP: per datagram; TCP: per line): `NAME CLIENT_IP:CLIENT_PORT PAYLOAD`, 
 sees which real server it landed on. One process, one thread, both protocols (selectors).
 
 Usage: rs_server.py NAME [--port 5000] [--bind 0.0.0.0]
+       (--bind :: answers IPv6 and IPv4 clients alike: one dual-stack socket per protocol)
 """
 
 import argparse
@@ -20,15 +21,20 @@ def main() -> None:
     p.add_argument("--bind", default="0.0.0.0")
     a = p.parse_args()
     name = a.name.encode()
+    family = socket.AF_INET6 if ":" in a.bind else socket.AF_INET
+
+    def sock(kind: int) -> socket.socket:
+        s = socket.socket(family, kind)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind((a.bind, a.port))
+        return s
 
     sel = selectors.DefaultSelector()
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    udp.bind((a.bind, a.port))
+    udp = sock(socket.SOCK_DGRAM)
     sel.register(udp, selectors.EVENT_READ, "udp")
-    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind((a.bind, a.port))
+    tcp = sock(socket.SOCK_STREAM)
     tcp.listen(256)
     sel.register(tcp, selectors.EVENT_READ, "listen")
     bufs = {}

@@ -73,7 +73,7 @@ def lab(request, tmp_path_factory, ext_dir):
     out = tmp_path_factory.mktemp("lab-run")
     scenarios = ["smoke", "helpers", "seed000", "seed000-hooks", "takeover", "takeover-hooks",
                  "capture_sync", "reseed_core", "reseed_scale", "explain", "colocated",
-                 "failback3", "handover", "reload", "busy-keeper",
+                 "failback3", "handover", "reload", "busy-keeper", "ipv6", "ipv6-agent",
                  str(ext_dir / "exit7.sh"), str(ext_dir / "hang.sh")]
     proc, wall = run_lab(["--out", str(out), *scenarios], RUN_LIMIT + 60)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("LAB: scenario", "[lab]"))]
@@ -122,7 +122,7 @@ def test_run_reports_every_scenario(lab):
     assert [x["name"] for x in s["scenarios"]] == [
         "smoke", "helpers", "seed000", "seed000-hooks", "takeover", "takeover-hooks",
         "capture_sync", "reseed_core", "reseed_scale", "explain", "colocated", "failback3",
-        "handover", "reload", "busy-keeper", "exit7", "hang"]
+        "handover", "reload", "busy-keeper", "ipv6", "ipv6-agent", "exit7", "hang"]
     assert all(x["wall_s"] is not None for x in s["scenarios"])
     assert lab["rc"] == 1  # several scenarios, one failed on purpose: non-zero
     for x in s["scenarios"]:
@@ -355,3 +355,28 @@ def test_reload_keeps_the_keeper(request, lab):
     show(request, f"\n[lab tier] reload: 20/20 at every step ({', '.join(steps)}); keeper lines "
          f"after the reloads: dir1 {k['dir1_after_reloads']}, dir2 {k['dir2_after_reloads']}; "
          f"keeper back {r['keeper_resumed_s']['dir2']} s after dir2's second reload")
+
+
+IPV6_STEPS = ["start", "1-takeover", "2-expired", "2-new", "3-failback", "3-new"]
+
+
+@pytest.mark.parametrize("name,agent", [("ipv6", False), ("ipv6-agent", True)])
+def test_ipv6_service_keeps_every_client(request, lab, name, agent):
+    """Issue 17: a persistent UDP service on an IPv6 VIP (NAT, two IPv6 real servers, 20 IPv6
+    clients, the kernel's sync daemon on the IPv4 sync link) through a hard takeover, flows past
+    the persistence timeout and the failback of the rebooted master, with lvs-hooks in the FIFO
+    and with the agent: every client on its real server at every step, existing and new flows,
+    the synced templates kept by the keeper past their lifetime, no traceback in any log of the
+    run and no failed periodic duty (before the fix: every keeper period and push check raised
+    on the IPv6 service's netmask; 8-12 of 20 after the expiry)."""
+    r = result(lab, name)
+    assert r["agent"] is agent and r["completed"], r["failures"]
+    assert r["clients"] == 20 and r["vip"] == "fd00::100"
+    assert r["same_rs"] == {s: 20 for s in IPV6_STEPS}, r["same_rs"]
+    assert r["templates_dir2"]["expired"] >= 20, r["templates_dir2"]
+    assert r["tracebacks_total"] == 0, r["tracebacks"]
+    assert r["periodic_failures"] == 0, r
+    assert lab["by_name"][name]["rc"] == 0, lab["output"][-3000:]
+    show(request, f"\n[lab tier] {name}: 20/20 at every step ({', '.join(IPV6_STEPS)}); "
+         f"{r['templates_dir2']['expired']} IPv6 templates on dir2 after 1.5 x persistence; "
+         f"0 tracebacks; {r['wall_s']:.0f} s")
