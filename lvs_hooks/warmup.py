@@ -291,6 +291,9 @@ class WarmupStore:
             elapsed_since_start(state, now),
             reason,
             f" {state.figures}" if state.figures else "",
+            extra={"fields": {"warm_after_s": round(elapsed_since_start(state, now), 1),
+                              **{k: v for k, v in state.figures.items()
+                                 if isinstance(v, (int, float))}}},
         )
         return state
 

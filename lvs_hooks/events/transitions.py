@@ -145,7 +145,10 @@ def reseed_step(director: Director, event: Event) -> StepResult:
     # the end of the reseed, whatever its result: the figure a failover is judged by.
     latency_ms = round((now_ns() - event.order[0]) / 1e6, 1)
     log.info(
-        "%s: reseed ended %.0f ms after keepalived announced MASTER", event.describe(), latency_ms
+        "%s: reseed ended %.0f ms after keepalived announced MASTER", event.describe(), latency_ms,
+        extra={"fields": {"instance": event.name, "latency_ms": latency_ms,
+                          **{k: report.get(k) for k in ("seen", "planned", "sent", "verified",
+                                                        "missing")}}},
     )
     if error is not None:
         raise StepFailed(error.format_message(), {"latency_ms": latency_ms}) from error

@@ -96,5 +96,7 @@ def push_table(
         figures["ms_total"],
         f", skipped {dict(plan.skipped)}" if plan.skipped else "",
         "" if channel is not None else " (no control channel: not announced)",
+        extra={"fields": {"push_id": res.push_id, "templates": len(plan.planned),
+                          **{k: v for k, v in figures.items() if isinstance(v, (int, float))}}},
     )
     return figures
