@@ -40,7 +40,7 @@ from lvs_hooks.snapshot import (
     snapshot_name,
 )
 
-LIMIT = 5.0  # seconds a single case may take; real ones take milliseconds
+LIMIT = 10.0  # seconds a single case may take; the slowest takes under one
 CLI_LIMIT = 30.0
 SECRET = "s3cr3t-content"  # planted in inputs: never to be echoed by an error
 T0 = 1795318200.123456
@@ -238,7 +238,7 @@ KEEPALIVED_TEXTS = {
     "unclosed-quote": 'vrrp_instance "V {\n}\n',
     "nul-bytes": "global_defs {\n router_id a\x00b\n}\n",
     "long-line": "global_defs {\n router_id " + "x" * 1000000 + "\n}\n",
-    "many-lines": "global_defs {\n" + " a b\n" * 200000 + "}\n",
+    "many-lines": "global_defs {\n" + " a b\n" * 50000 + "}\n",
     "conditional-junk": "@\n@^\n@x\n" * 1000,
     "only-dollars": "$\n$$\n${\n${}\n" * 1000,
     "secret": f"{SECRET}\n",
