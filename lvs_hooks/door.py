@@ -613,6 +613,7 @@ def _read_in_process(args: Args, door: FifoDoor, left: bytes, stop_target: list)
     from lvs_hooks.config import load_config
     from lvs_hooks.errors import LvsHooksError
     from lvs_hooks.events.fifo import FifoReader, serve
+    from lvs_hooks.events.handoff import AgentHandoff
     from lvs_hooks.events.parts import director_parts
 
     try:
@@ -624,6 +625,7 @@ def _read_in_process(args: Args, door: FifoDoor, left: bytes, stop_target: list)
             parts.lock_timeout,
             duty=parts.duty,
             duty_period=parts.period,
+            handoff=AgentHandoff(door.conn.path, door.config),
         )
     except LvsHooksError as e:
         door.log.error("%s", e.format_message())

@@ -10,6 +10,7 @@ keepalived drops a script's stdout and stderr: everything worth knowing goes to 
 """
 
 import logging
+import os
 import signal
 from contextlib import contextmanager
 from typing import Iterator, List, Tuple
@@ -18,9 +19,11 @@ import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
 from lvs_hooks.director import Director
+from lvs_hooks.door import SOCKET_NAME
 from lvs_hooks.errors import LvsHooksError, TransitionIncomplete, UsageError
 from lvs_hooks.events.clock import notify_order
 from lvs_hooks.events.fifo import FifoReader, serve
+from lvs_hooks.events.handoff import AgentHandoff
 from lvs_hooks.events.journal import Journal, render_history, well_formed
 from lvs_hooks.events.keepalived import (
     ROLE_COMMANDS,
@@ -170,6 +173,9 @@ def fifo_cmd(app: AppContext, args: Tuple[str, ...]) -> None:
         parts.lock_timeout,
         duty=parts.duty,
         duty_period=parts.period,
+        handoff=AgentHandoff(
+            os.path.join(app.config.paths.run_dir, SOCKET_NAME), os.path.abspath(app.config_path)
+        ),
     )
     serve(reader)
 

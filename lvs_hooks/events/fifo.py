@@ -29,6 +29,7 @@ from typing import Callable, Dict, Optional
 from lvs_hooks.errors import LvsHooksError, UsageError
 from lvs_hooks.events.clock import fifo_order
 from lvs_hooks.events.eventqueue import EventQueue
+from lvs_hooks.events.handoff import AgentHandoff
 from lvs_hooks.events.keepalived import (
     MAX_LINE,
     Event,
@@ -59,12 +60,17 @@ class FifoReader:
         lock_timeout: Callable[[Event], float],
         duty: Optional[Callable[[Optional[str], Callable[[], bool]], None]] = None,
         duty_period: float = 5.0,
+        handoff: Optional[AgentHandoff] = None,
     ):
         """`duty(role, should_yield)` runs every `duty_period` seconds on a thread beside the
         events (events.periodic), with the role of the last transition run ("MASTER", "BACKUP",
         ... or None before any); while an event is queued or running it waits."""
         self.path = path
-        self.duty = duty
+        self._handed = False  # events went to an agent since the duties last ran here
+        # An agent that starts after this reader takes the events and the duties (handoff).
+        self.handoff = handoff
+        self._own_duty = duty
+        self.duty = self._duty_unless_agent if duty is not None and handoff is not None else duty
         self.duty_period = duty_period
         # The role the last transition left, whichever process ran it. After a reload
         # keepalived starts a new reader and, in most versions, writes no state lines: without
@@ -88,6 +94,16 @@ class FifoReader:
         self.events = EventQueue(
             sequencer, lambda e: self.planner(e), lambda e: self.lock_timeout(e), self.counts
         )
+
+    def _duty_unless_agent(self, role: Optional[str], should_yield: Callable[[], bool]) -> None:
+        assert self.handoff is not None and self._own_duty is not None
+        if self.handoff.alive():
+            self._handed = True
+            return
+        if self._handed:  # the agent ran the transitions meanwhile: the role it left holds
+            self._handed = False
+            self.role = role = read_role(str(self.sequencer.run_dir))
+        self._own_duty(role, should_yield)
 
     def close(self) -> None:
         for fd in (self.fd, self._wake_r, self._wake_w):
@@ -189,6 +205,10 @@ class FifoReader:
             return
         self.counts["events"] += 1
         self._last_state[parsed.key] = parsed.state
+        if self.handoff is not None and self.handoff.take(parsed):
+            self._handed = True
+            log.info("FIFO line %d: %s: handed to the agent", self._seq, parsed.describe())
+            return
         log.info("FIFO line %d: %s", self._seq, parsed.describe())
         try:
             self.sequencer.note(parsed)
