@@ -505,9 +505,11 @@ def check_units(c: Checker, read, ents: List[Entry]) -> None:
                         c.check(f"{unit} Documentation= {url} is packaged",
                                 url[len("file://"):] in by_path)
             elif key in ("ReadWritePaths", "ReadOnlyPaths"):
-                # a missing path fails the unit at start (226/NAMESPACE); /run is empty at boot
-                bad = [p for p in (p.lstrip("-+") for p in value.split())
-                       if p not in dirs or (p.startswith("/run/") and p not in runtime)]
+                # a missing path fails the unit at start (226/NAMESPACE); /run is empty at boot.
+                # "-PATH" may be missing (the agent's metrics directories of node_exporter).
+                bad = [p for p in (p.lstrip("+") for p in value.split())
+                       if not p.startswith("-")
+                       and (p not in dirs or (p.startswith("/run/") and p not in runtime))]
                 c.check(f"{unit} {key}=: directories of the package (under /run: ones "
                         "tmpfiles.d creates)", not bad, " ".join(bad))
         install = [(k, v) for sec, k, v in settings if sec == "Install"]
