@@ -399,3 +399,32 @@ def test_a_port_range_takes_every_sync_thread(hosts):
         assert sorted(got) == sorted([(b"thread 0", source(one)), (b"thread 1", source(two))])
         assert empty(cap)
         assert cap.counters() == sc.CaptureCounters(captured=2, kernel_packets=2)
+
+
+def test_the_group_listener_counts_what_its_full_buffer_dropped(hosts):
+    """SO_RXQ_OVFL: the listener learns the kernel's drop count with each datagram, so the agent
+    knows its table in memory missed something (director/live.LiveTable.note_loss)."""
+    from lvs_hooks.push.collector import SyncGroupListener
+
+    a, b = hosts
+    sent = sync_messages(40 * 400)  # 400 datagrams, far more than a 4 KiB buffer holds
+    with inside(b.ns):
+        listener = SyncGroupListener(b.dev, GROUPS[4], PORT, rcvbuf=4096)
+    with contextlib.closing(a.sender(4)) as s, contextlib.closing(listener):
+        # a witness beside it, with room for all: when it has them all, so does the kernel
+        with contextlib.closing(b.receiver(4)) as witness:
+            witness.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            for d in sent:
+                s.sendto(d, (GROUPS[4], PORT))
+            assert len(receive(witness, len(sent))) == len(sent)
+        got = []
+        while True:
+            item = listener.recv(0)
+            if item is None:
+                break
+            got.append(item)
+        # the count comes with a datagram queued after the drops: the next one that gets in
+        s.sendto(sent[0], (GROUPS[4], PORT))
+        got.append(listener.recv(10.0))
+        assert got[-1] is not None and listener.dropped() > 0
+        assert len(got) + listener.dropped() == len(sent) + 1
