@@ -107,6 +107,48 @@ def record_push(run_dir: str, direction: str, figures: Dict[str, Any], ok: bool,
         log.warning("cannot record the last push in %s: %s", path, e.strerror or e)
 
 
+COUNTS_FILE = "transitions.json"
+COUNTS_LOCK = "transitions.lock"
+
+
+def count_transition(run_dir: str, state: str, outcome: str) -> None:
+    """Count a transition that ran in `<run_dir>/transitions.json` ({"MASTER done": n, ...},
+    since boot: the metrics' lvs_hooks_transitions_total; the journal is bounded, so counting
+    its records would not be monotonic). Several processes may run transitions (the agent, a
+    notify door without one): changed under a lock of its own. A failure is logged only."""
+    import filelock
+
+    from lvs_hooks.lockfile import FileLock
+
+    path = os.path.join(run_dir, COUNTS_FILE)
+    try:
+        with FileLock(os.path.join(run_dir, COUNTS_LOCK), timeout=1.0).acquire():
+            try:
+                data = _read_json(path, 1 << 16)
+            except FileNotFoundError:
+                data = {}
+            except ValueError:
+                data = {}  # cut or damaged: start again (a counter reset, as after a reboot)
+            if not isinstance(data, dict):
+                data = {}
+            key = f"{state} {outcome}"
+            before = data.get(key, 0)
+            data[key] = (before if type(before) is int else 0) + 1
+            write_atomic(path, json.dumps(data, sort_keys=True).encode(), 0o644)
+    except (OSError, filelock.Timeout, LvsHooksError) as e:
+        log.warning("transition not counted in %s: %s", path, _why(e))
+
+
+def read_transition_counts(run_dir: str) -> Dict[str, int]:
+    try:
+        data = _read_json(os.path.join(run_dir, COUNTS_FILE), 1 << 16)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if type(v) is int and " " in str(k)}
+
+
 # --------------------------------------------------------------------------------------------
 # Gathering
 
@@ -147,6 +189,8 @@ def gather(
     except (OSError, ValueError) as e:
         unreadable.append(f"journal {os.path.join(cfg.paths.state_dir, JOURNAL_FILE)}: "
                           f"{_why(e)}")
+
+    h["transitions_since_boot"] = read_transition_counts(run_dir)
 
     # agent: probed by the caller; expected when it ran since boot or its unit is enabled
     warm_path = os.path.join(run_dir, WARMUP_FILE)

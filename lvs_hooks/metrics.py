@@ -125,6 +125,12 @@ def render(h: Dict[str, Any], cfg: Config, services: Iterable[Any] = (),
           "Last MASTER transition: from keepalived announcing MASTER to the end of the reseed.",
           t["latency_ms"] / 1000 if t and t["latency_ms"] is not None else None)
 
+    for key, n in sorted(h.get("transitions_since_boot", {}).items()):
+        tstate, _, toutcome = key.partition(" ")
+        f.add("lvs_hooks_transitions_total", "counter",
+              "Transitions that ran since boot, by keepalived's state and outcome (done, "
+              "failed, superseded).", n, {"state": tstate, "outcome": toutcome})
+
     a = h["agent"]
     f.add("lvs_hooks_agent_up", "gauge", "1 if the agent's socket takes connections.",
           None if a["running"] is None else int(a["running"]))

@@ -15,6 +15,7 @@ from lvs_hooks.events.keepalived import Event
 from lvs_hooks.events.role import read_role
 from lvs_hooks.events.sequencer import Outcome, Plan, Sequencer
 from lvs_hooks.events.transitions import lock_timeout_for, make_planner
+from lvs_hooks.health import count_transition
 
 
 class ReportingSequencer(Sequencer):
@@ -29,6 +30,8 @@ class ReportingSequencer(Sequencer):
     def handle(self, event: Event, planner: Callable[[Event], Plan],
                lock_timeout: float) -> Outcome:
         outcome = super().handle(event, planner, lock_timeout)
+        if outcome.outcome in ("done", "failed", "superseded"):
+            count_transition(self.cfg.paths.run_dir, event.state, outcome.outcome)
         if outcome.outcome in ("done", "failed"):
             metrics.write_metrics(self.cfg, f"transition {event.state} {event.name}")
         return outcome

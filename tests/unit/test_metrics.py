@@ -28,7 +28,7 @@ FAMILIES = {
     "lvs_hooks_warmup_eligible", "lvs_hooks_warmup_handover",
     "lvs_hooks_last_push_timestamp_seconds", "lvs_hooks_last_push_complete",
     "lvs_hooks_last_push_templates", "lvs_hooks_pushes", "lvs_hooks_snapshot_timestamp_seconds",
-    "lvs_hooks_snapshot_templates", "lvs_hooks_ipvs_up",
+    "lvs_hooks_snapshot_templates", "lvs_hooks_ipvs_up", "lvs_hooks_transitions",
 }
 
 
@@ -54,6 +54,9 @@ def test_written_after_a_transition_and_a_push_and_parsed_by_prometheus(tmp_path
     fams = parse(first)
     assert samples(fams["lvs_hooks_role"]).count(("lvs_hooks_role", {"role": "BACKUP"}, 1.0)) == 1
     assert samples(fams["lvs_hooks_last_transition_success"])[0][2] == 1.0
+    assert fams["lvs_hooks_transitions"].type == "counter"
+    assert samples(fams["lvs_hooks_transitions"]) == [
+        ("lvs_hooks_transitions_total", {"state": "BACKUP", "outcome": "done"}, 1.0)]
     assert "lvs_hooks_last_push_complete" not in fams  # no push yet
 
     note_push(cfg)("received", {"complete": True, "missing": 0, "templates": 10020,
