@@ -39,6 +39,8 @@ SYSTEMD_WANTS = "/etc/systemd/system/*.wants/lvs-hooks-agent.service"
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 STATE_NAMES = {OK: "OK", WARNING: "WARNING", CRITICAL: "CRITICAL", UNKNOWN: "UNKNOWN"}
 
+MAX_LINE = 1000  # characters of `status --check`'s line after its state
+
 # A backup with a control channel hears a push every push.interval: missing this many in a row
 # means pushes no longer arrive (master gone quiet, key changed, port closed).
 PUSHES_MISSED = 3
@@ -460,7 +462,10 @@ def judge(h: Dict[str, Any], cfg: Config) -> Tuple[int, List[str], List[str]]:
 def check_line(state: int, reasons: List[str], notes: List[str]) -> str:
     """The one line of `status --check`: `LVS-HOOKS <STATE> - <reasons or notes>`."""
     text = "; ".join(reasons) if reasons else ", ".join(notes) or "nothing to report"
-    return f"LVS-HOOKS {STATE_NAMES[state]} - {' '.join(text.split())}"
+    text = " ".join(text.split())
+    if len(text) > MAX_LINE:  # monitoring systems keep the first few KB of a plugin's output
+        text = text[: MAX_LINE - 4] + " ..."
+    return f"LVS-HOOKS {STATE_NAMES[state]} - {text}"
 
 
 def _ago(age: Optional[float], word: str = "") -> str:

@@ -214,3 +214,24 @@ def test_status_without_ipvs_reports_the_rest_and_exits_0(tmp_path):
     assert h["agent"]["running"] is False
     # Without ip_vs here netlink says so; with it, the fake /proc has no connection table.
     assert report["unreadable"] and report["source"] == {"table": "none"}
+
+
+def test_the_report_for_people_names_each_part(tmp_path):
+    cfg, _ = make_cfg(tmp_path)
+    healthy_backup(cfg)
+    health.record_push(cfg.paths.run_dir, "received",
+                       {"complete": True, "missing": 0, "templates": 12, "source": "d1"}, True)
+    text = "\n".join(health.render_health(gather(cfg, agent=DOWN)))
+    assert "role: BACKUP (VI_1) for " in text
+    assert "last transition: BACKUP VI_1 " in text and ": done" in text
+    assert "agent: NOT running (nobody listens); expected: it ran since boot" in text
+    assert "warm-up gate: eligible: warm since " in text
+    assert "last push received: " in text and "from d1, 12 templates, complete" in text
+    assert "periodic duties: no failure" in text
+    counts = json.loads((tmp_path / "run" / "push.json").read_text())["counts"]
+    assert counts == {"received_ok": 2}
+
+
+def test_the_check_line_stays_one_bounded_line():
+    line = health.check_line(WARNING, ["a\nb"] * 400, [])
+    assert "\n" not in line and len(line) <= len("LVS-HOOKS WARNING - ") + health.MAX_LINE
