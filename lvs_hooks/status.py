@@ -31,15 +31,22 @@ def summarize(
     newest_snapshot: Optional[dict],
     malformed: int = 0,
     connections: Optional[Dict[Tuple, int]] = None,
+    template_counts: Optional[Dict[Tuple[Tuple, str, int, str], int]] = None,
 ) -> dict:
-    """The status report as plain data (JSON-ready). `connections`: per service key, when
-    `entries` holds templates only (the table in memory keeps no connections one by one)."""
+    """The status report as plain data (JSON-ready). From the table in memory, which keeps no
+    connections one by one and counts its templates without an entry each: `connections` per
+    service key, and `template_counts` per (service key, real server, port, origin) beside
+    (or instead of) `entries`."""
     per_dest: dict = defaultdict(Counter)  # service key -> Counter((daddr, dport, origin))
     conns: Counter = Counter()
     templates = 0
     origins: Counter = Counter()
     if connections is not None:
         conns.update(connections)
+    for (skey, daddr, dport, origin), n in (template_counts or {}).items():
+        templates += n
+        origins[origin] += n
+        per_dest[skey][(daddr, dport, origin)] += n
     for e in entries:
         if not e.is_template:
             conns[e.service_key()] += 1
@@ -116,12 +123,11 @@ def build_status(
         return report
     entries = sum(c.active + c.inactive + c.persistent for c in counts)
     if live is not None and live.ready and entries > cfg.table.read_budget:
-        view = live.view()
         conns: Counter = Counter()
         for c in counts:
             conns[c.service_key] += c.active + c.inactive
-        report = summarize(services, view.entries, daemons, timeouts, newest,
-                           connections=dict(conns))
+        report = summarize(services, (), daemons, timeouts, newest, connections=dict(conns),
+                           template_counts=live.template_counts())
         report["source"] = {
             "table": "in memory",
             "kernel_entries": entries,

@@ -174,6 +174,11 @@ class LiveTable:
             entries=entries, total_lines=None, templates_only=True, client_counts=counts
         )
 
+    def template_counts(self) -> Dict[Tuple[Tuple, str, int, str], int]:
+        """Live templates per (service key, real server, port, origin): for `status`."""
+        with self.lock:
+            return self.table.counts_by_dest_origin(self.clock())
+
     def templates_of(self, protocol: str) -> List[ConnEntry]:
         """The templates of the services of one protocol ("IP": fwmark services)."""
         with self.lock:

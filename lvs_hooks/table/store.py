@@ -1082,6 +1082,26 @@ class TemplateTable:
             out[(skey, daddr, dport)] = out.get((skey, daddr, dport), 0) + n
         return out
 
+    def counts_by_dest_origin(self, now: float) -> Dict[Tuple[Tuple, str, int, str], int]:
+        """Live templates per (service key, real server address, port, origin as /proc's
+        ip_vs_conn_sync shows it, "?" when unknown): what `status` reports, without building
+        an entry per template."""
+        now_ms = self._ms(now)
+        counts: Counter = Counter()
+        for items in (self._tpl.items(), ((k[0], v) for k, v in self._pe.items())):
+            for key, v in items:
+                if ((v >> _DL_SHIFT) & _DL_MAX) <= now_ms:
+                    continue
+                vi = key >> 32 if key >= 0 else ~key >> 128
+                counts[(vi, v >> _DEST_SHIFT, (v & _ORIGIN) >> _ORIGIN_SHIFT)] += 1
+        names = {code: name or "?" for name, code in _ORIGIN_CODES.items()}
+        out: Dict[Tuple[Tuple, str, int, str], int] = {}
+        for (vi, di, oi), n in counts.items():
+            daddr, dport = self._dests[di]
+            k = (self.service_key(vi), daddr, dport, names.get(oi, "?"))
+            out[k] = out.get(k, 0) + n
+        return out
+
     def service_key(self, virtual_index: int) -> Tuple:
         """ConnEntry.service_key() of an interned virtual key."""
         name, vaddr, vport, af, proto = self._virtuals[virtual_index]

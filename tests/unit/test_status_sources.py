@@ -28,3 +28,24 @@ def test_templates_only_with_the_kernels_connection_counts_say_the_same():
     assert full["connections"] == 2 and full["services"][0]["connections"] == 2
     assert [d["templates"] for d in full["services"][0]["destinations"]] == [1, 1]
     assert "templates: 2" in render_status(counted)
+
+
+def test_the_tables_counts_say_what_its_entries_say():
+    from test_live_table import datagrams
+
+    from lvs_hooks.table import TemplateTable
+
+    t = TemplateTable()
+    for d in datagrams("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+        t.ingest(d, 1000.0, "SYNC")
+    for d in datagrams("10.0.0.4"):
+        t.ingest(d, 1000.0, "LOCAL")
+    for d in datagrams("10.0.0.9", timeout=5):
+        t.ingest(d, 1000.0, None)  # ended by the time of the report: counted by neither
+    now = 1010.0
+    by_entries = summarize([SVC], list(t.templates(now)), [], None, None, connections={})
+    by_counts = summarize([SVC], (), [], None, None, connections={},
+                          template_counts=t.counts_by_dest_origin(now))
+    assert by_counts == by_entries
+    assert by_counts["templates"] == 4
+    assert by_counts["templates_by_origin"] == {"SYNC": 3, "LOCAL": 1}
