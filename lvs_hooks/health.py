@@ -492,7 +492,7 @@ def render_health(h: Dict[str, Any]) -> List[str]:
                              if role else "unknown (no keepalived event since boot)"))
     t = h["last_transition"]
     if t:
-        res = t["outcome"] + (f" (failed: {', '.join(t['failed_steps'])})"
+        res = t["outcome"] + (f" ({', '.join(t['failed_steps'])})"
                               if t["failed_steps"] else "")
         lat = f", {t['latency_ms']:.0f} ms after MASTER" if t["latency_ms"] is not None else ""
         lines.append(f"last transition: {t['state']} {t['name']} {_ago(t['age_s'])}: {res}{lat}")
