@@ -323,6 +323,10 @@ class Sequencer:
                 record["ms"],
                 record["waited_ms"],
                 f"; failed steps: {', '.join(failed)}" if failed else "",
+                extra={"fields": {"instance": event.name, "state": event.state,
+                                  "outcome": outcome, "ms": record["ms"],
+                                  "waited_ms": record["waited_ms"],
+                                  "failed_steps": ",".join(failed)}},
             )
         return Outcome(outcome, record)
 
