@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, List, Optional
 import click
 
 from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
+from lvs_hooks.commands.templates import render_snapshot, render_table_check
 from lvs_hooks.config import Config
 from lvs_hooks.director import Director
 from lvs_hooks.director.snapshot import take_snapshot
@@ -17,9 +18,10 @@ from lvs_hooks.events.inbox import Inbox
 from lvs_hooks.events.parts import director_parts
 from lvs_hooks.events.periodic import PeriodicThread
 from lvs_hooks.events.role import read_role
+from lvs_hooks.health import gather
 from lvs_hooks.kernel.model import Service
 from lvs_hooks.kernel.netlink import IPVS
-from lvs_hooks.status import build_status
+from lvs_hooks.status import build_status, render_status
 
 if TYPE_CHECKING:  # loaded when the agent runs (start-up of every other command)
     from lvs_hooks.director.live import LiveTable
@@ -64,9 +66,15 @@ def agent_cmd(app: AppContext) -> None:
                 cfg, reason="snapshot command, through the agent", live=parts.director.live
             ),
             # `lvs-hooks status`: templates from the table in memory when it is the table
-            "status": lambda: build_status(cfg, snapshot_store(cfg), live=parts.director.live),
+            "status": lambda: _status(cfg, parts.director.live),
             # `lvs-hooks table-check`: the table in memory against a read of the kernel's
             "table-check": lambda: _table_check(live),
+        },
+        # as the commands print them, for a door that asks (door.ask_door)
+        renderers={
+            "snapshot": render_snapshot,
+            "status": render_status,
+            "table-check": render_table_check,
         },
     )
     periodic = PeriodicThread(
@@ -103,6 +111,13 @@ def agent_cmd(app: AppContext) -> None:
             if x is not None:
                 x.close()
     log.info("agent stopped")
+
+
+def _status(cfg: Config, live: Optional["LiveTable"]) -> dict:
+    report = build_status(cfg, snapshot_store(cfg), live=live)
+    # the health part as `status` reads it, the agent being the one that answers
+    report["health"] = gather(cfg, agent={"running": True, "detail": "this report is its own"})
+    return report
 
 
 def _table_check(live: Optional["LiveTable"]) -> dict:

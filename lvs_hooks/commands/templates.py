@@ -57,7 +57,7 @@ def snapshot_cmd(app: AppContext, list_: bool, from_kernel: bool, as_json: bool)
     report = None if from_kernel else ask_agent(app, "snapshot", SnapshotError)
     if report is None:
         report = take_snapshot(app.config, reason="snapshot command")
-    emit(report, as_json, _render_snapshot)
+    emit(report, as_json, render_snapshot)
 
 
 def ask_agent(app: AppContext, request: str, error: Type[LvsHooksError]) -> Optional[dict]:
@@ -86,7 +86,7 @@ def ask_agent(app: AppContext, request: str, error: Type[LvsHooksError]) -> Opti
     return None
 
 
-def _render_snapshot(r: dict) -> str:
+def render_snapshot(r: dict) -> str:
     if "ms_dump" in r:
         how = f"dumped from the agent's table in memory in {r['ms_dump']:.0f} ms"
     else:
@@ -249,13 +249,13 @@ def table_check_cmd(app: AppContext, as_json: bool) -> None:
     report = ask_agent(app, "table-check", UsageError)
     if report is None:
         raise LvsHooksError("no agent answers: there is no table in memory to check")
-    emit(report, as_json, _render_table_check)
+    emit(report, as_json, render_table_check)
     if report.get("mismatches"):
         raise LvsHooksError(f"{report['mismatches']} templates differ between the table in "
                             "memory and the kernel's")
 
 
-def _render_table_check(r: dict) -> str:
+def render_table_check(r: dict) -> str:
     c = Comparison(**{k: v for k, v in r.items() if k in Comparison.__dataclass_fields__})
     extra = "" if r.get("ready") else " (the table is not the table yet: the duties read /proc)"
     return render(c) + extra

@@ -129,10 +129,13 @@ class Inbox:
         lock_timeout: Callable[[Event], float],
         uid: Optional[int] = None,
         requests: Optional[Dict[str, Callable[[], dict]]] = None,
+        renderers: Optional[Dict[str, Callable[[dict], str]]] = None,
     ):
         """`requests`: what a command run by hand may ask of the agent by name (`lvs-hooks
         snapshot` asks for a dump of the table in memory), each answered with its report from
-        a thread of its own, one at a time, so that the inbox keeps taking events."""
+        a thread of its own, one at a time, so that the inbox keeps taking events.
+        `renderers`: the report as the command prints it, added as `text` when the request
+        asks for it (a door, which imports nothing to render with)."""
         self.run_dir = run_dir
         self.path = os.path.join(run_dir, SOCKET_NAME)
         self.config_path = os.path.abspath(config_path)
@@ -153,6 +156,7 @@ class Inbox:
         self._server: Optional[threading.Thread] = None
         self._events: Optional[threading.Thread] = None
         self.requests = dict(requests or {})
+        self.renderers = dict(renderers or {})
         self._request_running = threading.Lock()
 
     # -- life
@@ -388,7 +392,7 @@ class Inbox:
                     "agent inbox: %s door (pid %d) connected", msg["hello"], c.pid)
             return {"ok": True}
         if "event" not in msg and "request" in msg:
-            return self._request(msg["request"], c)
+            return self._request(msg["request"], c, bool(msg.get("text")))
         try:
             event = check_event(msg.get("event"))
         except ValueError as e:
@@ -409,7 +413,7 @@ class Inbox:
         )
         return {"ok": True}
 
-    def _request(self, name: Any, c: _Client) -> Optional[dict]:
+    def _request(self, name: Any, c: _Client, text: bool = False) -> Optional[dict]:
         handler = self.requests.get(name) if isinstance(name, str) else None
         if handler is None:
             return self._refuse(c, f"no such request: {name!r}")
@@ -419,7 +423,11 @@ class Inbox:
         def run() -> None:
             try:
                 try:
-                    answer = {"ok": True, "report": handler()}
+                    report = handler()
+                    answer: Dict[str, Any] = {"ok": True, "report": report}
+                    render = self.renderers.get(name) if text else None
+                    if render is not None:
+                        answer["text"] = render(report)
                 except LvsHooksError as e:
                     answer = {"ok": False, "reason": e.format_message(), "exit_code": e.exit_code}
                 except Exception as e:  # a bug: the traceback to the log, one line to the asker

@@ -158,6 +158,37 @@ def test_the_table_check_command_shows_the_agents_comparison_and_exits_1_on_diff
     assert r.exit_code == 1 and "no agent answers" in r.output
 
 
+def test_the_door_prints_the_agents_answer_without_the_full_command_line(base):
+    """`lvs-hooks status|snapshot|table-check [--json]` through the door: the agent's report
+    (and its text, rendered by the agent) printed by a process that imported neither click nor
+    pyroute2 nor yaml."""
+    import subprocess
+    import sys
+
+    inbox, config, _ = agent(base, {"status": lambda: {"templates": 3},
+                                    "table-check": lambda: {"mismatches": 2}})
+    inbox.renderers = {"status": lambda r: f"templates: {r['templates']}",
+                       "table-check": lambda r: "two differ"}
+    code = ("import sys; from lvs_hooks import door; rc = door.main(sys.argv[1:]); "
+            "heavy = [m for m in ('click', 'pyroute2', 'yaml') if m in sys.modules]; "
+            "print('heavy:', heavy); sys.exit(rc)")
+
+    def door(*args):
+        return subprocess.run([sys.executable, "-c", code, "--config", config, *args],
+                              capture_output=True, text=True, timeout=60)
+
+    try:
+        r = door("status")
+        assert (r.returncode, r.stdout) == (0, "templates: 3\nheavy: []\n"), r.stderr
+        r = door("status", "--json")
+        assert r.returncode == 0 and '"templates": 3' in r.stdout and "heavy: []" in r.stdout
+        r = door("table-check")
+        assert r.returncode == 1 and r.stdout.startswith("two differ")
+        assert "2 templates differ" in r.stderr
+    finally:
+        inbox.stop()
+
+
 def test_without_an_agent_the_command_does_it_itself(base):
     config = os.path.join(base, "c.yaml")
     with open(config, "w") as f:
