@@ -118,6 +118,30 @@ cleanup() { # cgroup-dir
     echo "LAB: cleanup $(( (${t1/./} - ${t0/./}) / 1000 )) ms (processes $(( (${t_kill/./} - ${t0/./}) / 1000 )) ms, ${#links[@]} root links)"
 }
 
+# keep_logs DIR RC: what each director left, whatever the scenario kept itself, so that a failure
+# can be read after the VM is gone: lvs-hooks' lines of the syslog, and per director its agent's
+# and keepalived's logs and its journal of transitions; after a failure (RC not 0) also its IPVS
+# services with their counters and the head of its connection table (the head only: a whole
+# read of a large table takes minutes, docs/design.md 2.4).
+keep_logs() {
+    local dir=$1 rc=$2 d ns
+    mkdir -p "$dir"
+    grep -a 'lvs-hooks' /tmp/lab/syslog.log > "$dir/lvs-hooks.log" 2>/dev/null
+    for d in /tmp/lab/dir*/; do
+        [ -d "$d" ] || continue
+        ns=$(basename "$d")
+        cp "$d/agent.log" "$dir/agent-$ns.log" 2>/dev/null
+        cp "$d/keepalived.log" "$dir/keepalived-$ns.log" 2>/dev/null
+        cp "$d/state/events.jsonl" "$dir/events-$ns.jsonl" 2>/dev/null
+        if [ "$rc" != 0 ] && ip netns list 2>/dev/null | grep -qw "$ns"; then
+            ip netns exec "$ns" ipvsadm -Ln --persistent-conn > "$dir/ipvs-$ns.txt" 2>&1
+            ip netns exec "$ns" head -n 2000 /proc/net/ip_vs_conn > "$dir/conn-head-$ns.txt" 2>&1
+        fi
+    done
+    find "$dir" -type f -empty -delete
+    return 0
+}
+
 : > /lab/status
 for idx in "${!LAB_SCENARIOS[@]}"; do
     name=${LAB_SCENARIOS[$idx]}
@@ -142,6 +166,7 @@ for idx in "${!LAB_SCENARIOS[@]}"; do
     wall=$(printf '%d.%02d' $((wall / 100)) $((wall % 100)))
     echo "$name $rc $wall" >> /lab/status
     echo "LAB: scenario $name rc=$rc wall=${wall}s"
+    keep_logs "$out/logs" "$rc"
     cleanup "$cg"
 done
 echo "LAB: all done uptime=$(up)"
