@@ -49,6 +49,15 @@ Simplifications, each on the side of the planners' safety:
   (docs/design.md 3.8), and the captured stream brings them back within its batching delay; until
   then the table shows one template fewer than the kernel, and the planners err by a renewal or a
   re-injection that the kernel takes as a timeout update (docs/design.md 3.6).
+- **A master's own templates may end later here than in its kernel.** A master sends a template
+  with every packet of a connection it controls, always with its whole timeout, but its kernel
+  restarts the template's timer only when a new connection is scheduled under it (a packet of
+  an existing connection does not touch it). A backup's kernel restarts its copy with every such
+  message, and so does the table, which is exact on a backup; on a master (the captured stream)
+  it shows a busy client's template up to its timeout longer than the kernel does. Measured in
+  the lab (churn, 5 minutes, returning clients): on the master 600 of 2,420 templates ended 16 s
+  later here, none earlier; the same templates and real servers on both. Long is the safe side:
+  a pushed or snapshotted template lives on, as a backup's copy would.
 - **A client's connection deadline only grows.** Connections are not kept one by one, so a
   message that shortens one connection (TIME_WAIT, CLOSE) cannot shorten the client's deadline:
   another connection of the same client may still run. A client may count as connected for up to

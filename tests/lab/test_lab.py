@@ -418,4 +418,8 @@ def test_churn_tables_in_memory_match_the_kernels(request, lab):
          + "\n  ".join(lines))
     assert r["tracebacks"] == 0
     for c in checks.values():
-        assert c["table"] > 0 and c["mismatches"] == 0, c
+        # the same templates on the same real servers; their ends are printed, not asserted:
+        # a master re-sends a template with every packet of its connections, with its full
+        # timeout, without restarting its own timer (table/store.py, "No re-arm" and after)
+        assert c["table"] > 0 and c["only_table"] == c["only_kernel"] == 0, c
+        assert c["other_real_server"] == 0, c
