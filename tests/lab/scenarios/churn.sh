@@ -18,15 +18,6 @@ CHURN_S=${LAB_CHURN_S:-300}
 BATCH=${LAB_CHURN_BATCH:-300}
 UDP_TIMEOUT=20
 hooks() { local d=$1; shift; nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.yaml" "$@"; }
-keep_logs() {
-    lab_syslog 'lvs-hooks' > "$LAB_OUT/lvs-hooks.log" 2>/dev/null
-    for d in dir1 dir2; do
-        cp "$LAB_TMP/$d/agent.log" "$LAB_OUT/agent-$d.log" 2>/dev/null
-        cp "$LAB_TMP/$d/state/events.jsonl" "$LAB_OUT/events-$d.jsonl" 2>/dev/null
-    done
-    return 0
-}
-trap keep_logs EXIT
 
 lab_step "two directors, the table in memory on, $LAB_CLIENTS clients"
 lab_topology 2

@@ -50,17 +50,6 @@ print(-1)
 PYEOF
 }
 
-keep_logs() {  # whatever happens: the directors' logs and journals in the result directory
-    lab_syslog 'lvs-hooks' > "$LAB_OUT/lvs-hooks-$N.log" 2>/dev/null
-    for d in dir1 dir2; do
-        cp "$LAB_TMP/$d/agent.log" "$LAB_OUT/agent-$d.log" 2>/dev/null
-        cp "$LAB_TMP/$d/state/events.jsonl" "$LAB_OUT/events-$d.jsonl" 2>/dev/null
-        cp "$LAB_TMP/$d/keepalived.log" "$LAB_OUT/keepalived-$d.log" 2>/dev/null
-    done
-    return 0
-}
-trap keep_logs EXIT
-
 lab_step "size $N: two directors, $LAB_CLIENTS clients, $N bulk templates on dir1"
 lab_topology 2
 for d in dir1 dir2; do  # the bulk service, beside keepalived's (it leaves others alone)
