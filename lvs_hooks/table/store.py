@@ -671,7 +671,6 @@ class TemplateTable:
         rep = ReconcileReport()
         gen_bit = _GEN if self._gen else 0
         fresh: Optional[Dict[int, int]] = {} if with_connections else None
-        tpl, pe = self._tpl, self._pe
         with _gc_paused():
             for e in entries:
                 if not e.is_template:
@@ -679,15 +678,14 @@ class TemplateTable:
                         self._reconcile_client(fresh, e, now_ms)
                     continue
                 rep.templates += 1
+                slot = self._slot(e)
+                if slot is None:
+                    continue
+                d, k = slot
                 try:
-                    key = self._key_text(e.protocol, e.caddr, e.vaddr, e.vport, client=False)
                     dest = self._dest_text(e.daddr, e.dport)
                 except (ValueError, OSError, KeyError):
                     continue
-                d: Dict[Any, int] = tpl
-                k: Any = key
-                if e.pe_name or e.pe_data:
-                    d, k = pe, (key, e.pe_name, e.pe_data)
                 st = _STATE_CODES.get(e.state, 2) << _STATE_SHIFT
                 lo = now_ms + max(0, int(e.expires)) * 1000
                 old = d.get(k)
@@ -719,7 +717,7 @@ class TemplateTable:
                 rep.dropped = self._sweep(now_ms, rep)
             else:
                 rep.unseen = sum(
-                    1 for d in (tpl, pe) for v in d.values()
+                    1 for d in (self._tpl, self._pe) for v in d.values()
                     if (v & _GEN) != gen_bit and ((v >> _DL_SHIFT) & _DL_MAX) > now_ms
                 )
         if fresh is not None:
@@ -745,23 +743,27 @@ class TemplateTable:
         now_ms = self._ms(now)
         gen_bit = _GEN if self._gen else 0
         rep = ReconcileReport()
-        tpl, pe = self._tpl, self._pe
         for e in entries:
-            if not e.is_template:
+            slot = self._slot(e) if e.is_template else None
+            if slot is None:
                 continue
-            try:
-                key = self._key_text(e.protocol, e.caddr, e.vaddr, e.vport, client=False)
-            except (ValueError, OSError, KeyError):
-                continue
-            d: Dict[Any, int] = tpl
-            k: Any = key
-            if e.pe_name or e.pe_data:
-                d, k = pe, (key, e.pe_name, e.pe_data)
+            d, k = slot
             v = d.get(k)
             if v is not None:
                 d[k] = v | _GEN if gen_bit else v & ~_GEN
         rep.dropped = self._sweep(now_ms, rep)
         return rep
+
+    def _slot(self, e: ConnEntry) -> Optional[Tuple[Dict[Any, int], Any]]:
+        """Where a template read from /proc lives here: its dict and key (None: one that no
+        key can be made of)."""
+        try:
+            key = self._key_text(e.protocol, e.caddr, e.vaddr, e.vport, client=False)
+        except (ValueError, OSError, KeyError):
+            return None
+        if e.pe_name or e.pe_data:
+            return self._pe, (key, e.pe_name, e.pe_data)
+        return self._tpl, key
 
     def _sweep(self, now_ms: int, rep: ReconcileReport) -> int:
         """Delete the templates not marked in the current generation: the number that had
