@@ -62,14 +62,20 @@ def log(msg: str) -> None:
 # ---------------------------------------------------------------------------------------- build
 
 
-def kernel_package() -> Tuple[str, str]:
-    """(package, version) of the kernel that linux-image-amd64 currently points at."""
+# --kernel NAME: the Debian meta-package that names the kernel. 6.1 is Debian 12's own; 6.12 is
+# the kernel EL10 directors run (Debian 12 ships it too, in bookworm itself).
+KERNELS = {"6.1": "linux-image-amd64", "6.12": "linux-image-6.12-amd64"}
+
+
+def kernel_package(kernel: str = "6.1") -> Tuple[str, str]:
+    """(package, version) of the kernel that KERNELS[kernel] currently points at."""
+    meta = KERNELS[kernel]
     dep = subprocess.run(
-        ["apt-cache", "depends", "linux-image-amd64"], capture_output=True, text=True, check=True
+        ["apt-cache", "depends", meta], capture_output=True, text=True, check=True
     ).stdout
     m = re.search(r"Depends: (linux-image-[0-9][^\s]*)", dep)
     if not m:
-        raise RuntimeError("apt-cache knows no linux-image-amd64 kernel (apt-get update?)")
+        raise RuntimeError(f"apt-cache knows no {meta} kernel (apt-get update?)")
     pkg = m.group(1)
     show = subprocess.run(
         ["apt-cache", "show", "--no-all-versions", pkg], capture_output=True, text=True, check=True
@@ -86,9 +92,9 @@ def build_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def artifacts(cache: str, rebuild: bool = False) -> str:
+def artifacts(cache: str, rebuild: bool = False, kernel: str = "6.1") -> str:
     """Directory holding vmlinux + initrd.img for the current kernel package; builds it if needed."""
-    pkg, version = kernel_package()
+    pkg, version = kernel_package(kernel)
     key = f"{pkg}_{version}_{build_hash()}"
     dest = os.path.join(cache, key)
     os.makedirs(cache, exist_ok=True)
@@ -322,6 +328,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--cache", default=os.environ.get("LVS_LAB_CACHE") or DEFAULT_CACHE,
                    help="artifact cache (env LVS_LAB_CACHE, default %(default)s)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the artifacts even if cached")
+    p.add_argument("--kernel", choices=sorted(KERNELS), default="6.1",
+                   help="the guest's kernel, Debian's package (default %(default)s)")
     p.add_argument("--build-only", action="store_true", help="build or check the artifacts, exit")
     p.add_argument("--shell", action="store_true", help="interactive shell in the guest")
     p.add_argument("--quiet", action="store_true",
@@ -350,7 +358,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     t_start = time.monotonic()
     try:
-        art = artifacts(a.cache, a.rebuild)
+        art = artifacts(a.cache, a.rebuild, a.kernel)
     except (subprocess.CalledProcessError, RuntimeError, OSError) as e:
         log(f"build failed: {e}")
         return 2

@@ -1,7 +1,8 @@
 #!/bin/bash
 # Build the lab VM artifacts into DEST (called by tests/lab/run, which picks DEST from the cache key):
 #   DEST/vmlinux     uncompressed kernel from Debian's linux-image package (QEMU boots it via PVH,
-#                    which skips ~5 s of xz decompression under TCG)
+#                    which skips ~5 s of xz decompression under TCG), or the bzImage as it is
+#                    when its payload is not xz
 #   DEST/initrd.img  busybox + the module subset the lab needs (9p, overlay, IPVS, netfilter, veth,
 #                    bridge ...) + vm/init
 #   DEST/kver        the kernel release (e.g. 6.1.0-56-amd64)
@@ -22,13 +23,17 @@ apt-get download -q -o APT::Sandbox::User=root "$PKG" >/dev/null
 dpkg-deb -x "$PKG"_*.deb kpkg
 rm -f "$PKG"_*.deb
 
-# Debian's bzImage carries an xz payload (CONFIG_KERNEL_XZ); the decompressed ELF is PVH-bootable.
+# Debian 12's 6.1 bzImage carries an xz payload (CONFIG_KERNEL_XZ); the decompressed ELF is
+# PVH-bootable. Its 6.12 compresses otherwise (zstd): the bzImage itself is then DEST/vmlinux, which
+# QEMU's loader boots as it is (its own decompression costs seconds more under TCG).
 python3 - kpkg/boot/vmlinuz-"$KV" vmlinux <<'PY'
-import lzma, sys
+import lzma, shutil, sys
 data = open(sys.argv[1], "rb").read()
 off = data.find(b"\xfd7zXZ\x00")
 if off < 0:
-    sys.exit("build: no xz payload in the bzImage")
+    print("build: no xz payload in the bzImage: the bzImage itself is booted", file=sys.stderr)
+    shutil.copyfile(sys.argv[1], sys.argv[2])
+    sys.exit(0)
 elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[off:])
 if elf[:4] != b"\x7fELF":
     sys.exit("build: the xz payload is not an ELF image")
