@@ -115,6 +115,7 @@ class LiveTable:
         t0 = time.monotonic()
         with self.lock:
             self.table.begin_reconcile()
+            lost_before = self.lost_at
         read = read_conn_table(self.cfg.paths.proc_root, reason=reason)
         with self.lock:
             report = self.table.reconcile(read.entries, self.clock(), begun=True, drop=False)
@@ -130,9 +131,11 @@ class LiveTable:
             report.examples["dropped"] = second.examples.get("dropped", [])
         with self.lock:
             size = len(self.table)
-        self.ready = True
+            # a loss during the reads is not made good by them: the upkeep reads again
+            if self.lost_at == lost_before:
+                self.ready = True
+                self.lost_at = None
         self.reconciled_at = self.clock()
-        self.lost_at = None
         log.info(
             "table in memory reconciled (%s): %d templates; %d added, %d dropped (of %d the "
             "read did not show), %d changed, %d retimed against what it held; %.0f ms",

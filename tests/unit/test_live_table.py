@@ -239,3 +239,26 @@ def test_within_the_budget_a_loss_is_made_good_by_a_read_at_once(tmp_path):
     assert not live.ready
     upkeep.once()
     assert live.ready and live.reconciled_at == clock.t
+
+
+def test_a_loss_during_a_reconciliation_is_not_made_good_by_it(tmp_path, monkeypatch):
+    """The seam: the read of /proc, during which the agent's loop notes a dropped datagram."""
+    import lvs_hooks.director.live as live_module
+
+    proc_table(tmp_path, kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000,
+                               "ASSURED", 200))
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: 5)
+    real = live_module.read_conn_table
+
+    def read_while_a_datagram_is_dropped(*a, **kw):
+        clock.t += 1
+        live.note_loss("sync group listener", 1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(live_module, "read_conn_table", read_while_a_datagram_is_dropped)
+    live.reconcile("test")
+    assert not live.ready and live.lost_at == clock.t
+    monkeypatch.setattr(live_module, "read_conn_table", real)
+    live.reconcile("test")  # the upkeep's next read, with no loss during it
+    assert live.ready and live.lost_at is None
