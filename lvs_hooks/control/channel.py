@@ -8,23 +8,32 @@ sync TTL and with multicast loop on, so two directors on one host (or in one net
 hear each other; a director therefore also hears itself, and drops its own messages silently
 (its sender name and a nonce it sent).
 
-Everything received goes through decode (HMAC) and the replay guard. What they refuse is logged
-(one WARNING line naming the source address and the reason), counted in `refused` by category,
-and never returned.
+Everything received goes through decode (length and magic, then HMAC, then JSON) and the replay
+guard. What they refuse is counted in `refused` by category, never returned, and logged at most
+once per category per 10 s with the count since the last line (ratelog): a flood of forged
+datagrams costs a few lines, not one each. Messages addressed to another director are dropped
+silently (counted in `not_for_us`); one that claims this director's own name (not one of its own
+looped back) is refused as "own-name".
+
+The receive buffer is large (SO_RCVBUFFORCE as root, else SO_RCVBUF up to net.core.rmem_max) and
+`recv` takes every datagram queued before it waits, so that a genuine message queued behind a
+flood is read, not dropped for lack of room (docs/design.md section 5.8).
 """
 
 import collections
 import ipaddress
 import logging
 import math
+import os
 import select
 import socket
 import time
-from collections import OrderedDict
 from typing import Any, Dict, Optional, Tuple
 
 from lvs_hooks.config import Config
 from lvs_hooks.control.message import (
+    EVERYONE,
+    MAX_SIZE,
     BadMessage,
     Clock,
     Message,
@@ -32,15 +41,57 @@ from lvs_hooks.control.message import (
     decode,
     encode,
     load_key,
+    new_epoch,
     new_message,
 )
 from lvs_hooks.errors import ControlError
 from lvs_hooks.kernel import mcast
+from lvs_hooks.ratelog import RateLimitedLog
 
 log = logging.getLogger(__name__)
 
-_RECV_SIZE = 65535
-_SENT_KEEP = 10_000  # nonces of our own messages remembered at most
+# Room for 20,000 forged datagrams of the largest size (a queued datagram costs its size plus
+# about 900 bytes of kernel bookkeeping): the kernel doubles what is asked. Memory is charged
+# only for what is queued.
+RCVBUF = 32 << 20
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+REPLAY_FILE = "control-replay.json"
+DRAIN_MAX = 100_000  # datagrams taken in one recv() at most before its deadline is looked at
+
+
+class Acceptor:
+    """What the channel does with a datagram it received, without the socket: the message, if
+    it is one for this director to act on; else None, and the refusal counted in `refused`
+    (by category) and logged per interval (`ratelog`)."""
+
+    def __init__(self, key: bytes, name: str, epoch: str, guard: ReplayGuard,
+                 ratelog: RateLimitedLog):
+        self.key, self.name, self.epoch = key, name, epoch
+        self.guard = guard
+        self.ratelog = ratelog
+        self.refused: collections.Counter[str] = collections.Counter()
+        self.not_for_us = 0  # good messages addressed to another director
+
+    def accept(self, data: bytes, src: str) -> Optional[Message]:
+        try:
+            # length and magic, then the HMAC, and only then the JSON (decode)
+            msg = decode(data, self.key)
+            if msg.sender == self.name:
+                if msg.epoch == self.epoch:
+                    return None  # our own (this start's epoch), looped back
+                raise BadMessage(f"claims this director's own name {msg.sender!r}", "own-name")
+            if msg.to != EVERYONE and msg.to != self.name:
+                self.not_for_us += 1  # e.g. another director's status reply: not ours
+                return None
+            self.guard.check(msg)
+        except BadMessage as e:
+            self.refused[e.category] += 1
+            self.ratelog.note(f"control: messages refused ({e.category})",
+                              f"from {src}: {e.reason}")
+            return None
+        if self.guard.save_error:
+            self.ratelog.note("control: replay window not kept", self.guard.save_error)
+        return msg
 
 
 class ControlChannel:
@@ -56,6 +107,8 @@ class ControlChannel:
         sender: str,
         max_skew: float,
         clock: Clock = time.time,
+        replay_file: Optional[str] = None,
+        monotonic: Clock = time.monotonic,
     ):
         where = f"control channel {group} port {port} on {ifname}"
         try:
@@ -80,9 +133,20 @@ class ControlChannel:
         self.sender = sender
         self.clock = clock
         self.max_skew = float(max_skew)
-        self.guard = ReplayGuard(max_skew, clock)
-        self.refused: collections.Counter[str] = collections.Counter()
-        self._sent: OrderedDict[str, float] = OrderedDict()  # our nonces -> our send time
+        self.monotonic = monotonic
+        # This start's epoch and the number of the last message sent in it (message.py)
+        self.epoch = new_epoch()
+        self.seq = 0
+        self.acceptor = Acceptor(key, sender, self.epoch,
+                                 ReplayGuard(max_skew, clock, path=replay_file),
+                                 RateLimitedLog(log, clock=monotonic))
+        self.guard = self.acceptor.guard
+        self.refused = self.acceptor.refused
+        self.ratelog = self.acceptor.ratelog
+        self._buf = bytearray(MAX_SIZE + 1)  # one more: a longer datagram shows as too long
+        if self.guard.load_error:
+            log.error("control: replay window %s; every message refused for %.0f s",
+                      self.guard.load_error, 2 * self.max_skew)
         self.sock = self._open(where)
 
     def _open(self, where: str) -> socket.socket:
@@ -90,6 +154,13 @@ class ControlChannel:
             sock = mcast.udp_socket(self.ipv6)
         except OSError as e:
             raise ControlError(f"{where}: {e.strerror}") from None
+        # Best effort: without CAP_NET_ADMIN, SO_RCVBUF is capped by net.core.rmem_max.
+        for opt in (SO_RCVBUFFORCE, socket.SO_RCVBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
+                break
+            except OSError:
+                continue
         try:
             mcast.join(sock, self.ipv6, self.group, self.port, self.ifindex)
             # loop on: two directors in one host (or namespace) must hear each other
@@ -100,8 +171,12 @@ class ControlChannel:
         return sock
 
     @classmethod
-    def from_config(cls, cfg: Config, sender: str, clock: Clock = time.time) -> "ControlChannel":
-        """The channel the configuration describes (a lvs_hooks.config.Config)."""
+    def from_config(
+        cls, cfg: Config, sender: str, clock: Clock = time.time, persist: bool = False
+    ) -> "ControlChannel":
+        """The channel the configuration describes (a lvs_hooks.config.Config). `persist`:
+        keep the replay window in <state_dir>/control-replay.json (the agent: the one
+        long-lived receiver per host; a short-lived command's channel keeps it in memory)."""
         if cfg.control.key_file is None:
             raise ControlError("control.key_file is not set: no control channel")
         if cfg.sync.interface is None:
@@ -115,16 +190,19 @@ class ControlChannel:
             sender,
             cfg.control.max_skew,
             clock,
+            replay_file=os.path.join(cfg.paths.state_dir, REPLAY_FILE) if persist else None,
         )
 
     # ------------------------------------------------------------------------ sending
 
-    def send(self, kind: str, body: Dict[str, Any]) -> Message:
-        """Send one message of `kind` to the group; returns it as sent. ValueError for a bad
-        kind or body, ControlError when the kernel refuses to send."""
-        msg = new_message(kind, self.sender, body, self.clock)
+    def send(self, kind: str, body: Dict[str, Any], to: str = EVERYONE) -> Message:
+        """Send one message of `kind` to the group, addressed to `to` (a director's sender
+        name, or "*" for all); returns it as sent. ValueError for a bad kind or body,
+        ControlError when the kernel refuses to send."""
+        msg = new_message(kind, self.sender, body, self.clock, to=to, epoch=self.epoch,
+                          seq=self.seq + 1)
         data = encode(msg, self.key)
-        self._remember_sent(msg.nonce)
+        self.seq += 1
         dest: Tuple[Any, ...] = (self.group, self.port)
         if self.ipv6:
             dest = (self.group, self.port, 0, self.ifindex)
@@ -137,56 +215,45 @@ class ControlChannel:
             ) from None
         return msg
 
-    def _remember_sent(self, nonce: str) -> None:
-        # Our looped copy arrives at once; keep a nonce as long as a copy of it could still be
-        # fresh for the guard, so a copy sent back to us later is dropped as ours, not acted on.
-        now = self.clock()
-        horizon = now - 2 * self.max_skew
-        sent = self._sent
-        while sent:
-            oldest = next(iter(sent))
-            if sent[oldest] >= horizon and len(sent) < _SENT_KEEP:
-                break
-            del sent[oldest]
-        sent[nonce] = now
-
     # ------------------------------------------------------------------------ receiving
 
     def recv(self, timeout: float) -> Optional[Tuple[Message, str]]:
         """The first good message from another director and its source address, waiting up to
-        `timeout` seconds; None when none came by then. Refused datagrams are logged, counted
-        in `refused` and skipped, within the same deadline. (poll, not select: a process with
-        many files may have this socket above FD_SETSIZE.)"""
-        deadline = time.monotonic() + max(0.0, timeout)
+        `timeout` seconds; None when none came by then. Every datagram already queued is taken
+        before waiting (recv(0) drains the socket): refused ones are counted in `refused`,
+        logged per interval, and skipped, within the same deadline. (poll, not select: a
+        process with many files may have this socket above FD_SETSIZE.)"""
+        deadline = self.monotonic() + max(0.0, timeout)
         poller = select.poll()
         poller.register(self.sock, select.POLLIN)
-        while True:
-            remaining = deadline - time.monotonic()
-            if poller.poll(max(0, math.ceil(remaining * 1000))):
-                try:
-                    data, src = self.sock.recvfrom(_RECV_SIZE, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    pass  # readable but gone (e.g. a bad UDP checksum): wait on
-                else:
-                    got = self._accept(data, src[0])
+        buf, view = self._buf, memoryview(self._buf)
+        try:
+            while True:
+                for _ in range(DRAIN_MAX):
+                    try:
+                        n, src = self.sock.recvfrom_into(buf, len(buf), socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break  # drained
+                    got = self._accept(bytes(view[:n]), src[0])
                     if got is not None:
                         return got, src[0]
-            # Checked after a datagram, not before: recv(0) still takes one that is waiting,
-            # and a flood of refused datagrams cannot hold the caller past its deadline.
-            if time.monotonic() >= deadline:
-                return None
+                # Checked after the queue, not before: recv(0) still drains it, and a flood of
+                # refused datagrams cannot hold the caller much past its deadline.
+                remaining = deadline - self.monotonic()
+                if remaining <= 0:
+                    return None
+                poller.poll(max(1, math.ceil(remaining * 1000)))
+        finally:
+            view.release()
+            self.ratelog.flush()
 
     def _accept(self, data: bytes, src: str) -> Optional[Message]:
-        try:
-            msg = decode(data, self.key)
-            if msg.sender == self.sender and msg.nonce in self._sent:
-                return None  # our own, looped back
-            self.guard.check(msg)
-        except BadMessage as e:
-            self.refused[e.category] += 1
-            log.warning("control: message from %s refused: %s", src, e.reason)
-            return None
-        return msg
+        return self.acceptor.accept(data, src)
+
+    def flush_log(self) -> None:
+        """Log the refusals counted since the last line once their interval is over (the
+        agent calls it every tick: a flood that stopped still gets its count said)."""
+        self.ratelog.flush()
 
     # ------------------------------------------------------------------------ lifetime
 

@@ -230,7 +230,7 @@ def test_a_datagram_made_with_another_key_is_refused_and_logged(channels, pair, 
     assert got == [(marker, A_ADDR)]
     assert b.refused == collections.Counter(forged=1)
     assert refusals(caplog) == [
-        f"control: message from {A_ADDR} refused: bad HMAC: wrong key or forged"
+        f"control: messages refused (forged): from {A_ADDR}: bad HMAC: wrong key or forged"
     ]
 
 
@@ -244,7 +244,8 @@ def test_garbage_is_refused_as_malformed(channels, pair, caplog):
     assert receive_until(b, marker, "malformed") == [(marker, A_ADDR)]
     assert b.refused == collections.Counter(malformed=1)
     assert refusals(caplog) == [
-        f"control: message from {A_ADDR} refused: not an lvs-hooks control message"
+        f"control: messages refused (malformed): from {A_ADDR}: not an lvs-hooks control "
+        "message"
     ]
 
 
@@ -265,7 +266,8 @@ def test_the_same_bytes_sent_again_are_refused_as_replayed(channels, pair, caplo
     assert receive_until(b, marker, "replayed") == [(marker, A_ADDR)]
     assert b.refused == collections.Counter(replayed=1)
     (line,) = refusals(caplog)
-    assert line.startswith(f"control: message from {A_ADDR} refused: replayed (nonce seen ")
+    assert line.startswith(f"control: messages refused (replayed): from {A_ADDR}: replayed "
+                           f"(sequence {first.seq} of epoch {a.epoch}, ")
     assert line.endswith(" s ago)")
 
 
@@ -281,7 +283,8 @@ def test_an_old_or_future_timestamp_is_refused_as_stale(channels, pair, caplog, 
     assert receive_until(b, marker, "stale") == [(marker, A_ADDR)]
     assert b.refused == collections.Counter(stale=1)
     (line,) = refusals(caplog)
-    prefix = f"control: message from {A_ADDR} refused: timestamp {'-' if offset < 0 else '+'}1"
+    prefix = (f"control: messages refused (stale): from {A_ADDR}: timestamp "
+              f"{'-' if offset < 0 else '+'}1")
     assert line.startswith(prefix), line
     assert line.endswith(" s off (max_skew 30)"), line
 
