@@ -42,6 +42,7 @@ from lvs_hooks.kernel.model import TemplateKey
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.push.collector import PushCollector, format_source
 from lvs_hooks.push.run import push_table
+from lvs_hooks.ratelog import RateLimitedLog
 from lvs_hooks.warmup import WarmupStore, refresh
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class ControlPort(Protocol):
 
     def recv(self, timeout: float) -> Optional[Tuple[Message, str]]: ...
 
-    def send(self, kind: str, body: Dict[str, Any]) -> Any: ...
+    def send(self, kind: str, body: Dict[str, Any], to: str = "*") -> Any: ...
 
 
 class SyncListener(Protocol):
@@ -121,6 +122,8 @@ class PushStatus:
     repointed: int = 0
     stale_in_use: int = 0
     missing: int = 0  # after putting back: still not in the table
+    foreign: int = 0  # sync datagrams from other addresses during the push (not counted)
+    other_ports: int = 0  # from the pusher's address, not the announced port (not counted)
     at: float = 0.0
 
     def to_dict(self) -> dict:
@@ -148,6 +151,32 @@ class AgentState:
         default_factory=lambda: collections.deque(maxlen=BACKLOG)
     )
     drops: Dict[str, int] = field(default_factory=dict)  # per feed, as last seen
+    wire: "WireCounts" = field(default_factory=lambda: WireCounts())
+
+
+@dataclass
+class WireCounts:
+    """What came on the wire that was not what it claimed, since the agent started, for
+    `status` and the metrics (<run_dir>/wire.json: health.record_wire)."""
+
+    # sync group, while a push is being collected: datagrams from another address than the
+    # pusher's (the kernel's backup daemon took them in: it cannot refuse them, section 6.1)
+    sync_foreign: int = 0
+    # from the pusher's address, another port than the announced one (its kernel master
+    # daemon's own sync messages, or someone spoofing its address): not counted in the push
+    sync_other_port: int = 0
+    sync_foreign_last: str = ""  # source of the last foreign one
+    sync_foreign_at: float = 0.0  # Unix time of the last foreign one
+    control_refused: Dict[str, int] = field(default_factory=dict)  # by category
+
+    def to_dict(self) -> dict:
+        return {
+            "sync_foreign": self.sync_foreign,
+            "sync_other_port": self.sync_other_port,
+            "sync_foreign_last": self.sync_foreign_last,
+            "sync_foreign_at": self.sync_foreign_at,
+            "control_refused": dict(self.control_refused),
+        }
 
 
 class Agent:
@@ -172,6 +201,7 @@ class Agent:
         capture: Optional[SyncListener] = None,
         live: Optional[LiveTable] = None,
         on_push: Optional[Callable[[str, dict, bool], None]] = None,
+        on_wire: Optional[Callable[[dict], None]] = None,
     ):
         self.cfg = cfg
         self.ops = ops
@@ -188,6 +218,11 @@ class Agent:
         self.live = live
         # `status` and the metrics: <run_dir>/push.json, the metrics file (note_push)
         self.on_push = on_push
+        # `status` and the metrics: <run_dir>/wire.json (note_wire), when the counts change
+        self.on_wire = on_wire
+        self._wire_noted: Optional[dict] = None
+        # foreign sync datagrams: a line per interval with the count, never one per datagram
+        self.ratelog = RateLimitedLog(log, clock=clock)
         self.st = AgentState()
 
     # -- the loop
@@ -286,6 +321,26 @@ class Agent:
                 del st.collecting[pid]
         self.warm.refresh()
         self.check_feeds()
+        self.ratelog.flush()
+        flush = getattr(self.channel, "flush_log", None)
+        if flush is not None:
+            flush()
+        self.note_wire()
+
+    def note_wire(self) -> None:
+        """Hand the wire counts to `on_wire` when they changed since the last time."""
+        w = self.st.wire
+        refused = getattr(self.channel, "refused", None)
+        if refused is not None:
+            w.control_refused = {k: int(v) for k, v in refused.items() if v}
+        data = w.to_dict()
+        if data == self._wire_noted or self.on_wire is None:
+            return
+        self._wire_noted = data
+        try:
+            self.on_wire(data)
+        except Exception as e:  # a file that cannot be written fails nothing else
+            log.warning("agent: cannot note the wire counts: %s", _text(e))
 
     def check_feeds(self) -> None:
         """Datagrams dropped at the sockets since the last look: the table in memory missed
@@ -350,11 +405,14 @@ class Agent:
                 outcome,
             )
 
-    def send(self, kind: str, body: dict) -> None:
+    def send(self, kind: str, body: dict, to: str = "*") -> None:
         if self.channel is None:
             return
         try:
-            self.channel.send(kind, body)
+            if to == "*":
+                self.channel.send(kind, body)
+            else:
+                self.channel.send(kind, body, to=to)
         except Exception as e:
             log.error("control: cannot send %s: %s", kind, _text(e))
 
@@ -367,8 +425,28 @@ class Agent:
         if not st.collecting:
             st.backlog.append((data, src))
             return
+        took = pusher = False
         for c in st.collecting.values():
-            c.collector.add(data, src)
+            if c.collector.add(data, src):
+                took = True
+            elif c.collector.from_sender_address(src):
+                pusher = True
+        if took:
+            return
+        w = st.wire
+        if pusher:
+            w.sync_other_port += 1
+            return
+        # During a push, a datagram from anyone but the pusher: the kernel's backup daemon
+        # takes it in all the same (section 6.1); the operator must see it.
+        w.sync_foreign += 1
+        w.sync_foreign_last = src
+        w.sync_foreign_at = time.time()
+        pushes = ", ".join(f"{pid} from {c.source}" for pid, c in st.collecting.items())
+        self.ratelog.note(
+            "sync group: datagram from a source other than the pusher during a push",
+            f"from {src} during push {pushes}",
+        )
 
     def on_message(self, msg: Any, src: str) -> None:
         kind = msg.kind
@@ -389,6 +467,7 @@ class Agent:
                     "warm": self.warm.is_warm(),
                     "last_push": self.st.last_push.to_dict(),
                 },
+                to=msg.sender,
             )
 
     def on_push_begin(self, msg: Any, src: str) -> None:
@@ -433,6 +512,8 @@ class Agent:
             complete=res.complete,
             reason=res.reason,
             templates=templates,
+            foreign=res.foreign,
+            other_ports=res.other_ports,
             at=time.time(),
         )
         if not res.complete:
@@ -475,6 +556,16 @@ def note_push(cfg: Config) -> Callable[[str, dict, bool], None]:
         write_metrics(cfg, f"push {direction}")
 
     return on_push
+
+
+def note_wire(cfg: Config) -> Callable[[dict], None]:
+    """The agent's `on_wire`: <run_dir>/wire.json (health.record_wire)."""
+    from lvs_hooks.health import record_wire
+
+    def on_wire(counts: dict) -> None:
+        record_wire(cfg.paths.run_dir, counts)
+
+    return on_wire
 
 
 def _text(e: BaseException) -> str:

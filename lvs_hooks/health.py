@@ -28,6 +28,10 @@ from lvs_hooks.snapshot import SnapshotStore
 log = logging.getLogger(__name__)
 
 PUSH_FILE = "push.json"
+WIRE_FILE = "wire.json"  # the agent writes it: record_wire
+# Sync datagrams from a source other than the pusher's seen within this many seconds make
+# `status --check` a WARNING (the kernel's backup daemon took them in: section 6.1).
+FOREIGN_RECENT = 600.0
 ROLE_FILE = "role.json"  # events.role writes it
 DUTIES_FILE = "duties.json"  # director.duties writes it
 WARMUP_FILE = "warmup.json"  # warmup writes it
@@ -107,6 +111,49 @@ def record_push(run_dir: str, direction: str, figures: Dict[str, Any], ok: bool,
         write_atomic(path, json.dumps(data, default=str).encode(), 0o644)
     except OSError as e:
         log.warning("cannot record the last push in %s: %s", path, e.strerror or e)
+
+
+def record_wire(run_dir: str, counts: Dict[str, Any], now: Optional[float] = None) -> None:
+    """Note what the agent refused or did not count on the wire since it started (its
+    WireCounts) in `<run_dir>/wire.json`. Only the agent writes it, when the counts change
+    (at most once a second). A failure to write is logged and changes nothing else."""
+    now = time.time() if now is None else now
+    path = os.path.join(run_dir, WIRE_FILE)
+    try:
+        os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        write_atomic(path, json.dumps({**counts, "at": now}, default=str).encode(), 0o644)
+    except OSError as e:
+        log.warning("cannot record the wire counts in %s: %s", path, e.strerror or e)
+
+
+def _wire(run_dir: str, now: float, unreadable: List[str]) -> Optional[Dict[str, Any]]:
+    path = os.path.join(run_dir, WIRE_FILE)
+    try:
+        data = _read_json(path, 1 << 16)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        unreadable.append(f"wire counts {path}: {_why(e)}")
+        return None
+    if not isinstance(data, dict):
+        return None
+
+    def count(v: Any) -> int:
+        return v if type(v) is int and v >= 0 else 0
+
+    refused = data.get("control_refused")
+    raw_at: Any = data.get("sync_foreign_at")
+    at: Optional[float] = None
+    if type(raw_at) in (int, float) and raw_at > 0:
+        at = float(raw_at)
+    return {
+        "sync_foreign": count(data.get("sync_foreign")),
+        "sync_other_port": count(data.get("sync_other_port")),
+        "sync_foreign_last": str(data.get("sync_foreign_last") or "")[:80],
+        "sync_foreign_age_s": None if at is None else round(now - at, 1),
+        "control_refused": {str(k)[:40]: count(v) for k, v in refused.items()}
+        if isinstance(refused, dict) else {},
+    }
 
 
 COUNTS_FILE = "transitions.json"
@@ -212,6 +259,8 @@ def gather(
     # pushes
     h["push"] = _pushes(run_dir, now, unreadable)
     h["control_channel"] = bool(cfg.control.key_file)
+    # what the agent refused or did not count on the wire
+    h["wire"] = _wire(run_dir, now, unreadable)
 
     # periodic duties
     h["duties"] = _duties(run_dir, now, unreadable)
@@ -423,6 +472,14 @@ def judge(h: Dict[str, Any], cfg: Config) -> Tuple[int, List[str], List[str]]:
     if state == "MASTER" and sent is not None and not sent.get("ok"):
         warn.append(f"last push sent {_ago(sent['age_s'])} failed: {sent.get('error', '')}")
 
+    wire = h.get("wire")
+    if wire and wire["sync_foreign"] and wire["sync_foreign_age_s"] is not None \
+            and wire["sync_foreign_age_s"] <= FOREIGN_RECENT:
+        warn.append(f"{wire['sync_foreign']} sync datagrams from sources other than the "
+                    f"pusher during pushes since the agent started, the last "
+                    f"{_ago(wire['sync_foreign_age_s'])} from {wire['sync_foreign_last']}: "
+                    "someone else sends on the sync group (the kernel took them in)")
+
     duties = h["duties"]
     if duties.get("current"):
         for name, d in sorted(duties["tasks"].items()):
@@ -525,6 +582,16 @@ def render_health(h: Dict[str, Any]) -> List[str]:
             res = (f"{p.get('planned', 0)} templates in {p.get('datagrams', 0)} datagrams"
                    if p.get("ok") else f"FAILED: {p.get('error', '')}")
             lines.append(f"last push sent: {_ago(p['age_s'])}, {res}")
+    wire = h.get("wire")
+    if wire and (wire["sync_foreign"] or wire["sync_other_port"]):
+        last = (f", the last {_ago(wire['sync_foreign_age_s'])} from "
+                f"{wire['sync_foreign_last']}" if wire["sync_foreign"] else "")
+        lines.append(f"sync group during pushes: {wire['sync_foreign']} datagrams from other "
+                     f"sources{last}; {wire['sync_other_port']} from the pusher's address, "
+                     "another port (not counted in the push)")
+    if wire and wire["control_refused"]:
+        lines.append("control messages refused: " + ", ".join(
+            f"{n} {k}" for k, n in sorted(wire["control_refused"].items())))
     d = h["duties"]
     failing = {k: v for k, v in d["tasks"].items() if v["failures"]}
     if failing:

@@ -166,6 +166,21 @@ def render(h: Dict[str, Any], cfg: Config, services: Iterable[Any] = (),
               "Pushes sent or received since boot, by result (ok: sent, or received complete "
               "and checked).", n, {"direction": direction, "result": result})
 
+    wire = h.get("wire")
+    if wire:
+        f.add("lvs_hooks_sync_foreign_datagrams_total", "counter",
+              "Sync datagrams from another address than the pusher's during pushes, since the "
+              "agent started (the kernel's backup daemon took them in).",
+              wire["sync_foreign"])
+        f.add("lvs_hooks_sync_other_port_datagrams_total", "counter",
+              "Sync datagrams from the pusher's address but not the port its push-begin "
+              "announced, during pushes, since the agent started (not counted in the push).",
+              wire["sync_other_port"])
+        for cat, n in sorted(wire["control_refused"].items()):
+            f.add("lvs_hooks_control_refused_total", "counter",
+                  "Control messages refused since the agent started, by category.", n,
+                  {"category": cat})
+
     for name, d in sorted(h["duties"]["tasks"].items()):
         f.add("lvs_hooks_duty_failures_total", "counter",
               "Failures of a periodic duty since the process that runs the duties started.",

@@ -38,7 +38,7 @@ def agent_cmd(app: AppContext) -> None:
     collecting and checking them while backup; the start-up reseed from disk and the warm-up
     gate's track file."""
     # start-up: the CLI imports every command module; the agent's parts load when it runs
-    from lvs_hooks.agent import Agent, KernelOps, WarmGate, note_push
+    from lvs_hooks.agent import Agent, KernelOps, WarmGate, note_push, note_wire
     from lvs_hooks.control.channel import ControlChannel
     from lvs_hooks.director.live import LiveTable, TableUpkeep
     from lvs_hooks.handover import node_name
@@ -82,7 +82,8 @@ def agent_cmd(app: AppContext) -> None:
     )
     channel = listener = None
     if cfg.control.key_file:
-        channel = ControlChannel.from_config(cfg, sender=node_name(cfg))
+        # the one long-lived receiver: its replay window survives a restart
+        channel = ControlChannel.from_config(cfg, sender=node_name(cfg), persist=True)
     if ifname is not None and (channel is not None or live is not None):
         listener = SyncGroupListener(ifname, cfg.sync.group, cfg.sync.port)
     stop = []
@@ -103,6 +104,7 @@ def agent_cmd(app: AppContext) -> None:
         capture=capture,
         live=live,
         on_push=note_push(cfg),
+        on_wire=note_wire(cfg),
     )
     try:
         agent.run(lambda: bool(stop))

@@ -18,6 +18,11 @@ address is one stream, and the kernel's own sync traffic during a push makes it 
 Datagrams of the push's stream received before it (a backlog fed in by the caller, an earlier
 push from the same socket) do not matter: only the last ones are compared.
 
+The agent always passes the source an authenticated push-begin announced (address and port):
+only that stream counts, so a datagram spoofed with the sender's address from any other port
+cannot spoil the push. What else arrives is counted (`foreign`: another address; `other_ports`:
+the sender's address, another port), for the agent to log and show (docs/design.md section 6.1).
+
 PushCollector is pure (no I/O, no clock). SyncGroupListener is a thin socket.
 """
 
@@ -108,6 +113,8 @@ class CollectResult:
     connections: int = 0  # decoded entries that are not templates
     keys: List[TemplateKey] = field(default_factory=list)  # decoded templates, in order
     ignored: int = 0  # datagrams of other sources and other streams of the sender
+    foreign: int = 0  # of those, from another address than the sender's
+    other_ports: int = 0  # of those, from the sender's address but not the announced port
 
     def summary(self) -> dict:
         """JSON-ready, without the keys (there may be a million)."""
@@ -125,6 +132,8 @@ class CollectResult:
             "connections": self.connections,
             "keys": len(self.keys),
             "ignored": self.ignored,
+            "foreign": self.foreign,
+            "other_ports": self.other_ports,
         }
 
 
@@ -157,11 +166,12 @@ class PushCollector:
         self.sender, self.sender_port = parse_source(sender_addr)
         self.templates = max(int(templates), 0)
         self.ignored = 0
+        self.foreign = 0  # datagrams from another address than the sender's
+        self.other_ports = 0  # from the sender's address, not the announced port
         self._streams: Dict[Optional[int], _Stream] = {}
         self._sources: Dict[str, Optional[Tuple[str, Optional[int]]]] = {}
 
-    def add(self, datagram: bytes, src: str) -> bool:
-        """Take a datagram received from `src`; False if it is not the sender's (ignored)."""
+    def _parse(self, src: str) -> Optional[Tuple[str, Optional[int]]]:
         parsed = self._sources.get(src)
         if parsed is None and src not in self._sources:
             try:
@@ -171,12 +181,30 @@ class PushCollector:
             if len(self._sources) >= MAX_SOURCES:
                 self._sources.clear()
             self._sources[src] = parsed
+        return parsed
+
+    def from_sender_address(self, src: str) -> bool:
+        """Whether `src` has the sender's address (whatever its port)."""
+        parsed = self._parse(src)
+        return parsed is not None and parsed[0] == self.sender
+
+    def add(self, datagram: bytes, src: str) -> bool:
+        """Take a datagram received from `src`; False if it is not from the announced source
+        (ignored, and counted: `foreign` another address, `other_ports` the sender's address
+        from another port, such as its kernel master daemon or someone spoofing it)."""
+        parsed = self._parse(src)
         if parsed is None:
             self.ignored += 1
+            self.foreign += 1
             return False
         addr, port = parsed
-        if addr != self.sender or (self.sender_port is not None and port != self.sender_port):
+        if addr != self.sender:
             self.ignored += 1
+            self.foreign += 1
+            return False
+        if self.sender_port is not None and port != self.sender_port:
+            self.ignored += 1
+            self.other_ports += 1
             return False
         stream = self._streams.get(port)
         if stream is None:
@@ -197,6 +225,7 @@ class PushCollector:
         """
         digest = digest.lower()
         res = CollectResult(self.push_id, False, "", templates, datagrams, digest)
+        res.foreign, res.other_ports = self.foreign, self.other_ports
         streams = list(self._streams.values())
         if datagrams <= 0:
             # An empty push: nothing arrives; only the digest of nothing can be compared.

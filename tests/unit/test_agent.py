@@ -52,9 +52,11 @@ class Clock:
 class FakeChannel:
     def __init__(self):
         self.sent = []
+        self.to = []
 
-    def send(self, kind, body):
+    def send(self, kind, body, to="*"):
         self.sent.append((kind, body))
+        self.to.append(to)
 
     def of(self, kind):
         return [b for k, b in self.sent if k == kind]
@@ -257,6 +259,57 @@ def test_a_complete_push_is_checked_and_warms():
     assert env.agent.st.collecting == {}
 
 
+def test_a_datagram_spoofed_with_the_pushers_address_from_another_port_is_not_counted():
+    env = Env(role="BACKUP")
+    env.tick_at(0)
+    env.begin()
+    env.dgram(DGRAMS[0])
+    env.dgram(DGRAMS[1], f"{MASTER_ADDR}:40002")  # a copy spoofed from another port
+    env.dgram(DGRAMS[1])
+    env.dgram(DGRAMS[2])
+    env.end()
+    last = env.agent.st.last_push
+    assert last.complete and last.other_ports == 1 and last.foreign == 0
+    assert env.agent.st.wire.sync_other_port == 1 and env.agent.st.wire.sync_foreign == 0
+
+
+def test_foreign_sync_datagrams_during_a_push_are_counted_logged_per_interval_and_noted(caplog):
+    noted = []
+    env = Env(role="BACKUP")
+    env.agent.on_wire = noted.append
+    env.tick_at(0)
+    env.begin()
+    env.dgram(DGRAMS[0])
+    for i in range(500):
+        env.dgram(KERNEL_DGRAM, f"10.9.0.{7 + i % 3}:8848")  # anyone else on the group
+    env.dgram(DGRAMS[1])
+    env.dgram(DGRAMS[2])
+    env.end()
+    assert env.agent.st.last_push.complete and env.agent.st.last_push.foreign == 500
+    w = env.agent.st.wire
+    assert (w.sync_foreign, w.sync_other_port, w.sync_foreign_last) == (500, 0, "10.9.0.8:8848")
+    lines = [r.getMessage() for r in caplog.records
+             if "other than the pusher" in r.getMessage()]
+    assert lines == ["sync group: datagram from a source other than the pusher during a push: "
+                     f"from 10.9.0.7:8848 during push abc from {PUSH_SRC}"]
+    env.tick_at(11)  # the interval is over: one line with the count of the rest
+    lines = [r.getMessage() for r in caplog.records
+             if "other than the pusher" in r.getMessage()]
+    assert len(lines) == 2 and ": 499 in the last " in lines[1]
+    assert lines[1].endswith(f"the last: from 10.9.0.8:8848 during push abc from {PUSH_SRC}")
+    assert noted[-1]["sync_foreign"] == 500 and noted[-1]["sync_foreign_last"] == "10.9.0.8:8848"
+    n = len(noted)
+    env.tick_at(12)
+    assert len(noted) == n  # unchanged counts are not noted again
+
+
+def test_sync_datagrams_outside_a_push_are_not_foreign():
+    env = Env(role="BACKUP")
+    env.tick_at(0)
+    env.dgram(KERNEL_DGRAM, "10.9.0.7:8848")
+    assert env.agent.st.wire.sync_foreign == 0
+
+
 def test_datagrams_that_overtake_push_begin_come_from_the_backlog():
     env = Env(role="BACKUP")
     env.tick_at(0)
@@ -389,6 +442,7 @@ def test_status_request_gets_a_reply_naming_the_request_and_the_last_push():
     env.agent.on_message(req, MASTER_ADDR)
     (reply,) = env.channel.of("status-reply")
     assert reply["in_reply_to"] == req.nonce
+    assert env.channel.to[-1] == "lb1/handover"  # addressed to the asker, not the group
     assert reply["role"] == "BACKUP" and reply["warm"] is True
     assert reply["last_push"] == env.agent.st.last_push.to_dict()
     assert (reply["last_push"]["push_id"], reply["last_push"]["complete"],

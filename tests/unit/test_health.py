@@ -235,3 +235,34 @@ def test_the_report_for_people_names_each_part(tmp_path):
 def test_the_check_line_stays_one_bounded_line():
     line = health.check_line(WARNING, ["a\nb"] * 400, [])
     assert "\n" not in line and len(line) <= len("LVS-HOOKS WARNING - ") + health.MAX_LINE
+
+
+def test_foreign_sync_datagrams_and_refused_control_messages_in_status_check_and_metrics(
+        tmp_path):
+    from lvs_hooks.metrics import render
+
+    cfg, _ = make_cfg(tmp_path)
+    healthy_backup(cfg)
+    assert check(cfg, UP)[0] == OK
+    now = time.time()
+    health.record_wire(cfg.paths.run_dir, {
+        "sync_foreign": 3, "sync_other_port": 1, "sync_foreign_last": "10.9.0.66:8848",
+        "sync_foreign_at": now - 30, "control_refused": {"forged": 20000, "replayed": 1}})
+    h = gather(cfg, agent=UP, now=now)
+    state, reasons, _ = judge(h, cfg)
+    assert state == WARNING
+    assert reasons == ["3 sync datagrams from sources other than the pusher during pushes since "
+                       "the agent started, the last 30 s ago from 10.9.0.66:8848: someone else "
+                       "sends on the sync group (the kernel took them in)"]
+    lines = health.render_health(h)
+    assert ("sync group during pushes: 3 datagrams from other sources, the last 30 s ago from "
+            "10.9.0.66:8848; 1 from the pusher's address, another port (not counted in the "
+            "push)") in lines
+    assert "control messages refused: 20000 forged, 1 replayed" in lines
+    text = render(h, cfg)
+    assert "lvs_hooks_sync_foreign_datagrams_total 3" in text
+    assert "lvs_hooks_sync_other_port_datagrams_total 1" in text
+    assert 'lvs_hooks_control_refused_total{category="forged"} 20000' in text
+    # long after: still shown and counted, no longer a warning
+    later = judge(gather(cfg, agent=UP, now=now + 3600), cfg)[1]
+    assert not any("sync datagrams" in r for r in later)
