@@ -327,3 +327,153 @@ def test_ipv6_group(pair):
         assert a.recv(5) == (reply, link_local(b_ns, "vb"))
         assert b.recv(0) is None
         assert not a.refused and not b.refused
+
+
+# ------------------------------------------------------------------------------ the agent under attack
+# (issue 15, the wire: a flood of forged control datagrams, spoofed sync datagrams)
+
+SYNC_PORT = 8848
+C_ADDR = "10.77.0.3"  # a third host on the link, added to A's veth
+
+
+class _Ops:
+    """The agent's kernel work: only the check of a complete push is reached here."""
+
+    def __init__(self):
+        self.checked: List[list] = []
+
+    def push(self, channel):
+        raise AssertionError("a backup does not push")
+
+    def check_push(self, keys):
+        self.checked.append(list(keys))
+        return {"verified": len(keys), "put_back": 0, "repointed": 0, "stale_in_use": 0,
+                "missing_after": 0}
+
+    def startup_reseed(self):
+        return {"usable": False}
+
+
+class _Warm:
+    def __init__(self):
+        self.warm = False
+
+    def start(self):
+        pass
+
+    def is_warm(self):
+        return self.warm
+
+    def mark_warm(self, reason, figures):
+        self.warm = True
+
+    def refresh(self):
+        pass
+
+
+def backup_agent(tmp_path, channel, listener=None):
+    from lvs_hooks.agent import Agent
+    from lvs_hooks.config import parse_config
+
+    cfg = parse_config(f"paths: {{run_dir: {tmp_path}/run, state_dir: {tmp_path}/state}}\n",
+                       "test")
+    agent = Agent(cfg, _Ops(), channel, listener, lambda: "BACKUP", _Warm())
+    agent.tick()  # takes the role
+    return agent
+
+
+def serve_until(agent, cond, timeout: float, what: str) -> None:
+    """Run the agent's loop (its wait: every socket drained) until `cond()`."""
+
+    def step() -> bool:
+        agent.wait(0.2)
+        return bool(cond())
+
+    wait_for(step, timeout, what)
+
+
+def warnings(caplog) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_a_genuine_push_end_behind_20000_forged_datagrams_is_handled_in_few_lines(
+        channels, pair, caplog, tmp_path):
+    from lvs_hooks.push.sender import push_digest
+
+    a, b = channels
+    caplog.set_level(logging.INFO)
+    agent = backup_agent(tmp_path, b)
+    a.send("push-begin", {"push_id": "p-flood", "templates": 0, "port": 40000})
+    serve_until(agent, lambda: "p-flood" in agent.st.collecting, 10, "the push-begin")
+    # While the agent is busy elsewhere: 20,000 forged datagrams of 1,000 bytes, then the end.
+    forged = encode(new_message("push-end", "lb-a", {"pad": "x" * 800}), WRONG_KEY)
+    assert 900 < len(forged) <= 1400
+    with contextlib.closing(attacker(pair[0], "va")) as s:
+        for _ in range(20_000):
+            s.sendto(forged, (GROUP, PORT))
+    a.send("push-end", {"push_id": "p-flood", "templates": 0, "datagrams": 0, "bytes": 0,
+                        "digest": push_digest([])})
+    t0 = time.monotonic()
+    serve_until(agent, lambda: agent.st.last_push.push_id == "p-flood", 20, "the push-end")
+    took = time.monotonic() - t0
+    assert agent.st.last_push.complete and agent.warm.is_warm()
+    assert b.refused == collections.Counter(forged=20_000)  # none lost: all read and refused
+    agent.ratelog.clock = b.ratelog.clock = lambda: time.monotonic() + 60  # the interval over
+    agent.tick()
+    lines = warnings(caplog)
+    assert len(lines) <= 20, lines
+    print(f"\nflood: 20000 forged datagrams, {len(lines)} warning lines, push-end handled "
+          f"after {took:.2f} s")
+    agent.note_wire()
+    assert agent.st.wire.control_refused == {"forged": 20_000}
+
+
+def test_a_spoofed_sync_datagram_with_the_pushers_address_leaves_the_push_complete(
+        channels, pair, caplog, tmp_path):
+    from lvs_hooks.kernel.syncsock import SyncSender
+    from lvs_hooks.push.collector import SyncGroupListener
+    from lvs_hooks.push.sender import datagrams_for, push_digest
+    from lvs_hooks.reseed.planner import PlannedTemplate
+
+    a, b = channels
+    a_ns, b_ns = pair
+    caplog.set_level(logging.INFO)
+    sh("ip", "-n", a_ns, "addr", "add", f"{C_ADDR}/24", "dev", "va")
+    planned = [PlannedTemplate("TCP", f"11.0.0.{i}", "10.0.0.100", 443, "10.1.0.11", 443, 0,
+                               "droute", 300) for i in range(1, 91)]
+    dgrams = datagrams_for(planned, 0, 0)
+    assert len(dgrams) == 3
+    with contextlib.ExitStack() as stack:
+        with inside(b_ns):
+            listener = stack.enter_context(SyncGroupListener("vb", GROUP, SYNC_PORT))
+        with inside(a_ns):
+            pusher = stack.enter_context(SyncSender("va", GROUP, SYNC_PORT, ttl=1, loop=False))
+            pusher.sock.bind((A_ADDR, 0))
+            spoofer = stack.enter_context(contextlib.closing(attacker(a_ns, "va")))
+            spoofer.bind((A_ADDR, 0))  # the pusher's address, another port
+            stranger = stack.enter_context(contextlib.closing(attacker(a_ns, "va")))
+            stranger.bind((C_ADDR, 0))
+        port = pusher.sock.getsockname()[1]
+        agent = backup_agent(tmp_path, b, listener)
+        a.send("push-begin", {"push_id": "p-spoof", "templates": len(planned), "port": port})
+        serve_until(agent, lambda: "p-spoof" in agent.st.collecting, 10, "the push-begin")
+        pusher.send(dgrams[0])
+        spoofer.sendto(dgrams[0], (GROUP, SYNC_PORT))  # a copy: would spoil the digest
+        pusher.send(dgrams[1])
+        stranger.sendto(dgrams[1], (GROUP, SYNC_PORT))
+        pusher.send(dgrams[2])
+        a.send("push-end", {"push_id": "p-spoof", "templates": len(planned),
+                            "datagrams": len(dgrams), "bytes": sum(map(len, dgrams)),
+                            "digest": push_digest(dgrams)})
+        serve_until(agent, lambda: agent.st.last_push.push_id == "p-spoof", 10, "the push-end")
+    last = agent.st.last_push
+    assert last.complete, last.reason
+    assert (last.other_ports, last.foreign) == (1, 1)
+    assert agent.warm.is_warm() and agent.ops.checked == [[p.table_key() for p in planned]]
+    w = agent.st.wire
+    assert (w.sync_other_port, w.sync_foreign) == (1, 1)
+    assert w.sync_foreign_last.startswith(f"{C_ADDR}:")
+    (line,) = [m for m in warnings(caplog) if "other than the pusher" in m]
+    assert f"from {C_ADDR}:" in line and f"during push p-spoof from {A_ADDR}:{port}" in line
+    print(f"\nspoof: push complete={last.complete}, other_ports={last.other_ports}, "
+          f"foreign={last.foreign}")

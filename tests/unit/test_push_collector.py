@@ -122,6 +122,22 @@ def test_a_sender_with_a_port_takes_only_that_port():
     assert col.finish(*end[1:3], end[4]).complete
 
 
+def test_what_is_not_the_announced_source_is_counted_by_kind():
+    _, sent, begin, end = push()
+    col = C.PushCollector(begin[0], PUSH_PORT, begin[1])
+    col.add(sent[0], PUSH_PORT)
+    assert not col.add(sent[0], KERNEL_PORT)  # the pusher's address spoofed from another port
+    assert col.from_sender_address(KERNEL_PORT) and not col.from_sender_address("10.9.0.2:1")
+    assert not col.add(sent[1], "10.9.0.2:40001")  # another host
+    assert not col.add(sent[1], "not an address")
+    for d in sent[1:]:
+        col.add(d, PUSH_PORT)
+    res = col.finish(*end[1:3], end[4])
+    assert res.complete, res.reason
+    assert (res.other_ports, res.foreign, res.ignored) == (1, 2, 3)
+    assert res.summary()["other_ports"] == 1 and res.summary()["foreign"] == 2
+
+
 def test_a_missing_datagram_makes_it_incomplete():
     plan, sent, begin, end = push()
     col, res = collect(sent[:2] + sent[3:], begin, end)
