@@ -477,3 +477,43 @@ def test_a_spoofed_sync_datagram_with_the_pushers_address_leaves_the_push_comple
     assert f"from {C_ADDR}:" in line and f"during push p-spoof from {A_ADDR}:{port}" in line
     print(f"\nspoof: push complete={last.complete}, other_ports={last.other_ports}, "
           f"foreign={last.foreign}")
+
+
+def test_a_captured_push_request_replayed_to_a_restarted_receiver_is_refused(
+        channels, pair, caplog, tmp_path):
+    a, b = channels
+    a_ns, b_ns = pair
+    caplog.set_level(logging.WARNING, logger="lvs_hooks.control.channel")
+    window = str(tmp_path / "state" / "control-replay.json")
+    b.close()
+    with inside(b_ns):
+        b1 = ControlChannel("vb", GROUP, PORT, 1, KEY, "lb-b", MAX_SKEW, replay_file=window)
+    with contextlib.closing(b1), contextlib.closing(observer(b_ns, "vb")) as wire:
+        first = a.send("push-request", {"role": "BACKUP"})
+        assert b1.recv(5) == (first, A_ADDR)
+        captured, _ = wire.recvfrom(65535)
+    assert decode(captured, KEY) == first
+    # the receiver restarts (its agent was restarted, or the host rebooted) within max_skew
+    with inside(b_ns):
+        b2 = ControlChannel("vb", GROUP, PORT, 1, KEY, "lb-b", MAX_SKEW, replay_file=window)
+    with contextlib.closing(b2), contextlib.closing(attacker(a_ns, "va")) as s:
+        s.sendto(captured, (GROUP, PORT))
+        marker = a.send("push-end", {})
+        assert receive_until(b2, marker, "replayed") == [(marker, A_ADDR)]
+        assert b2.refused == collections.Counter(replayed=1)
+
+
+def test_own_name_refused_and_messages_to_another_director_not_taken(channels, pair, caplog):
+    a, b = channels
+    caplog.set_level(logging.WARNING, logger="lvs_hooks.control.channel")
+    claims_b = encode(new_message("push-request", "lb-b", {}), KEY)  # a key holder posing as b
+    with contextlib.closing(attacker(pair[0], "va")) as s:
+        s.sendto(claims_b, (GROUP, PORT))
+    a.send("status-reply", {"x": 1}, to="lb-c")  # for a third director
+    marker = a.send("push-end", {}, to="lb-b")
+    assert receive_until(b, marker, "own-name") == [(marker, A_ADDR)]
+    assert b.refused == collections.Counter({"own-name": 1})
+    assert b.acceptor.not_for_us == 1  # sent before the marker, from the same socket
+    assert refusals(caplog) == [
+        f"control: messages refused (own-name): from {A_ADDR}: claims this director's own "
+        "name 'lb-b'"]
