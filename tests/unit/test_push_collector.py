@@ -138,6 +138,23 @@ def test_what_is_not_the_announced_source_is_counted_by_kind():
     assert res.summary()["other_ports"] == 1 and res.summary()["foreign"] == 2
 
 
+def test_one_datagram_forged_with_the_pushers_address_and_port_is_found_and_left_out():
+    """Issue 15: the group takes datagrams from anyone, and one with the pusher's very address
+    and port lands in the push's stream; the push is still complete, the intruder counted."""
+    _, sent, begin, end = push()
+    forged = push(7)[1][0]  # a well-formed sync datagram, not the push's
+    col, res = collect([forged] + sent, begin, end)  # before the push: one of the earlier
+    assert res.complete and (res.intruders, res.earlier) == (0, 1)
+    for at in (1, 2, len(sent)):  # inside the push, or after its last datagram
+        col, res = collect(sent[:at] + [forged] + sent[at:], begin, end)
+        assert res.complete, (at, res.reason)
+        assert res.intruders == 1 and res.summary()["intruders"] == 1 and res.earlier == 0
+        assert res.received_digest == end[4] and res.received_datagrams == len(sent)
+    # two of them: not found, the push is incomplete (asked for again)
+    col, res = collect(sent[:1] + [forged] + sent[1:2] + [forged] + sent[2:], begin, end)
+    assert not res.complete and res.intruders == 0
+
+
 def test_a_missing_datagram_makes_it_incomplete():
     plan, sent, begin, end = push()
     col, res = collect(sent[:2] + sent[3:], begin, end)
