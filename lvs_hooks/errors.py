@@ -108,6 +108,6 @@ class HandoverFailed(LvsHooksError):
 class UntrustedPath(LvsHooksError):
     """The config file, the key file, the state or run directory, or a directory above one of
     them, may be changed by someone other than root (its owner or its mode): nothing was done.
-    The message names the path and what is wrong (docs/design.md section 6.3)."""
+    The message names the path and what is wrong (design.md section 6.3)."""
 
     exit_code = 11

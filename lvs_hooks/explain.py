@@ -1,6 +1,6 @@
 """`lvs-hooks explain`: why each persistence template exists and when it ends.
 
-The kernel facts behind every sentence (docs/design.md section 2, net/netfilter/ipvs/ip_vs_conn.c):
+The kernel facts behind every sentence (design.md section 2, net/netfilter/ipvs/ip_vs_conn.c):
 
 - A template gets its timeout when it is made: the service's persistence_timeout when the kernel
   schedules a client's first connection (LOCAL), the timeout carried by the sync message when it

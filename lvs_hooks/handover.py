@@ -96,8 +96,9 @@ def handover(
                 raise HandoverFailed(
                     f"{peer} confirmed {last.get('verified', 0)} templates, but keepalived kept "
                     f"this director master for {timeout:g} s after the track file said 1: is "
-                    "the track file in keepalived.conf (etc/keepalived/lvs-hooks-warmup.conf), "
-                    "with a weight larger than the priority gap? The handover flag is cleared."
+                    "the track file in keepalived.conf (as in "
+                    "/usr/share/doc/lvs-hooks/lvs-hooks-warmup.conf), with a weight larger than "
+                    "the priority gap? The handover flag is cleared."
                 )
             time.sleep(0.1)
         report = {

@@ -7,8 +7,8 @@ periodic duties' failures (`duties.json`) and the newest snapshot; IPVS only thr
 (services and per-real-server counters, sync daemons), and only if `ipvs` is given. Whatever it
 cannot read it names in `unreadable` and reports the rest.
 
-`judge` is the pure rule of `status --check` (docs/monitoring.md): OK, WARNING, CRITICAL or
-UNKNOWN, with the reasons, as monitoring plugins report them.
+`judge` is the pure rule of `status --check` (monitoring.md, in the source tree's docs): OK,
+WARNING, CRITICAL or UNKNOWN, with the reasons, as monitoring plugins report them.
 """
 
 import glob
@@ -411,7 +411,7 @@ def _ipvs_part(services: list, counts: list, daemons: list) -> Dict[str, Any]:
 
 def judge(h: Dict[str, Any], cfg: Config) -> Tuple[int, List[str], List[str]]:
     """(state, reasons for that state, notes): OK 0, WARNING 1, CRITICAL 2, UNKNOWN 3.
-    docs/monitoring.md says what each reason means. Pure: only `h` and the settings."""
+    monitoring.md says what each reason means. Pure: only `h` and the settings."""
     crit: List[str] = []
     warn: List[str] = []
     unknown: List[str] = []

@@ -9,7 +9,7 @@ right. Families are `lvs_hooks_*`, counters end in `_total`, and the per-real-se
 carry node_exporter's ipvs collector's labels (local_address, local_port, local_mark, proto,
 remote_address, remote_port, with its values: an fwmark service is proto "FWM", local_mark the
 mark as 8 hex digits, local_address "" and local_port "0"), so they join
-node_ipvs_backend_connections_active. docs/monitoring.md lists the families.
+node_ipvs_backend_connections_active. monitoring.md (the source tree's docs) lists the families.
 """
 
 import logging

@@ -5,7 +5,7 @@ The first occurrence of a kind after a quiet interval is logged at once, with it
 source and the reason); the next ones within the interval are only counted, and the line that
 ends the interval (the next occurrence after it, or `flush()`, which the caller's loop calls
 once in a while) says how many there were and gives the detail of the last one. A flood of
-20,000 forged datagrams is then two or three lines, never 20,000 (docs/design.md section 6.2).
+20,000 forged datagrams is then two or three lines, never 20,000 (design.md section 6.2).
 
 Kinds must be few and fixed (a category, never a source address): one entry per kind is kept.
 Not thread-safe: one per receiving loop.

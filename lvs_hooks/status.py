@@ -2,7 +2,7 @@
 
 `summarize` is pure (tested with plain values); `build_status` gathers the values from the kernel
 and the snapshot store, and the templates from the agent's table in memory when it is the table
-and a whole read of /proc/net/ip_vs_conn would be over table.read_budget (docs/design.md 2.4:
+and a whole read of /proc/net/ip_vs_conn would be over table.read_budget (design.md 2.4:
 160,000 lines took minutes); connections are then the kernel's per-real-server counters.
 """
 

@@ -5,7 +5,7 @@ directories root writes in and the proc tree it writes sysctls through, the run 
 the locks and the agent's socket, the state directory the snapshots root reseeds the kernel from.
 So, as keepalived does for its scripts (`enable_script_security`), each of them and every
 directory above it must be owned by root and writable by nobody else; otherwise the command
-refuses with one line naming the path and what is wrong (docs/design.md section 6.3).
+refuses with one line naming the path and what is wrong (design.md section 6.3).
 
 The rule, component by component from `/` down to the path (as sudo and OpenSSH check theirs):
 - owned by root (or by the expected owner a test injects);

@@ -17,7 +17,7 @@ def ready_cmd(app: AppContext, as_json: bool) -> None:
     """Whether this director's table is warm enough to preempt: exit 0 if so, 1 if not.
 
     Also writes the warm-up track file (0 or 1) that keepalived's track_file reads. For a
-    vrrp_script with a negative weight; see etc/keepalived/lvs-hooks-warmup.conf.
+    vrrp_script with a negative weight; see /usr/share/doc/lvs-hooks/lvs-hooks-warmup.conf.
     """
     r = refresh_detail(app.config, log_change=False)
     d = r.decision

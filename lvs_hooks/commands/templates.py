@@ -170,7 +170,7 @@ def _render_reseed(r: dict) -> str:
     "--check",
     is_flag=True,
     help="One line and a monitoring plugin's exit code: 0 OK, 1 WARNING, 2 CRITICAL, "
-    "3 UNKNOWN (docs/monitoring.md). Reads no connection table.",
+    "3 UNKNOWN. Reads no connection table.",
 )
 @json_option
 @pass_app

@@ -17,7 +17,7 @@ looped back) is refused as "own-name".
 
 The receive buffer is large (SO_RCVBUFFORCE as root, else SO_RCVBUF up to net.core.rmem_max) and
 `recv` takes every datagram queued before it waits, so that a genuine message queued behind a
-flood is read, not dropped for lack of room (docs/design.md section 5.8).
+flood is read, not dropped for lack of room (design.md section 5.8).
 """
 
 import collections

@@ -16,14 +16,14 @@ Version 2 (magic LVSH2) added `to` (the recipient: a director's sender name, or 
 director), `epoch` (16 random hex digits, new each time a sender starts) and `seq` (1, 2, ... per
 message within an epoch). Wire compatibility: a version-1 datagram (LVSH1) is refused as
 category "version" and a version-1 reader takes a version-2 datagram for no control message at
-all, so the two versions do not talk: upgrade both directors together (docs/design.md section
+all, so the two versions do not talk: upgrade both directors together (design.md section
 5.8). Pushes still reach the kernels of peers of either version; only their announcement is lost.
 
 Authentication says a key holder made the message, not when: a captured datagram sent again
 would authenticate as well. The ReplayGuard refuses a message whose timestamp is more than
 max_skew seconds from our clock, and within that window one whose sender and epoch it has seen
 with a sequence number as high or higher; it keeps that window in a file, so that a restarted
-receiver still refuses what it accepted before (docs/design.md section 6.2).
+receiver still refuses what it accepted before (design.md section 6.2).
 """
 
 import hashlib

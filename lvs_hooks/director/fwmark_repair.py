@@ -4,14 +4,14 @@ The kernel master keys a fwmark template `<IP, caddr, 0, mark, 0, rip, 0>`: port
 real server's port. The backup binds a synced template to a real server by address and port; in
 NAT mode a real server with a port never matches port 0, so the template stays unbound, and at
 the takeover the client's first packet finds a template without a real server: it is
-invalidated and the client scheduled afresh (docs/design.md section 3.7, checked in the lab). A
+invalidated and the client scheduled afresh (design.md section 3.7, checked in the lab). A
 template that carries the real server's port binds and is honoured.
 
 IPVS never re-points a template (a sync message for its key only updates timeout, state and a
 few flags), so an unbound one must go before a good one can come: it is given a timeout of 1 s,
 and once it has expired it is put back with the real server's port and what was left of its
 life. The master's sync refreshes a template at every packet of its client (templates are
-synced with their connections, docs/design.md section 3.8), which re-arms the long timeout: a busy
+synced with their connections, design.md section 3.8), which re-arms the long timeout: a busy
 client's template is repaired only when the master falls silent. A dead master falls silent at
 once, and VRRP needs about three advertisement intervals to notice, so the repair, looking
 every second, is done before the takeover. An unbound template is of no use to anyone, so

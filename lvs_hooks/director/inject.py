@@ -9,7 +9,7 @@ hands them here. This path owns what they must not each get right on their own:
 - a last look, under the lock, whether the plan still holds (`proceed`): a periodic duty
   planned from a table read without the lock, and a transition may have changed the role since;
 - the IPVS session, the receiving backup daemon, the paced local sender and the verification
-  (reseed.runner, docs/design.md sections 3.4 to 3.6);
+  (reseed.runner, design.md sections 3.4 to 3.6);
 - the ledger of injected templates (director.ledger), written only here.
 """
 
@@ -72,7 +72,7 @@ def inject(
         if verify and live is not None and live.ready:
             within, entries = live.within_budget()
             if not within:
-                # a whole read per verification round would cost minutes (docs/design.md 2.4)
+                # a whole read per verification round would cost minutes (design.md 2.4)
                 overrides["by_counts"] = True
                 log.info("%s: %d entries by the kernel's counters, over table.read_budget: "
                          "verified by the per-real-server counts", by, entries)

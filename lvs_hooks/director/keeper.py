@@ -4,7 +4,7 @@ The kernel keeps its own templates alive while they control connections: when th
 template fires and connections still point at it, it is re-armed (60 s). Templates that came
 from the old master by the sync protocol are never linked to the synced connections, so on the
 new master they expire on their own timer while the client's flow goes on; the client's next
-flow is then scheduled afresh, maybe to another real server (docs/design.md section 1.2).
+flow is then scheduled afresh, maybe to another real server (design.md section 1.2).
 
 The keeper reads the table once per period and renews (through the local sync path, TTL 0) each
 template that is about to expire while its client still has a connection entry to the same

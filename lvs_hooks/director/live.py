@@ -3,13 +3,13 @@
 The agent's loop feeds it (sync datagrams heard as backup, captured as they leave as master),
 the inject path tells it what lvs-hooks sent, the periodic duties and the transitions read it
 instead of /proc/net/ip_vs_conn, whose whole read the kernel serves in time quadratic in the
-table's size (docs/design.md 2.4). It counts as the table only once a reconciliation has
+table's size (design.md 2.4). It counts as the table only once a reconciliation has
 filled it (at the agent's start, a read of /proc within table.read_budget); before that, and in
 every process without an agent, the duties read the kernel's table as they always did.
 
 A reconciliation replaces the contents with what one read showed: an entry the stream brought
 during that read and the read did not show is dropped, and comes back with the next message
-for it (a master re-sends a template with every packet of its client, docs/design.md 3.8).
+for it (a master re-sends a template with every packet of its client, design.md 3.8).
 """
 
 import contextlib
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def kernel_entries() -> int:
     """The entries of the kernel's table by its per-real-server counters: one netlink dump, no
-    read of the table (docs/design.md 2.5)."""
+    read of the table (design.md 2.5)."""
     with IPVS() as ipvs:
         return sum(c.active + c.inactive + c.persistent for c in ipvs.dest_counts())
 
@@ -48,7 +48,7 @@ def count_drift(
 ) -> Dict[Tuple[Tuple, str, int], Tuple[int, int]]:
     """(table, kernel) template counts of the real servers where the two differ. Only real
     servers the kernel knows: a template naming port 0 (a kernel master's fwmark template) or
-    a gone real server is bound to none, and counted by none (docs/design.md 2.5)."""
+    a gone real server is bound to none, and counted by none (design.md 2.5)."""
     return {k: (table.get(k, 0), n) for k, n in kernel.items() if table.get(k, 0) != n}
 
 
@@ -110,7 +110,7 @@ class LiveTable:
         What the stream brings during the read stays (TemplateTable.begin_reconcile). A
         template the table holds and the read did not show is dropped only if a second read
         does not show it either: a read of a changing table can skip entries
-        (docs/design.md 2.4), and a template dropped here while its client's connection lives
+        (design.md 2.4), and a template dropped here while its client's connection lives
         on is one the keeper would not renew."""
         t0 = time.monotonic()
         with self.lock:

@@ -9,7 +9,7 @@ the inject path. For each pushed template key:
 - stale: the table names another real server (the backup kept a template the master has since
   replaced). IPVS never re-points a template, so it is expired (timeout 1) and sent anew, but
   only when none of this client's connections to the service is left in the table: a
-  connection that still uses the old real server keeps it (docs/design.md section 3.6).
+  connection that still uses the old real server keeps it (design.md section 3.6).
 """
 
 import logging

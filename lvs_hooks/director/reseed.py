@@ -100,7 +100,7 @@ def _reseed_from_table(
     heard of since its last loss has ended: TableUpkeep), and it holds what the kernel holds,
     so the only templates that need sending are those the kernel's own sync got wrong: the
     fwmark templates it delivered with port 0, and those this process was repairing as backup
-    (docs/design.md 3.7). That set is found without building the others: a takeover on a table
+    (design.md 3.7). That set is found without building the others: a takeover on a table
     of 200,000 costs what it costs on one of 1,000."""
     cfg = director.cfg
     with IPVS() as ipvs:

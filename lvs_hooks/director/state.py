@@ -40,7 +40,7 @@ class Director:
         which without building the others).
 
         The table in memory replaces only the reads that are expensive: it can differ from the
-        kernel's (a datagram the kernel's socket dropped and the listener heard, docs/design.md
+        kernel's (a datagram the kernel's socket dropped and the listener heard, design.md
         3.5; a template the kernel re-armed for its connections, whose re-send is batched), and
         where the kernel's word is cheap, it is the one to plan from."""
         live = self.live

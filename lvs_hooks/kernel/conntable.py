@@ -178,7 +178,7 @@ def read_conn_table(
 
 
 # A whole read costs the kernel a walk of its table per read() call (quadratic in its size,
-# docs/design.md section 2.4): every one is logged with its reason and cost, at INFO once it
+# design.md section 2.4): every one is logged with its reason and cost, at INFO once it
 # takes this long, at DEBUG below (the periodic duties of a small director read every second).
 SLOW_READ_MS = 100.0
 

@@ -260,7 +260,7 @@ def decode_timeouts(msg) -> Timeouts:
 
 # The counters the kernel puts in every real server of a GET_DEST reply (ip_vs_genl_fill_dest,
 # net/netfilter/ipvs/ip_vs_ctl.c), inside IPVS_CMD_ATTR_DEST (include/uapi/linux/ip_vs.h). All
-# three have been there since the IPVS netlink interface itself (2008, docs/design.md 2.5);
+# three have been there since the IPVS netlink interface itself (2008, design.md 2.5);
 # pyroute2's dest nla already declares them as uint32.
 #
 # | attribute                    | number | type | kernel field       | counts                  |
@@ -270,7 +270,7 @@ def decode_timeouts(msg) -> Timeouts:
 # | IPVS_DEST_ATTR_PERSIST_CONNS | 9      | u32  | dest->persistconns | templates bound to it   |
 #
 # ip_vs_bind_dest counts an entry when it is bound to the real server, ip_vs_unbind_dest when it
-# goes: a template that found no real server (docs/design.md 3.7) is in no count.
+# goes: a template that found no real server (design.md 3.7) is in no count.
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ class DestCounts:
     """How many entries of the table are bound to one real server of one service.
 
     Apart from Destination on purpose: snapshots compare Destinations for equality, and these
-    change with every client. Counts carry no keys (docs/design.md 2.5)."""
+    change with every client. Counts carry no keys (design.md 2.5)."""
 
     service_key: Tuple  # Service.key()
     addr: str

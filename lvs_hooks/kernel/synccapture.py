@@ -1,4 +1,4 @@
-"""Capture, on a master, the sync datagrams its own kernel sends (docs/design.md section 3.8).
+"""Capture, on a master, the sync datagrams its own kernel sends (design.md section 3.8).
 
 As master, the kernel sends every template and connection change to the sync group. Reading
 them as they leave keeps a table fed without reading /proc/net/ip_vs_conn, which is quadratic
@@ -146,7 +146,7 @@ def _ad(n: int) -> int:
 def build_filter(port: int, ports: int = 1) -> List[Insn]:
     """The classic BPF program: outgoing UDP to port .. port + ports - 1, or nothing.
 
-    The sync daemon's thread i uses port + i (sysctl sync_ports, docs/design.md 3.9). With
+    The sync daemon's thread i uses port + i (sysctl sync_ports, design.md 3.9). With
     SOCK_DGRAM, offset 0 is the IP header. A load beyond the packet ends the program with 0.
 
     | #  | instruction              | meaning                                               |

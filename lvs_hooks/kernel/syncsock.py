@@ -3,7 +3,7 @@
 The backup daemon's socket is bound to the sync group and port on the sync interface and
 accepts multicast only. A datagram sent from this host reaches it only when it leaves through
 the sync interface (IP_MULTICAST_IF) with IP_MULTICAST_LOOP on. With TTL 0 the looped copy is
-the only one: nothing reaches the wire (docs/design.md section 3.4, checked in the lab).
+the only one: nothing reaches the wire (design.md section 3.4, checked in the lab).
 
 The kernel drops whole datagrams when that socket's receive buffer is full, silently (only
 RcvbufErrors counts them), so the sender watches the socket's rx_queue in /proc/net/udp and

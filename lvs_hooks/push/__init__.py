@@ -11,6 +11,6 @@ every backup's kernel holds the whole set, not only the templates of clients see
   whole (same datagrams, same order, same digest) and a socket that listens to the sync group
   beside the kernel's backup daemon.
 
-See docs/design.md section 3.6 for what the receiving kernel does with these messages: it never
+See design.md section 3.6 for what the receiving kernel does with these messages: it never
 re-points a template it already holds, so a push only adds templates and refreshes timeouts.
 """

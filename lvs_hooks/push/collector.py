@@ -21,7 +21,7 @@ push from the same socket) do not matter: only the last ones are compared.
 The agent always passes the source an authenticated push-begin announced (address and port):
 only that stream counts, so a datagram spoofed with the sender's address from any other port
 cannot spoil the push. What else arrives is counted (`foreign`: another address; `other_ports`:
-the sender's address, another port), for the agent to log and show (docs/design.md section 6.1).
+the sender's address, another port), for the agent to log and show (design.md section 6.1).
 
 PushCollector is pure (no I/O, no clock). SyncGroupListener is a thin socket.
 """

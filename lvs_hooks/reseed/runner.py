@@ -120,8 +120,8 @@ def run_reseed(
 
     Without `verify` (the keeper's renewals of templates that are there already), the table is
     not read again: the send ends when the backup daemon has taken every datagram. With
-    `by_counts` (a table too large to read whole, docs/design.md 2.4), each real server's count
-    of templates (netlink, docs/design.md 2.5) must grow by what was sent to it: the planners
+    `by_counts` (a table too large to read whole, design.md 2.4), each real server's count
+    of templates (netlink, design.md 2.5) must grow by what was sent to it: the planners
     send only templates the table lacks, so each arrival adds one there.
     """
     t0 = clock()

@@ -3,11 +3,11 @@
 
 On a million templates snapshot.encode spends most of its time building and serialising one
 list per row; the table renders its rows from interned pieces instead (`json_rows`). The format
-is snapshot.py's (docs/design.md 5.10): a header line with counts, body length and SHA-256,
+is snapshot.py's (design.md 5.10): a header line with counts, body length and SHA-256,
 then the body. The body is built in memory: the header, which comes first, needs its length and
 digest.
 
-`tests/unit/test_table_dump.py` checks that both give the same bytes.
+A unit test checks that both give the same bytes.
 """
 
 import hashlib

@@ -1,7 +1,7 @@
 """Sync datagrams as the in-memory table takes them: the entries a receiving kernel would apply.
 
-`decode(datagram)` turns one datagram (version 1 or 0, docs/design.md 3.2) into rows, in the
-datagram's order, with the kernel's acceptance rules (docs/design.md 3.3, `ip_vs_process_message`
+`decode(datagram)` turns one datagram (version 1 or 0, design.md 3.2) into rows, in the
+datagram's order, with the kernel's acceptance rules (design.md 3.3, `ip_vs_process_message`
 and `ip_vs_proc_sync_conn`):
 
 - a datagram shorter than a header, or whose length is not its `size` field, is dropped whole;
@@ -23,7 +23,7 @@ conntable reads /proc's PE columns). Version 0 entries become the same rows, wit
 timeout 0 (v0 carries neither).
 
 The fast path: a kernel master fills datagrams with plain IPv4 entries, 36 bytes each, no
-options (docs/design.md 3.8). When the size says exactly that and the type and ver_size bytes of
+options (design.md 3.8). When the size says exactly that and the type and ver_size bytes of
 every entry agree (checked with stepped slices, in C), the rows come from one `iter_unpack` over
 the datagram. The same holds for datagrams of plain IPv6 entries (72 bytes). Anything else is
 walked entry by entry with kernel/syncproto's own entry decoder.

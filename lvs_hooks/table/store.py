@@ -1,16 +1,16 @@
 """The director's persistence templates in memory, and what it knows of its clients' connections.
 
 Every decision used to start with a whole read of /proc/net/ip_vs_conn, which the kernel serves
-in quadratic time (docs/design.md 2.4). `TemplateTable` keeps instead, fed by the sync stream
+in quadratic time (design.md 2.4). `TemplateTable` keeps instead, fed by the sync stream
 (`ingest`), by lvs-hooks' own injections (`note_injected`) and by a /proc read when one is cheap
 (`reconcile`):
 
 - every template, by its identity in the kernel (protocol, client, virtual address or fwmark
-  address, virtual port: docs/design.md 2.2), with its real server, its state, forwarding
+  address, virtual port: design.md 2.2), with its real server, its state, forwarding
   method, origin and deadline;
 - per client and service, the latest deadline of any connection heard of: not the connections
   one by one (there are many more of them), only what the keeper and the push check ask, "does
-  this client still have a connection to this service" (docs/design.md 2.7, 5.2).
+  this client still have a connection to this service" (design.md 2.7, 5.2).
 
 It answers in the shapes the pure planners take (`templates`, `client_counts`), so that they run
 on it unchanged, and dumps a snapshot (`dump`).
@@ -31,7 +31,7 @@ Compact on purpose (a million templates is a real table): no object per entry bu
     client value    the deadline in whole seconds since the epoch, rounded up, interned: clients
                     share a few thousand distinct values.
 
-Expiry as the kernel's (docs/design.md 2.6): an entry whose deadline has passed is gone for every
+Expiry as the kernel's (design.md 2.6): an entry whose deadline has passed is gone for every
 query at once; `expire` releases the memory. It is amortised: a wheel of buckets by deadline
 second, lazy (an entry whose deadline moves later keeps its old bucket and is moved on when that
 bucket comes due; one that moves earlier gets a second reference), so a busy template re-sent at
@@ -40,15 +40,15 @@ every packet costs no wheel work, and `expire` touches only what came due.
 Simplifications, each on the side of the planners' safety:
 
 - **No re-arm.** The kernel re-arms a template whose timer fires while connections are attached
-  to it (60 s, docs/design.md 2.6). The table cannot tell attached connections from others: on
+  to it (60 s, design.md 2.6). The table cannot tell attached connections from others: on
   a backup, and for synced templates on a new master, connections are never attached
-  (docs/design.md 2.7), and those templates do die under live flows: that is what the keeper is
-  for (docs/design.md 1.2). Modelling a re-arm from the client's connection deadline would show
+  (design.md 2.7), and those templates do die under live flows: that is what the keeper is
+  for (design.md 1.2). Modelling a re-arm from the client's connection deadline would show
   the keeper a template the kernel has dropped, and it would not renew it. So a template ends at
   its deadline here. A master's own re-armed templates are re-sent by its daemon at that moment
-  (docs/design.md 3.8), and the captured stream brings them back within its batching delay; until
+  (design.md 3.8), and the captured stream brings them back within its batching delay; until
   then the table shows one template fewer than the kernel, and the planners err by a renewal or a
-  re-injection that the kernel takes as a timeout update (docs/design.md 3.6).
+  re-injection that the kernel takes as a timeout update (design.md 3.6).
 - **A master's own templates may end later here than in its kernel.** A master sends a template
   with every packet of a connection it controls, always with its whole timeout, but its kernel
   restarts the template's timer only when a new connection is scheduled under it (a packet of
@@ -62,12 +62,12 @@ Simplifications, each on the side of the planners' safety:
   message that shortens one connection (TIME_WAIT, CLOSE) cannot shorten the client's deadline:
   another connection of the same client may still run. A client may count as connected for up to
   one connection timeout after its last connection really closed; keeping a template too long
-  costs a little, dropping one costs a client (docs/design.md 2.7). A reconcile with a full /proc
+  costs a little, dropping one costs a client (design.md 2.7). A reconcile with a full /proc
   read sets the exact figure. `client_counts` says 1 per client, not how many connections: the
   planners only ask whether there is one.
-- **What cannot be seen is not guessed**: a template the kernel invalidated (docs/design.md
-  2.2), one a backup never bound (docs/design.md 3.7), a datagram a backup's socket dropped
-  (docs/design.md 3.5) show only after a reconcile.
+- **What cannot be seen is not guessed**: a template the kernel invalidated (design.md
+  2.2), one a backup never bound (design.md 3.7), a datagram a backup's socket dropped
+  (design.md 3.5) show only after a reconcile.
 
 Not thread-safe: one thread feeds and queries it, or the caller holds a lock. `now` is a monotonic
 clock in seconds and must not go backwards.
@@ -168,7 +168,7 @@ class FeedStats:
     datagrams: int = 0
     entries: int = 0  # rows applied: templates + connections
     templates_new: int = 0
-    templates_updated: int = 0  # an existing key: timeout and state only (docs/design.md 3.6)
+    templates_updated: int = 0  # an existing key: timeout and state only (design.md 3.6)
     connections: int = 0
     malformed: int = 0  # datagrams the kernel would drop in whole or in part
     skipped: int = 0  # entries the kernel skips alone (protocol, state, options, PE)
@@ -306,7 +306,7 @@ class TemplateTable:
     """Templates and client connection deadlines of one director (see the module docstring)."""
 
     def __init__(self, syncid: int = 0) -> None:
-        # Like a backup daemon: 0 takes every syncid (docs/design.md 3.3).
+        # Like a backup daemon: 0 takes every syncid (design.md 3.3).
         self.syncid = syncid
         self.stats = FeedStats()
         self._epoch: Optional[int] = None  # ms of the first `now` seen
@@ -425,7 +425,7 @@ class TemplateTable:
     # ------------------------------------------------------------------ feeds
 
     def ingest(self, datagram: bytes, now: float, origin: Optional[str] = None) -> int:
-        """Apply one sync datagram as a backup kernel would (docs/design.md 3.3, 3.6): the number
+        """Apply one sync datagram as a backup kernel would (design.md 3.3, 3.6): the number
         of entries applied. Never raises on bad bytes: counted in `stats`.
 
         `origin` is what /proc/net/ip_vs_conn_sync would show for an entry this datagram creates:
@@ -450,7 +450,8 @@ class TemplateTable:
 
     def _apply(self, rows: Iterable[Any], now_ms: int, obits: int) -> int:
         """The hot path: rows of feed.decode into the dicts. Written out, with locals, because
-        it runs for every entry of the sync stream (bench/bench_table.py)."""
+        it runs for every entry of the sync stream (measured by the source tree's
+        bench_table.py)."""
         tpl, clients, seconds = self._tpl, self._clients, self._seconds
         v4, v6, d4, d6, masks = self._v4, self._v6, self._d4, self._d6, self._masks
         tw, cw = self._twheel, self._cwheel
@@ -499,7 +500,7 @@ class TemplateTable:
                 if old is not None:
                     odl = (old >> _DL_SHIFT) & _DL_MAX
                     if odl > now_ms:
-                        # docs/design.md 3.6: timeout and state, never the real server.
+                        # design.md 3.6: timeout and state, never the real server.
                         tpl[key] = (old & _KEEP_ON_UPDATE) | (dl << _DL_SHIFT) | st | genbit
                         if dl // 1000 < odl // 1000:
                             tw.add(dl // 1000, key)
@@ -597,16 +598,16 @@ class TemplateTable:
         return True
 
     def note_injected(self, planned: Iterable[PlannedTemplate], now: float) -> int:
-        """What lvs-hooks sent into this kernel (the inject path, docs/design.md 5.3): the number
+        """What lvs-hooks sent into this kernel (the inject path, design.md 5.3): the number
         of templates taken.
 
-        The kernel takes them as any sync message (docs/design.md 3.6): a template that exists
+        The kernel takes them as any sync message (design.md 3.6): a template that exists
         keeps its real server and gets the new timeout and state ASSURED (what lvs-hooks sends).
         A template planned with `replace` is re-pointed: the inject path expired the old one first
-        (a 1 s send, then a wait until it is gone, docs/design.md 5.3 step 5). A template sent with
+        (a 1 s send, then a wait until it is gone, design.md 5.3 step 5). A template sent with
         timeout 1 to make it expire (the fwmark repair, the first half of a replace) is noted like
         any other: it then ends within a second here as in the kernel. New templates show as SYNC:
-        the kernel cannot tell an injected entry from a synced one (docs/design.md 2.3).
+        the kernel cannot tell an injected entry from a synced one (design.md 2.3).
         """
         now_ms = self._ms(now)
         gen = _GEN if self._gen else 0
@@ -637,7 +638,7 @@ class TemplateTable:
     def begin_reconcile(self) -> None:
         """Call before the read of /proc that `reconcile` will take: from now on what the stream
         brings is marked as heard, and a read that started before it came (or that the kernel's
-        position-based walk skipped, docs/design.md 2.4) cannot drop it."""
+        position-based walk skipped, design.md 2.4) cannot drop it."""
         self._gen ^= 1
         self._touched = set()
 
@@ -1072,7 +1073,7 @@ class TemplateTable:
         """Templates per (service key as Service.key(), real server address, port), for a
         comparison with netlink's per-real-server PERSIST_CONNS (kernel/netlink.DestCounts).
         The real server is the one the template names: a fwmark template from a kernel master
-        names port 0 (docs/design.md 3.7), and the kernel counts only bound templates. With `now`,
+        names port 0 (design.md 3.7), and the kernel counts only bound templates. With `now`,
         only live ones."""
         now_ms = None if now is None else self._ms(now)
         pairs: Counter = Counter()
