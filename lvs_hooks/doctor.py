@@ -6,7 +6,11 @@ showed, the lvs-hooks config, what the script paths look like on disk) returning
 `gather` does the I/O and degrades: without IPVS (or without keepalived.conf) the checks that
 need it are skipped and a note says so; nothing here may crash a doctor.
 
-Exit code: 0 no finding above "info", 1 warnings, 2 errors.
+Exit code: 0 no finding above "info", 1 warnings, 2 errors, 3 nothing to check (no
+keepalived.conf it could read and no IPVS service either, or the file it was named unreadable).
+
+Offline, per persistent service, `lifetimes` says how long a template lives on the master and on
+the backup (design.md sections 1.5 and 2.6): the output has it after the findings.
 """
 
 import ipaddress
@@ -43,6 +47,11 @@ SEVERITIES = ("error", "warning", "info")
 KERNEL_DEFAULT_TIMEOUTS = {"tcp": 900, "tcpfin": 120, "udp": 300}  # ip_vs_proto_{tcp,udp}.c
 SLOPPY_TCP_SINCE = (3, 11)
 TCP_KEEPALIVE_DEFAULT = 7200  # net.ipv4.tcp_keepalive_time
+REARM = 60  # ip_vs_conn_expire: a template with connections attached is re-armed for 60 s
+SYNC_V0_TIMEOUT = 180  # a backup daemon's timeout for a template without one (version 0)
+VRRP_PROTOCOL = 112
+DOC_DIR = "/usr/share/doc/lvs-hooks"  # the packaged keepalived examples
+UNKNOWN = 3
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,11 @@ class DoctorInput:
     # One line per path lvs-hooks would refuse to trust (lvs_hooks.trust): the command refuses
     # to run there, doctor lists them all.
     untrusted: List[str] = field(default_factory=list)
+    # What doctor needed and could not read, one line each (exit 3 when nothing was left).
+    unread: List[str] = field(default_factory=list)
+    conf_named: bool = False  # the keepalived.conf was named on the command line
+    # `keepalived -t -f FILE`: its exit code and its complaints; None: not run (not installed)
+    keepalived_test: Optional[Tuple[int, Tuple[str, ...]]] = None
 
     # -- shared questions
 
@@ -200,9 +214,9 @@ def check_conf_files(d: DoctorInput) -> List[Finding]:
                 "error",
                 d.conf_error,
                 (d.conf_path,),
-                "Fix the file at the line named: keepalived reads it otherwise than it looks "
-                "(it logs the problem and goes on with what it understood). `keepalived -t -f "
-                "FILE` checks a file.",
+                "Correct the line named: keepalived reads the file otherwise than it looks (it "
+                "logs the problem and goes on with what it understood). `keepalived -t -f FILE` "
+                "checks a file.",
             )
         )
     if d.setup is None:
@@ -249,6 +263,25 @@ def check_conf_files(d: DoctorInput) -> List[Finding]:
                 )
             )
     return out
+
+
+def check_keepalived_test(d: DoctorInput) -> List[Finding]:
+    """What `keepalived -t -f FILE` complained of: one finding per line it printed."""
+    if d.keepalived_test is None:
+        return []
+    rc, lines = d.keepalived_test
+    severity = "error" if rc != 0 else "warning"
+    return [
+        Finding(
+            "keepalived-test",
+            severity,
+            f"keepalived -t: {line}",
+            (f"`keepalived -t -f {d.conf_path}` exits {rc}",),
+            "keepalived reads the file otherwise than it looks: correct the line or the option "
+            "named, then `keepalived -t -f FILE` again (it prints nothing when all is well).",
+        )
+        for line in lines
+    ]
 
 
 # ---- checks: sync ------------------------------------------------------------------------------
@@ -690,15 +723,25 @@ def check_colocated(d: DoctorInput) -> List[Finding]:
                     how,
                 ),
                 "The backup has the virtual server loaded and the VIP on lo, so it balances "
-                "again what the master forwarded to it, back to the master: a loop. "
-                "Mark packets that do not come from the peer director's MAC (iptables -t mangle "
-                "... -m mac ! --mac-source PEER -j MARK --set-mark N) and use `virtual_server "
-                "fwmark N`; or REDIRECT the VIP to the local stack on the backup only, swapped on "
-                "every transition. backup_only=1 helps only when the backup daemon runs on the "
-                "backup alone (lvs_sync_daemon IF INSTANCE).",
+                "again what the master forwarded to it, back to the master: a loop. Let "
+                "lvs-hooks keep the rules: in the lvs-hooks config, rules: {peers: [PEER "
+                "DIRECTOR], services: [" + _rule_example(vs) + "]} (`lvs-hooks init "
+                "--from-keepalived` writes it), keepalived running lvs-hooks (it swaps the rules "
+                "on every transition), and `systemctl enable lvs-hooks-rules.service` (the "
+                "backup's rules at boot, before keepalived); `lvs-hooks rules verify` checks them.",
             )
         )
     return out
+
+
+def _rule_example(vs: VirtualServer) -> str:
+    """The lvs-hooks rules.services entry that protects `vs`, as YAML flow text."""
+    if vs.fwmark is not None:
+        return f"{{vip: VIP, mode: fwmark, fwmark: {vs.fwmark}}}"
+    return (
+        f"{{vip: {vs.addr}, port: {vs.port or 0}, protocol: {vs.protocol.lower()}, "
+        "mode: redirect}"
+    )
 
 
 def check_backup_only(d: DoctorInput) -> List[Finding]:
@@ -849,7 +892,7 @@ def check_hooks_wired(d: DoctorInput) -> List[Finding]:
             "table. In global_defs: vrrp_notify_fifo "
             "/run/lvs-hooks/vrrp.fifo and vrrp_notify_fifo_script "
             '"/usr/libexec/keepalived/lvs-hooks fifo" '
-            "(etc/keepalived/lvs-hooks-fifo.conf).",
+            f"({DOC_DIR}/lvs-hooks-fifo.conf).",
         )
     ]
 
@@ -991,7 +1034,7 @@ def check_warmup_gate(d: DoctorInput) -> List[Finding]:
                     "Give it a negative weight larger than the priority gap between the "
                     "directors (e.g. weight -60 for priorities 150 and 100): a cold director "
                     "then stays below its peer but still takes over when it is alone. See "
-                    "etc/keepalived/lvs-hooks-warmup.conf.",
+                    f"{DOC_DIR}/lvs-hooks-warmup.conf.",
                 )
             )
     return out
@@ -1037,11 +1080,63 @@ def check_preemption(d: DoctorInput) -> List[Finding]:
                 "scheduled afresh. Use nopreempt with state BACKUP on "
                 "every director, or gate preemption on lvs-hooks' warm-up gate: run "
                 "lvs-hooks-agent.service and add its track file (track_file, negative weight; "
-                "etc/keepalived/lvs-hooks-warmup.conf), or a vrrp_script running `lvs-hooks "
+                f"{DOC_DIR}/lvs-hooks-warmup.conf), or a vrrp_script running `lvs-hooks "
                 "ready` in track_script.",
             )
         )
     return out
+
+
+def _control_port(d: DoctorInput) -> int:
+    return int(getattr(getattr(d.hooks, "control", None), "port", 8849))
+
+
+def _sync_port(d: DoctorInput) -> int:
+    s = d.setup
+    if s is not None and s.sync_daemon is not None and s.sync_daemon.port:
+        return int(s.sync_daemon.port)
+    return int(getattr(getattr(d.hooks, "sync", None), "port", 8848))
+
+
+def ports_line(d: DoctorInput) -> str:
+    """The ports to open between the directors (a note: doctor cannot see the peer's firewall)."""
+    return (
+        f"open between the directors: VRRP (IP protocol {VRRP_PROTOCOL}) on keepalived's "
+        f"interface; {_sync_port(d)}/udp (the sync daemon and lvs-hooks' pushes) and "
+        f"{_control_port(d)}/udp (lvs-hooks' control channel) on the sync interface"
+    )
+
+
+def check_warmup_control_key(d: DoctorInput) -> List[Finding]:
+    """A warm-up gate turns warm on a complete push, which needs the control channel."""
+    s = d.setup
+    if s is None:
+        return []
+    control = getattr(d.hooks, "control", None)
+    if control is None or getattr(control, "key_file", None):
+        return []
+    gated = [inst for inst in s.lvs_instances() if _gated(s, inst)]
+    if not gated:
+        return []
+    inst = gated[0]
+    return [
+        Finding(
+            "warmup-gate-no-control-key",
+            "warning",
+            f"{inst.name}: the lvs-hooks warm-up gate waits for a push, but lvs-hooks has no "
+            "control key: no push is ever confirmed",
+            (
+                _at(inst.item, f"vrrp_instance {inst.name}: the lvs-hooks warm-up gate"),
+                "lvs-hooks control.key_file: null"
+                + (f" ({d.hooks_config_path})" if d.hooks_config_path else " (built-in default)"),
+            ),
+            "Without the control channel a director turns warm only from its own snapshot's "
+            "reseed or after warmup.max_wait, and `handover` refuses to run. Write a key (head "
+            "-c 32 /dev/urandom | base64 > /etc/lvs-hooks/control.key, mode 0600), copy it to "
+            "every director, set control.key_file: /etc/lvs-hooks/control.key and open "
+            f"{_control_port(d)}/udp between the directors.",
+        )
+    ]
 
 
 def check_trust(d: DoctorInput) -> List[Finding]:
@@ -1053,7 +1148,7 @@ def check_trust(d: DoctorInput) -> List[Finding]:
             "lvs-hooks refuses to run: a path it trusts may be changed by someone other than root",
             (line,),
             "make the path and every directory above it owned by root and not writable by group "
-            "or others (docs/design.md section 6.3)",
+            "or others",
         )
         for line in d.untrusted
     ]
@@ -1062,6 +1157,7 @@ def check_trust(d: DoctorInput) -> List[Finding]:
 CHECKS: Tuple[Callable[[DoctorInput], List[Finding]], ...] = (
     check_trust,
     check_conf_files,
+    check_keepalived_test,
     check_sync_daemon,
     check_sync_version,
     check_syncid,
@@ -1077,16 +1173,91 @@ CHECKS: Tuple[Callable[[DoctorInput], List[Finding]], ...] = (
     check_timeouts_owner,
     check_preemption,
     check_warmup_gate,
+    check_warmup_control_key,
 )
 
 
-def exit_code(findings: Sequence[Finding]) -> int:
+def exit_code(findings: Sequence[Finding], unknown: bool = False) -> int:
+    """2 errors; 3 nothing could be checked (`unknown`); 1 warnings; 0 none."""
     severities = {f.severity for f in findings}
     if "error" in severities:
         return 2
+    if unknown:
+        return UNKNOWN
     if "warning" in severities:
         return 1
     return 0
+
+
+def nothing_to_check(d: DoctorInput) -> bool:
+    """Doctor could not read what it needs: the keepalived.conf it was named, or neither a
+    keepalived.conf nor a live IPVS service."""
+    if d.setup is not None or d.conf_error:
+        return False
+    return d.conf_named or not d.kernel.services
+
+
+# ---- offline answers: how long a template lives ------------------------------------------------
+
+
+def _sync_version(d: DoctorInput) -> Tuple[int, str]:
+    version = parse_release(d.kernel.release)
+    if version is not None and version < SYNC_V1_SINCE:
+        return 0, f"kernel {d.kernel.release}: version 0 only"
+    value = (d.kernel.sysctls.get("sync_version") or "").strip()
+    if value == "0":
+        return 0, "net.ipv4.vs.sync_version = 0"
+    if value:
+        return 1, f"net.ipv4.vs.sync_version = {value}"
+    return 1, "sync_version 1, the default (not read here)"
+
+
+def lifetimes(d: DoctorInput) -> List[dict]:
+    """Per persistent service, how long a template lives on the master and on the backup
+    (design.md 1.5, 2.6): pure, from the configuration and what the kernel showed."""
+    out = []
+    version, vwhy = _sync_version(d)
+    for vs in d.persistent:
+        p = vs.persistence_timeout or DEFAULT_PERSISTENCE_TIMEOUT
+        key = _proto_key(vs)
+        master = (
+            f"{p} s after the client's last new connection; if a connection of the client "
+            f"still lives then, the kernel re-arms it for {REARM} s, every {REARM} s until none "
+            "is left"
+        )
+        if key is not None:
+            t, source = d.timeout(key)
+            if key == "udp" and p > t:
+                master += (
+                    f". Persistence {p} s > udp {t} s ({source}): a UDP flow silent for {t} s "
+                    f"ends before its template; a steady flow outlives it, and from {p} s the "
+                    f"master re-arms the template every {REARM} s"
+                )
+            elif p < t:
+                master += (
+                    f". Persistence {p} s < {key} {t} s ({source}): a connection may outlive the "
+                    f"persistence; from {p} s its template lives in {REARM} s steps"
+                )
+        if version == 0:
+            backup = (
+                f"{SYNC_V0_TIMEOUT} s whatever the master's timeout ({vwhy}: sync messages carry "
+                "no timeout), restarted by each of the master's re-sends"
+            )
+        else:
+            backup = (
+                f"the master's timeout: {p} s, {REARM} s once the master re-armed it ({vwhy}), "
+                "restarted by each of the master's re-sends; after a takeover only lvs-hooks' "
+                "keeper renews it while the client's connections go on"
+            )
+        out.append(
+            {
+                "service": vs.describe(),
+                "persistence_timeout": p,
+                "master": master,
+                "backup": backup,
+            }
+        )
+    return out
 
 
 def run_checks(d: DoctorInput) -> dict:
@@ -1094,6 +1265,7 @@ def run_checks(d: DoctorInput) -> dict:
     findings: List[Finding] = []
     for check in CHECKS:
         findings.extend(check(d))
+    unknown = nothing_to_check(d)
     order = {s: i for i, s in enumerate(SEVERITIES)}
     findings.sort(key=lambda f: order[f.severity])
     counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
@@ -1109,8 +1281,10 @@ def run_checks(d: DoctorInput) -> dict:
         },
         "findings": [f.to_dict() for f in findings],
         "counts": counts,
-        "notes": list(d.notes),
-        "exit_code": exit_code(findings),
+        "lifetimes": lifetimes(d),
+        "unread": list(d.unread),
+        "notes": list(d.notes) + ([ports_line(d)] if s is not None and s.instances else []),
+        "exit_code": exit_code(findings, unknown),
     }
 
 
@@ -1132,9 +1306,20 @@ def render_report(r: dict) -> str:
         for e in f["evidence"]:
             lines.append(f"        evidence: {e}")
         lines.append(f"        fix: {f['fix']}")
+    if r["lifetimes"]:
+        lines.append("")
+        lines.append("how long a template lives (offline):")
+        for x in r["lifetimes"]:
+            lines.append(f"  {x['service']}, persistence_timeout {x['persistence_timeout']}:")
+            lines.append(f"    master: {x['master']}")
+            lines.append(f"    backup: {x['backup']}")
     for n in r["notes"]:
         lines.append(f"note: {n}")
-    if not r["findings"]:
+    for u in r["unread"]:
+        lines.append(f"UNKNOWN: {u}")
+    if r["exit_code"] == UNKNOWN:
+        lines.append("UNKNOWN: nothing to check (--keepalived-conf FILE names keepalived's file)")
+    elif not r["findings"]:
         lines.append(
             "nothing found" + (" (in what could be read: see the notes)" if r["notes"] else "")
         )
@@ -1178,7 +1363,7 @@ def inspect_path(path: str) -> PathInfo:
     return PathInfo(path, real, bool(st.st_mode & 0o111) and stat.S_ISREG(st.st_mode), insecure)
 
 
-def _local_addrs() -> Optional[Tuple[str, ...]]:
+def local_addrs() -> Optional[Tuple[str, ...]]:
     try:
         with IPRoute() as ipr:
             return tuple(a.get_attr("IFA_ADDRESS") for a in ipr.get_addr())
@@ -1222,9 +1407,39 @@ def gather_kernel(proc_root: str = "/proc") -> KernelFacts:
         facts.note = e.format_message()
     except OSError as e:
         facts.note = f"IPVS netlink: {e.strerror or e}"
-    facts.local_addrs = _local_addrs()
+    facts.local_addrs = local_addrs()
     facts.firewall = _firewall_lines()
     return facts
+
+
+def keepalived_test(path: str) -> Optional[Tuple[int, Tuple[str, ...]]]:
+    """`keepalived -t -f path`: its exit code and the lines it printed (at most 20); None when
+    keepalived is not installed or could not be run."""
+    exe = shutil.which("keepalived") or next(
+        (p for p in ("/usr/sbin/keepalived", "/sbin/keepalived") if os.access(p, os.X_OK)), None
+    )
+    if exe is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [exe, "-t", "-f", path],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            timeout=30,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines: List[str] = []
+    for ln in proc.stdout.splitlines():
+        ln = " ".join(ln.split())
+        if ln and ln not in lines:
+            lines.append(ln[:200])
+    if proc.returncode != 0 and not lines:
+        lines.append(f"exit {proc.returncode} without a message")
+    return proc.returncode, tuple(lines[:20])
 
 
 def _users(names) -> Dict[str, int]:
@@ -1250,17 +1465,22 @@ def gather(
     what it cannot read; it says so in the notes or as a finding."""
     path = conf_path or DEFAULT_PATH
     d = DoctorInput(
-        setup=None, hooks=hooks_cfg, conf_path=path, hooks_config_path=hooks_config_path
+        setup=None,
+        hooks=hooks_cfg,
+        conf_path=path,
+        hooks_config_path=hooks_config_path,
+        conf_named=conf_path is not None,
     )
-    try:
-        d.setup = KeepalivedSetup.from_conf(read_keepalived_conf(path))
-    except KeepalivedConfError as e:
-        if conf_path is None and not os.path.exists(path):
-            d.notes.append(
-                f"no keepalived.conf at {path}: keepalived checks skipped (--keepalived-conf FILE)"
-            )
-        else:
+    if not os.path.isfile(path) or not os.access(path, os.R_OK):
+        why = "no such file" if not os.path.lexists(path) else "not a readable file"
+        d.unread.append(f"keepalived.conf {path}: {why}; keepalived checks skipped")
+    else:
+        try:
+            d.setup = KeepalivedSetup.from_conf(read_keepalived_conf(path))
+        except KeepalivedConfError as e:
             d.conf_error = e.format_message()
+        if d.setup is not None:
+            d.keepalived_test = keepalived_test(path)
     d.kernel = kernel if kernel is not None else gather_kernel(proc_root)
     if not d.kernel.ipvs:
         d.notes.append(
@@ -1285,13 +1505,14 @@ def _ip_ok(text: str) -> bool:
         return False
 
 
-def starter_config(setup: KeepalivedSetup) -> str:
+def starter_config(setup: KeepalivedSetup, local_addrs: Sequence[str] = ()) -> str:
     """lvs-hooks YAML derived from keepalived.conf, every value commented with where it came
-    from; what cannot be derived is left to the defaults and said."""
+    from; what cannot be derived is left to the defaults and said. `local_addrs`: this host's
+    addresses (with keepalived's own and peer addresses, they tell a co-located setup)."""
     lines = [
         "# lvs-hooks configuration derived from " + setup.conf.path + " by",
         "# `lvs-hooks init --from-keepalived`. Every other key keeps its default",
-        "# (etc/lvs-hooks.yaml lists them all). Check it with `lvs-hooks doctor`.",
+        "# (man 5 lvs-hooks.yaml lists them all). Check it with `lvs-hooks doctor`.",
         "",
     ]
     sd = setup.sync_daemon
@@ -1338,8 +1559,60 @@ def starter_config(setup: KeepalivedSetup) -> str:
             f"{tcp[0].item.where}:"
         )
         lines.append("  # sloppy_tcp=1 lets their connections go on after a takeover")
-    lines.append('  sysctls: ["sloppy_tcp=1"]')
+        lines.append('  sysctls: ["sloppy_tcp=1"]')
+    else:
+        lines.append("  # no persistent TCP virtual server: no sysctl to set on MASTER")
+        lines.append("  sysctls: []")
+    lines.extend(_starter_rules(setup, local_addrs))
     return "\n".join(lines) + "\n"
+
+
+def _starter_rules(setup: KeepalivedSetup, local_addrs: Sequence[str]) -> List[str]:
+    """The rules: section for directors that are also DR real servers (co-located)."""
+    own = set(local_addrs)
+    peers: List[str] = []
+    vips: List[str] = []
+    for inst in setup.instances:
+        own.update(inst.own_addrs)
+        peers.extend(a for a in inst.peer_addrs if a not in peers)
+        vips.extend(inst.virtual_addrs)
+    own -= {"127.0.0.1", "::1"}
+    services: List[Tuple[VirtualServer, List[str]]] = []
+    for vs in setup.virtual_servers:
+        here = [rs.addr for rs in vs.real_servers if rs.addr in own or rs.addr in peers]
+        if vs.lb_kind == "DR" and here:
+            services.append((vs, here))
+    if not services:
+        return []
+    rs_peers = sorted({a for _, here in services for a in here if a not in own})
+    out = [
+        "",
+        "# The directors are also the real servers (DR): lvs-hooks keeps the backup's IPVS",
+        "# away from what the master forwarded (no ping-pong loop). keepalived must run",
+        "# lvs-hooks (it swaps the rules on each transition); enable lvs-hooks-rules.service",
+        "# (the backup's rules at boot, before keepalived). `lvs-hooks rules show` lists them.",
+        "rules:",
+    ]
+    if rs_peers:
+        out.append("  # the other director(s) among the real servers")
+        out.append(f"  peers: [{', '.join(rs_peers)}]")
+    else:
+        out.append("  # the other director(s): their addresses among the real servers")
+        out.append("  peers: []")
+    out.append("  services:")
+    for vs, _ in services:
+        out.append(f"    # {vs.describe()} at {vs.item.where}")
+        if vs.fwmark is not None:
+            if not vips:
+                out.append("    # no virtual_ipaddress in keepalived.conf: write the VIP here")
+            vip = vips[0] if vips else "0.0.0.0"
+            out.append(f"    - {{vip: {vip}, mode: fwmark, fwmark: {vs.fwmark}}}")
+        else:
+            out.append(
+                f"    - {{vip: {vs.addr}, port: {vs.port or 0}, protocol: "
+                f"{vs.protocol.lower()}, mode: redirect}}"
+            )
+    return out
 
 
 def _watched(setup: KeepalivedSetup) -> Optional[Tuple[str, str]]:

@@ -5,7 +5,7 @@ configuration.
                                     ends and what happens then
     doctor [--keepalived-conf FILE] [--json]
                                     findings with severity, evidence and fix; exit 0 clean,
-                                    1 warnings, 2 errors
+                                    1 warnings, 2 errors, 3 nothing it could read
     init [--from-keepalived FILE] [--output FILE] [--force]
                                     a starter lvs-hooks config (derived from keepalived.conf)
 """
@@ -54,7 +54,11 @@ def doctor_cmd(
 ) -> None:
     """Check keepalived.conf, the kernel and the lvs-hooks config together.
 
-    Exit code: 0 nothing found, 1 warnings, 2 errors.
+    Also runs `keepalived -t -f FILE` when keepalived is installed, and says per persistent
+    service how long a template lives on the master and on the backup.
+
+    Exit code: 0 nothing found, 1 warnings, 2 errors, 3 nothing to check (no keepalived.conf it
+    could read, and no IPVS service).
     """
     from lvs_hooks import trust
     from lvs_hooks.doctor import gather, render_report, run_checks  # start-up, as above
@@ -89,10 +93,11 @@ def init_cmd(conf_path: Optional[str], output: Optional[str], force: bool) -> No
         text = dump_default_config()
     else:
         # start-up, as above
-        from lvs_hooks.doctor import starter_config
+        from lvs_hooks.doctor import local_addrs, starter_config
         from lvs_hooks.keepalived_conf import KeepalivedSetup, read_keepalived_conf
 
-        text = starter_config(KeepalivedSetup.from_conf(read_keepalived_conf(conf_path)))
+        setup = KeepalivedSetup.from_conf(read_keepalived_conf(conf_path))
+        text = starter_config(setup, local_addrs() or ())
         parse_config(text, f"derived from {conf_path}")  # what we write must load
     if output is None:
         click.echo(text, nl=False)

@@ -5,6 +5,7 @@ without IPVS (this host)."""
 
 import json
 import os
+import shutil
 import stat
 
 import pytest
@@ -20,6 +21,7 @@ from lvs_hooks.doctor import (
     exit_code,
     gather,
     inspect_path,
+    render_report,
     run_checks,
     starter_config,
 )
@@ -213,6 +215,9 @@ virtual_server 10.0.0.100 80 {
 """
 
 
+KEYED = "control:\n  key_file: /etc/lvs-hooks/control.key\n"
+
+
 def hooks_cfg(text):
     return parse_config(text, "lvs-hooks.yaml")
 
@@ -272,7 +277,7 @@ def test_script_security(tmp_path):
                                                        '"/opt/x/lvs-hooks fifo"')
     bad = {"/opt/x/lvs-hooks": PathInfo("/opt/x/lvs-hooks", "/opt/x/lvs-hooks", True,
                                         "/opt/x is writable by group 100 or by others")}
-    h = hooks_cfg("sync:\n  syncid: 7\n")
+    h = hooks_cfg("sync:\n  syncid: 7\n" + KEYED)
     r = run_checks(conf(text, tmp_path, hooks=h, paths=bad, hooks_path="h.yaml"))
     assert checks(r, "error") == ["script-security"]
     # without enable_script_security it runs, but would be refused once it is on
@@ -286,7 +291,7 @@ def test_script_security(tmp_path):
 
 def test_lvs_hooks_needs_root(tmp_path):
     text = WIRED % "script_user nobody"
-    h = hooks_cfg("sync:\n  syncid: 7\n")
+    h = hooks_cfg("sync:\n  syncid: 7\n" + KEYED)
     r = run_checks(conf(text, tmp_path, hooks=h, users={"nobody": 65534}, hooks_path="h.yaml"))
     assert checks(r) == ["script-user"]
 
@@ -307,7 +312,7 @@ def test_backup_only_with_both_daemons(tmp_path):
 def test_preemption_gated_by_lvs_hooks_ready_is_fine(tmp_path):
     text = (WIRED % "").replace("    nopreempt\n", "    track_script {\n        warm\n    }\n")
     text += 'vrrp_script warm {\n    script "/usr/bin/lvs-hooks ready"\n    interval 2\n}\n'
-    h = hooks_cfg("sync:\n  syncid: 7\n")
+    h = hooks_cfg("sync:\n  syncid: 7\n" + KEYED)
     assert run_checks(conf(text, tmp_path, hooks=h, hooks_path="h.yaml"))["findings"] == []
     ungated = text.replace("        warm\n", "        other\n")
     r = run_checks(conf(ungated, tmp_path, hooks=h, hooks_path="h.yaml"))
@@ -396,11 +401,16 @@ def test_gather_malformed_conf_is_a_finding_with_file_and_line(tmp_path):
     assert f"{path}:2: unterminated quote" in r["findings"][0]["title"]
 
 
-def test_gather_default_conf_absent_is_a_note(tmp_path, monkeypatch):
+def test_gather_default_conf_absent_and_no_ipvs_is_unknown(tmp_path, monkeypatch):
+    """Nothing to read: exit 3 (a monitoring check must not say OK), one line naming the path."""
     monkeypatch.setattr("lvs_hooks.doctor.DEFAULT_PATH", str(tmp_path / "nope.conf"))
     d = gather(Config(), None, None, kernel=KernelFacts())
     assert d.setup is None and d.conf_error is None
-    assert any("no keepalived.conf" in n for n in d.notes)
+    r = run_checks(d)
+    assert r["exit_code"] == 3 and r["findings"] == []
+    assert r["unread"] == [f"keepalived.conf {tmp_path / 'nope.conf'}: no such file; "
+                           "keepalived checks skipped"]
+    assert "UNKNOWN: nothing to check" in render_report(r)
 
 
 def test_inspect_path_follows_keepalived_rules(tmp_path):
@@ -555,7 +565,7 @@ def gated(weight_line, instance_ref="        lvs_hooks_warmup\n"):
 
 
 def test_the_warmup_gate_as_the_example_writes_it_is_a_gate(tmp_path):
-    h = hooks_cfg("sync:\n  syncid: 7\n")
+    h = hooks_cfg("sync:\n  syncid: 7\n" + KEYED)
     r = run_checks(conf(gated("weight -60"), tmp_path, hooks=h, hooks_path="h.yaml"))
     assert r["findings"] == []
     # the same with keepalived 2.0's name for the block
@@ -564,7 +574,7 @@ def test_the_warmup_gate_as_the_example_writes_it_is_a_gate(tmp_path):
 
 
 def test_a_gate_of_weight_0_is_an_error_and_without_weight_a_warning(tmp_path):
-    h = hooks_cfg("sync:\n  syncid: 7\n")
+    h = hooks_cfg("sync:\n  syncid: 7\n" + KEYED)
     r = run_checks(conf(gated("weight 0"), tmp_path, hooks=h, hooks_path="h.yaml"))
     assert checks(r) == ["warmup-gate-weight"] and r["exit_code"] == 2
     assert "FAULT" in r["findings"][0]["title"]
@@ -574,10 +584,140 @@ def test_a_gate_of_weight_0_is_an_error_and_without_weight_a_warning(tmp_path):
 
 
 def test_an_instance_weight_overrides_the_track_file_weight(tmp_path):
-    h = hooks_cfg("sync:\n  syncid: 7\n")
+    h = hooks_cfg("sync:\n  syncid: 7\n" + KEYED)
     fixed = gated("weight 0", "        lvs_hooks_warmup weight -80\n")
     assert run_checks(conf(fixed, tmp_path, hooks=h, hooks_path="h.yaml"))["findings"] == []
     broken = gated("weight -60", "        lvs_hooks_warmup weight 0\n")
     r = run_checks(conf(broken, tmp_path, hooks=h, hooks_path="h.yaml"))
     assert checks(r) == ["warmup-gate-weight"]
     assert "weight 0" in r["findings"][0]["evidence"][0]
+
+
+def test_cli_doctor_named_file_missing_is_unknown(tmp_path):
+    missing = tmp_path / "absent.conf"
+    r = run("--config", hooks_file(tmp_path), "doctor", "--keepalived-conf", str(missing))
+    assert r.exit_code == 3, r.output
+    assert f"UNKNOWN: keepalived.conf {missing}: no such file" in r.output
+    assert "line named" not in r.output
+
+
+needs_keepalived = pytest.mark.skipif(shutil.which("keepalived") is None,
+                                      reason="keepalived not installed")
+
+
+@needs_keepalived
+def test_keepalived_t_complaints_are_findings(tmp_path):
+    path = tmp_path / "keepalived.conf"
+    path.write_text(WIRED % "lvs_timeouts 7200 120 300")
+    r = run_checks(gather(Config(), str(path), None, kernel=KernelFacts()))
+    titles = [f["title"] for f in r["findings"] if f["check"] == "keepalived-test"]
+    assert any("Unknown option 7200" in t and "lvs_timeouts" in t for t in titles), r
+    assert r["exit_code"] == 2
+
+
+def test_colocated_fix_leads_to_lvs_hooks_rules(tmp_path):
+    r = run_checks(conf(COLOCATED % "10.0.0.100 80", tmp_path))
+    (f,) = [f for f in r["findings"] if f["check"] == "colocated-no-loop-protection"]
+    assert ("rules: {peers: [PEER DIRECTOR], services: [{vip: 10.0.0.100, port: 80, "
+            "protocol: tcp, mode: redirect}]}") in f["fix"]
+    assert "lvs-hooks-rules.service" in f["fix"] and "iptables" not in f["fix"]
+
+
+def test_warmup_gate_without_control_key(tmp_path):
+    h = hooks_cfg("sync:\n  syncid: 7\n")
+    r = run_checks(conf(gated("weight -60"), tmp_path, hooks=h, hooks_path="h.yaml"))
+    assert checks(r) == ["warmup-gate-no-control-key"] and r["exit_code"] == 1
+    assert "8849/udp" in r["findings"][0]["fix"]
+    assert any(n.startswith("open between the directors: VRRP (IP protocol 112)")
+               and "8848/udp" in n and "8849/udp" in n for n in r["notes"])
+
+
+UDP = """global_defs {
+    lvs_sync_daemon eth1 VI_1 id 7
+}
+vrrp_instance VI_1 {
+    state BACKUP
+    nopreempt
+    virtual_router_id 51
+    virtual_ipaddress { 10.0.0.100 }
+}
+virtual_server 10.0.0.100 53 {
+    lb_kind NAT
+    persistence_timeout 360
+    protocol UDP
+    real_server 10.1.0.11 53 { weight 1 }
+}
+"""
+
+
+def test_lifetimes_offline_udp_persistence_outlives_its_flows(tmp_path):
+    r = run_checks(conf(UDP, tmp_path))
+    (life,) = r["lifetimes"]
+    assert life["persistence_timeout"] == 360
+    assert "Persistence 360 s > udp 300 s" in life["master"]
+    assert "the master re-arms the template every 60 s" in life["master"]
+    assert life["backup"].startswith("the master's timeout: 360 s, 60 s once")
+    v0 = KernelFacts(sysctls={"sync_version": "0"})
+    (life,) = run_checks(conf(UDP, tmp_path, kernel=v0))["lifetimes"]
+    assert life["backup"].startswith("180 s whatever the master's timeout")
+    text = render_report(run_checks(conf(UDP, tmp_path)))
+    assert "how long a template lives (offline):" in text and "    backup: " in text
+
+
+def test_init_udp_only_sets_no_sloppy_tcp():
+    setup = KeepalivedSetup.from_conf(parse_text(UDP))
+    cfg = parse_config(starter_config(setup), "starter")
+    assert cfg.master.sysctls == ()
+    assert "rules:" not in starter_config(setup)
+
+
+def test_init_writes_rules_for_colocated_directors():
+    setup = KeepalivedSetup.from_conf(parse_text(COLOCATED % "10.0.0.100 80"))
+    text = starter_config(setup, local_addrs=("10.0.0.1",))
+    cfg = parse_config(text, "starter")
+    assert cfg.rules.peers == ("10.0.0.2",)
+    (svc,) = cfg.rules.services
+    assert (svc.vip, svc.port, svc.protocol, svc.mode) == ("10.0.0.100", 80, "tcp", "redirect")
+    assert "lvs-hooks-rules.service" in text
+    fw_text = (COLOCATED % "fwmark 5").replace(
+        "    unicast_src_ip", "    virtual_ipaddress { 10.0.0.100 }\n    unicast_src_ip")
+    fw = KeepalivedSetup.from_conf(parse_text(fw_text))
+    (svc,) = parse_config(starter_config(fw), "starter").rules.services
+    assert (svc.vip, svc.mode, svc.fwmark) == ("10.0.0.100", "fwmark", 5)
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+README = os.path.join(HERE, "..", "..", "README.md")
+EXAMPLES = os.path.join(HERE, "..", "..", "etc", "keepalived")
+
+
+def quick_start_configs():
+    """The keepalived examples the quick start points to, and its own keepalived blocks."""
+    out = [os.path.join(EXAMPLES, n) for n in sorted(os.listdir(EXAMPLES))]
+    blocks, cur = [], None
+    with open(README) as f:
+        for line in f:
+            if line.startswith("```"):
+                cur = [] if cur is None else blocks.append("".join(cur))
+            elif cur is not None:
+                cur.append(line)
+    return out + [b for b in blocks if "vrrp_instance" in b]
+
+
+@pytest.mark.parametrize("example", quick_start_configs(),
+                         ids=lambda x: os.path.basename(x) if x.startswith("/") else "README")
+def test_doctor_on_the_quick_start_examples_has_no_error(example, tmp_path):
+    path = example
+    if not example.startswith("/"):
+        path = str(tmp_path / "keepalived.conf")
+        with open(path, "w") as f:
+            f.write(example)
+    # as the quick start does: `init --from-keepalived`, then the control key
+    hooks = hooks_cfg(starter_config(KeepalivedSetup.from_conf(read_keepalived_conf(path)))
+                      + KEYED)
+    d = gather(hooks, path, "lvs-hooks.yaml", kernel=KernelFacts())
+    d.paths = secure_paths(d.setup)  # the packaged script path, as installed
+    r = run_checks(d)
+    assert checks(r, "error") == [], json.dumps(r["findings"], indent=1)
+    assert r["exit_code"] in (0, 1)
+    print(os.path.basename(path), r["counts"], checks(r))
