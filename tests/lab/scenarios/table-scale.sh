@@ -84,6 +84,17 @@ lab_log "templates: dir1 $on_dir1, dir2 $on_dir2 (bulk sent in $bulk_ms ms)"
 
 lab_step "size $N: status and snapshot on dir2, through its agent"
 CFG2="$LAB_TMP/dir2/lvs-hooks.yaml"
+# The agent takes the stream after the kernel's daemon does (a Python loop under emulation):
+# wait until its table holds what the kernel counts, then time the commands.
+agent_has() {
+    nsx dir2 lvs-hooks --config "$CFG2" status --json 2>/dev/null | "$LAB_PYTHON" -c '
+import json, sys
+r = json.load(sys.stdin)
+sys.exit(not (r.get("source", {}).get("table") in ("in memory", "kernel")
+              and r["templates"] >= int(sys.argv[1])))' "$1"
+}
+lab_wait 180 "dir2's agent holds the $want templates" agent_has "$want" \
+    || lab_log "dir2's agent holds fewer than $want templates"
 t=$EPOCHREALTIME
 nsx dir2 lvs-hooks --config "$CFG2" status --json > "$LAB_OUT/status-$N.json" \
     || lab_die "status failed"
