@@ -68,6 +68,12 @@ def open_regular(path: PathLike, nofollow: bool = False) -> int:
         if e.errno == errno.ELOOP and nofollow:
             raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP) from None
         raise
+    return _regular(fd, path)
+
+
+def _regular(fd: int, path: PathLike) -> int:
+    """`fd` if it is a regular file (made blocking again: it was opened non-blocking so that
+    a FIFO planted there could not hang the open), else closed and Refused."""
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
@@ -147,15 +153,7 @@ def open_existing(path: PathLike) -> int:
         if e.errno == errno.ENXIO:
             raise Refused(os.fspath(path), "is a FIFO, not a regular file") from None
         raise
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise Refused(os.fspath(path), f"is {_kind(mode)}, not a regular file")
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _regular(fd, path)
 
 
 def open_write(
