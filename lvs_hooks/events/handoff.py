@@ -49,7 +49,7 @@ class AgentHandoff:
             self._alive = False
         else:
             try:
-                conn.ask(hello_message(self.config, "fifo"))
+                conn.ask(hello_message(self.config, "handoff"))
                 self._alive = True
             except NoAgent:
                 self._alive = False

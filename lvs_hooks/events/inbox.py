@@ -387,8 +387,9 @@ class Inbox:
         if not isinstance(config, str) or not _same_file(config, self.config_path):
             return self._refuse(c, f"this agent runs with config {self.config_path}, not {config}")
         if "event" not in msg and "hello" in msg:
-            # `status --check` says hello every time a monitoring system asks: not worth a line
-            log.log(logging.DEBUG if msg["hello"] == "status" else logging.INFO,
+            # `status --check` says hello every time a monitoring system asks, and a FIFO
+            # reader that found no agent every few seconds (events.handoff): not worth a line
+            log.log(logging.DEBUG if msg["hello"] in ("status", "handoff") else logging.INFO,
                     "agent inbox: %s door (pid %d) connected", msg["hello"], c.pid)
             return {"ok": True}
         if "event" not in msg and "request" in msg:
