@@ -58,6 +58,21 @@ def _read_json(path: str, limit: int = 1 << 20) -> Any:
     return json.loads(safeio.read_file(path, limit))
 
 
+def _read_state(
+    path: str, what: str, unreadable: List[str], limit: int = 1 << 16
+) -> Optional[Dict[str, Any]]:
+    """A state file's JSON object; None when absent or not an object, and also when it cannot
+    be read, which is then said in `unreadable` ("WHAT PATH: why")."""
+    try:
+        data = _read_json(path, limit)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        unreadable.append(f"{what} {path}: {_why(e)}")
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def _why(e: BaseException) -> str:
     if isinstance(e, LvsHooksError):
         return e.format_message()
@@ -127,15 +142,8 @@ def record_wire(run_dir: str, counts: Dict[str, Any], now: Optional[float] = Non
 
 
 def _wire(run_dir: str, now: float, unreadable: List[str]) -> Optional[Dict[str, Any]]:
-    path = os.path.join(run_dir, WIRE_FILE)
-    try:
-        data = _read_json(path, 1 << 16)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as e:
-        unreadable.append(f"wire counts {path}: {_why(e)}")
-        return None
-    if not isinstance(data, dict):
+    data = _read_state(os.path.join(run_dir, WIRE_FILE), "wire counts", unreadable)
+    if data is None:
         return None
 
     def count(v: Any) -> int:
@@ -219,16 +227,11 @@ def gather(
 
     # role
     role = None
-    try:
-        data = _read_json(os.path.join(run_dir, ROLE_FILE), 4096)
-        if isinstance(data, dict) and isinstance(data.get("state"), str):
-            at = data.get("at") if type(data.get("at")) in (int, float) else None
-            role = {"state": data["state"], "name": data.get("name") or "", "since": at,
-                    "age_s": None if at is None else round(now - at, 1)}
-    except FileNotFoundError:
-        pass
-    except (OSError, ValueError) as e:
-        unreadable.append(f"role {os.path.join(run_dir, ROLE_FILE)}: {_why(e)}")
+    data = _read_state(os.path.join(run_dir, ROLE_FILE), "role", unreadable, 4096)
+    if data is not None and isinstance(data.get("state"), str):
+        at = data.get("at") if type(data.get("at")) in (int, float) else None
+        role = {"state": data["state"], "name": data.get("name") or "", "since": at,
+                "age_s": None if at is None else round(now - at, 1)}
     h["role"] = role
 
     # last transition (the journal outlives a reboot; role.json does not)
@@ -352,15 +355,8 @@ def _warmup(cfg: Config, now: float, unreadable: List[str]) -> Optional[Dict[str
 
 def _pushes(run_dir: str, now: float, unreadable: List[str]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"sent": None, "received": None, "counts": {}}
-    path = os.path.join(run_dir, PUSH_FILE)
-    try:
-        data = _read_json(path)
-    except FileNotFoundError:
-        return out
-    except (OSError, ValueError) as e:
-        unreadable.append(f"last push {path}: {_why(e)}")
-        return out
-    if not isinstance(data, dict):
+    data = _read_state(os.path.join(run_dir, PUSH_FILE), "last push", unreadable, 1 << 20)
+    if data is None:
         return out
     for direction in ("sent", "received"):
         p = data.get(direction)
@@ -372,15 +368,8 @@ def _pushes(run_dir: str, now: float, unreadable: List[str]) -> Dict[str, Any]:
 
 
 def _duties(run_dir: str, now: float, unreadable: List[str]) -> Dict[str, Any]:
-    path = os.path.join(run_dir, DUTIES_FILE)
-    try:
-        data = _read_json(path, 1 << 16)
-    except FileNotFoundError:
-        return {"tasks": {}, "current": False}
-    except (OSError, ValueError) as e:
-        unreadable.append(f"duties {path}: {_why(e)}")
-        return {"tasks": {}, "current": False}
-    tasks = data.get("tasks") if isinstance(data, dict) else None
+    data = _read_state(os.path.join(run_dir, DUTIES_FILE), "duties", unreadable) or {}
+    tasks = data.get("tasks")
     if not isinstance(tasks, dict):
         return {"tasks": {}, "current": False}
     clean = {}

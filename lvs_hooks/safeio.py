@@ -133,6 +133,13 @@ def check_writable(path: PathLike) -> None:
         return  # missing, or its directory is not one: the write itself will say so
     if stat.S_ISLNK(st.st_mode):
         raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP)
+    _check_ours(path, st)
+
+
+def _check_ours(path: PathLike, st: os.stat_result) -> None:
+    """Refused unless `st` is a regular file of this user's with one link: a hard link planted
+    at the name would have us write to (and chmod) its target, and a file of another owner is
+    not ours to bring to our mode."""
     if not stat.S_ISREG(st.st_mode):
         raise Refused(os.fspath(path), f"is {_kind(st.st_mode)}, not a regular file")
     if st.st_nlink != 1:
@@ -141,19 +148,25 @@ def check_writable(path: PathLike) -> None:
         raise Refused(os.fspath(path), f"is owned by uid {st.st_uid}", errno.EPERM)
 
 
+def _open_for_write(path: PathLike, flags: int, mode: int = 0o600) -> int:
+    """os.open with O_NOFOLLOW and O_NONBLOCK among `flags`, its refusals said as Refused."""
+    try:
+        return os.open(path, flags, mode)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP) from None
+        if e.errno == errno.ENXIO:  # a FIFO nobody reads, opened for writing non-blocking
+            raise Refused(os.fspath(path), "is a FIFO, not a regular file") from None
+        if e.errno == errno.EISDIR:
+            raise Refused(os.fspath(path), "is a directory, not a regular file") from None
+        raise
+
+
 def open_existing(path: PathLike) -> int:
     """A write descriptor on an existing regular file that only the kernel creates (a sysctl
     under /proc/sys): no link followed, nothing created, truncated or chmodded."""
     flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY
-    try:
-        fd = os.open(path, flags)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP) from None
-        if e.errno == errno.ENXIO:
-            raise Refused(os.fspath(path), "is a FIFO, not a regular file") from None
-        raise
-    return _regular(fd, path)
+    return _regular(_open_for_write(path, flags), path)
 
 
 def open_write(
@@ -169,26 +182,10 @@ def open_write(
         flags |= os.O_CREAT
     if append:
         flags |= os.O_APPEND
-    try:
-        fd = os.open(path, flags, mode)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise Refused(os.fspath(path), "is a symbolic link", errno.ELOOP) from None
-        if e.errno == errno.ENXIO:  # a FIFO nobody reads, opened for writing non-blocking
-            raise Refused(os.fspath(path), "is a FIFO, not a regular file") from None
-        if e.errno == errno.EISDIR:
-            raise Refused(os.fspath(path), "is a directory, not a regular file") from None
-        raise
+    fd = _open_for_write(path, flags, mode)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise Refused(os.fspath(path), f"is {_kind(st.st_mode)}, not a regular file")
-        # A hard link planted at the name would have us write to (and chmod) its target; a file
-        # of another owner is not ours to bring to our mode.
-        if st.st_nlink != 1:
-            raise Refused(os.fspath(path), f"has {st.st_nlink} hard links, expected 1")
-        if st.st_uid != os.geteuid():
-            raise Refused(os.fspath(path), f"is owned by uid {st.st_uid}", errno.EPERM)
+        _check_ours(path, st)
         if stat.S_IMODE(st.st_mode) != mode:
             os.fchmod(fd, mode)
         os.set_blocking(fd, True)
