@@ -189,8 +189,9 @@ def status_cmd(app: AppContext, from_kernel: bool, check: bool, as_json: bool) -
         report = ask_agent(app, "status", KernelError)
     if report is None:
         report = build_status(cfg, snapshot_store(cfg), from_kernel=from_kernel)
-    # The health part is read here, never by the agent: files and a probe of the agent.
-    report["health"] = gather(cfg, agent=agent)
+    # The health part: files and a probe of the agent; an agent's report carries its own.
+    if "health" not in report:
+        report["health"] = gather(cfg, agent=agent)
     emit(report, as_json, render_status)
 
 
