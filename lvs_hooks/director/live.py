@@ -22,7 +22,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 from lvs_hooks.config import Config
 from lvs_hooks.kernel.conntable import ConnTable, read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service
-from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.kernel.netlink import IPVS, Timeouts
 from lvs_hooks.reseed.planner import PlannedTemplate
 from lvs_hooks.table import ReconcileReport, TemplateTable
 from lvs_hooks.table.compare import compare
@@ -41,6 +41,12 @@ def kernel_template_counts() -> Dict[Tuple[Tuple, str, int], int]:
     """Templates bound to each real server, by the kernel's counters (PERSIST_CONNS)."""
     with IPVS() as ipvs:
         return {(c.service_key, c.addr, c.port): c.persistent for c in ipvs.dest_counts()}
+
+
+def kernel_timeouts() -> Timeouts:
+    """The director's connection timeouts (one netlink message)."""
+    with IPVS() as ipvs:
+        return ipvs.timeouts()
 
 
 def count_drift(
@@ -97,11 +103,16 @@ class LiveTable:
             else "it is not the table yet",
         )
 
-    def tick(self, services: Optional[Sequence[Service]] = None) -> None:
-        """Let go of what ended; with `services`, key clients as their netmasks do."""
+    def tick(
+        self, services: Optional[Sequence[Service]] = None, timeouts: Optional[Timeouts] = None
+    ) -> None:
+        """Let go of what ended; with `services`, key clients as their netmasks do; with
+        `timeouts`, tell a master's new connections from its old ones by them."""
         with self.lock:
             if services is not None:
                 self.table.use_services(services)
+            if timeouts is not None:
+                self.table.use_timeouts(timeouts.tcp, timeouts.tcpfin, timeouts.udp)
             self.table.expire(self.clock())
 
     def reconcile(self, reason: str) -> ReconcileReport:
@@ -217,11 +228,14 @@ class TableUpkeep:
         services: Callable[[], Sequence[Service]],
         clock: Callable[[], float] = time.monotonic,
         kernel_counts: Callable[[], Dict[Tuple[Tuple, str, int], int]] = kernel_template_counts,
+        timeouts: Optional[Callable[[], Timeouts]] = kernel_timeouts,
     ):
         """`services()`: the live services; `kernel_counts()`: templates per real server by the
-        kernel's counters (both over netlink)."""
+        kernel's counters; `timeouts()`: the connection timeouts (all three over netlink; None:
+        the kernel's defaults)."""
         self.live = live
         self.kernel_counts = kernel_counts
+        self.timeouts = timeouts
         self.services = services
         self.clock = clock
         self.started = clock()
@@ -271,12 +285,14 @@ class TableUpkeep:
 
     def once(self) -> None:
         now = self.clock()
-        services = None
+        services = timeouts = None
         if now >= self.next_services:
             services = self.services()
             self.longest = max([self.REARM] + [s.timeout for s in services if s.persistent])
+            if self.timeouts is not None:
+                timeouts = self.timeouts()
             self.next_services = now + 10.0
-        self.live.tick(services)
+        self.live.tick(services, timeouts)
         lost = self.live.lost_at
         if lost is not None and lost != self.seen_loss:
             # the feeds dropped datagrams: listen afresh, and within the budget read at once

@@ -67,9 +67,13 @@ def _dump(cfg: Config, live: LiveTable, services: List[Service], t0: float) -> D
     t1 = time.monotonic()
     captured_at = time.time()
     with live.lock:
-        live.table.expire(live.clock())  # so that the count is what the dump holds
+        now = live.clock()
+        live.table.expire(now)  # so that the count is what the dump holds
         templates = len(live.table)
-        data = encode_dump(live.table, services, live.clock(), captured_at=captured_at)
+        entries = live.table.entries()
+    # rendered without the lock: the feeds and `status` must not wait seconds for a dump
+    data = encode_dump(live.table, services, now, captured_at=captured_at, entries=entries)
+    del entries
     t2 = time.monotonic()
     path = snapshot_store(cfg).save_encoded(data, captured_at, templates, len(services))
     t3 = time.monotonic()

@@ -14,7 +14,7 @@ import hashlib
 import json
 import socket
 import time
-from typing import Iterable, Optional
+from typing import Any, Iterable, List, Optional, Tuple
 
 from lvs_hooks.kernel.model import Service
 from lvs_hooks.snapshot import FORMAT, TEMPLATE_COLUMNS, VERSION
@@ -27,10 +27,12 @@ def encode_dump(
     now: float,
     host: Optional[str] = None,
     captured_at: Optional[float] = None,
+    entries: Optional[Tuple[List[Tuple[int, int]], List[Tuple[Any, int]]]] = None,
 ) -> bytes:
     """snapshot.encode(table.dump(services, now, host, captured_at)), rendered from the table.
 
     `host` and `captured_at` default as Snapshot.capture's do (the host name, time.time()).
+    `entries`: the table's copy (TemplateTable.entries), to render without holding its lock.
     """
     host = host if host is not None else socket.gethostname()
     captured_at = captured_at if captured_at is not None else time.time()
@@ -50,7 +52,7 @@ def encode_dump(
     assert head.endswith("[]}")
     parts = [head[:-2].encode()]
     count = 0
-    for n, rows in table.json_rows(now):
+    for n, rows in table.json_rows(now, entries):
         parts.append((b"," if count else b"") + rows.encode())
         count += n
     parts.append(b"]}\n")

@@ -39,25 +39,24 @@ every packet costs no wheel work, and `expire` touches only what came due.
 
 Simplifications, each on the side of the planners' safety:
 
-- **No re-arm.** The kernel re-arms a template whose timer fires while connections are attached
-  to it (60 s, design.md 2.6). The table cannot tell attached connections from others: on
-  a backup, and for synced templates on a new master, connections are never attached
-  (design.md 2.7), and those templates do die under live flows: that is what the keeper is
-  for (design.md 1.2). Modelling a re-arm from the client's connection deadline would show
-  the keeper a template the kernel has dropped, and it would not renew it. So a template ends at
-  its deadline here. A master's own re-armed templates are re-sent by its daemon at that moment
-  (design.md 3.8), and the captured stream brings them back within its batching delay; until
-  then the table shows one template fewer than the kernel, and the planners err by a renewal or a
-  re-injection that the kernel takes as a timeout update (design.md 3.6).
-- **A master's own templates may end later here than in its kernel.** A master sends a template
-  with every packet of a connection it controls, always with its whole timeout, but its kernel
-  restarts the template's timer only when a new connection is scheduled under it (a packet of
-  an existing connection does not touch it). A backup's kernel restarts its copy with every such
-  message, and so does the table, which is exact on a backup; on a master (the captured stream)
-  it shows a busy client's template up to its timeout longer than the kernel does. Measured in
-  the lab (churn, 5 minutes, returning clients): on the master 600 of 2,420 templates ended 16 s
-  later here, none earlier; the same templates and real servers on both. Long is the safe side:
-  a pushed or snapshotted template lives on, as a backup's copy would.
+- **A master's own templates follow its kernel's timer** (design.md 2.6). A master sends a
+  template with every packet of a connection it controls, always with its whole timeout, but its
+  kernel restarts the template's timer only when a new connection is scheduled under it
+  (ip_vs_sched_persist) and when the timer fires while connections are still attached: then it
+  re-arms for 60 s and sends the template once more, with timeout 60 (ip_vs_conn_expire). A
+  backup's kernel restarts its copy with every message, and so does the table for what it hears
+  (exact on a backup). For what it captures from its own kernel (origin LOCAL) it keeps, per
+  template, until when the connection behind its last packet lives at least (the packet's time
+  plus the longest a connection of that protocol lives idle: `use_timeouts`); a message while
+  that connection may still live leaves the deadline alone (a packet of a connection the kernel
+  already had), one after it restarts the deadline (a new connection), and one with timeout 60
+  within the sync thread's flush delay of the deadline is the re-arm. Left: a client that opens
+  a second connection while its first still lives restarts the kernel's timer and not the
+  table's (the table ends early, and takes the template again with its next packet); until a
+  re-arm's message arrives the table shows one template fewer than the kernel, and the planners
+  err by a renewal or a re-injection that the kernel takes as a timeout update (design.md 3.6).
+  Measured in the lab (churn, 5 minutes, returning clients): before this, on the master 600 of
+  2,420 templates ended 16 s later here than in the kernel.
 - **A client's connection deadline only grows.** Connections are not kept one by one, so a
   message that shortens one connection (TIME_WAIT, CLOSE) cannot shorten the client's deadline:
   another connection of the same client may still run. A client may count as connected for up to
@@ -154,6 +153,16 @@ _DEST_SHIFT = 50
 _KEEP_ON_UPDATE = ~(_DL | _STATE | _GEN)
 _ASSURED = IP_VS_CTPL_S_ASSURED << _STATE_SHIFT
 _MAX_TIMEOUT_S = _DL_MAX // 1000
+
+# The longest a connection lives without a packet, by protocol, in the kernel's own defaults
+# (tcp_timeouts: ESTABLISHED 900 s, the other states up to 120 s; udp 300 s; SCTP 900 s):
+# `use_timeouts` takes the director's (ipvsadm --set, keepalived's lvs_timeouts).
+CONN_IDLE_DEFAULT = {6: 900, 17: 300, 132: 900}
+# ip_vs_conn_expire re-arms a template that still controls connections for 60 s and sends it
+# with that timeout; a master's sync thread sends a buffer at the latest 2 s after its first
+# entry (IPVS_SYNC_FLUSH_TIME), so its message arrives up to about that late.
+REARM_TIMEOUT = 60
+REARM_WINDOW_MS = 3000
 
 _M32 = (1 << 32) - 1
 _M128 = (1 << 128) - 1
@@ -313,6 +322,10 @@ class TemplateTable:
         self._tpl: Dict[int, int] = {}
         self._pe: Dict[Tuple[int, str, str], int] = {}
         self._clients: Dict[int, int] = {}
+        # Templates captured from this director's own kernel (origin LOCAL): the whole second
+        # until which the connection behind their last packet lives at least (interned).
+        self._inbound: Dict[int, int] = {}
+        self._idle_ms: Dict[int, int] = {p: s * 1000 for p, s in CONN_IDLE_DEFAULT.items()}
         self._twheel = _Wheel()
         self._cwheel = _Wheel()
         self._seconds: Dict[int, int] = {}  # interned client deadlines
@@ -422,6 +435,17 @@ class TemplateTable:
                 masks[self._virtual_text(svc.protocol, svc.addr, svc.port)[1]] = m
         self._masks = masks
 
+    def use_timeouts(self, tcp: int = 0, tcpfin: int = 0, udp: int = 0) -> None:
+        """The director's connection timeouts (netlink's, as `ipvsadm -l --timeout` shows
+        them; 0: leave that one): how long a connection lives without a packet, for telling a
+        master's new connections from its old ones (see the module docstring)."""
+        if tcp or tcpfin:
+            # ESTABLISHED and FIN_WAIT are settable; TIME_WAIT and the rest are 120 s or less
+            cur = self._idle_ms[6] // 1000
+            self._idle_ms[6] = max(tcp or cur, tcpfin, 120) * 1000
+        if udp:
+            self._idle_ms[17] = udp * 1000
+
     # ------------------------------------------------------------------ feeds
 
     def ingest(self, datagram: bytes, now: float, origin: Optional[str] = None) -> int:
@@ -460,6 +484,9 @@ class TemplateTable:
         newbits = obits | (_GEN if self._gen else 0)
         genbit = newbits & _GEN
         touched = self._touched
+        # What this director's own kernel sent as master: its timers run as its kernel's do
+        captured = obits == _ORIGIN_CODES["LOCAL"] << _ORIGIN_SHIFT
+        inbound, idle_ms = self._inbound, self._idle_ms
         new = updated = conns = skipped = 0
         for row in rows:
             if type(row) is not tuple:
@@ -497,9 +524,20 @@ class TemplateTable:
                     0 if state == IP_VS_CTPL_S_NONE else 2 << _STATE_SHIFT
                 )
                 old = tpl.get(key)
+                a = None
+                if captured:
+                    a = inbound.get(key)
+                    ds = (now_ms + idle_ms.get(proto, 300000) + 999) // 1000
+                    inbound[key] = seconds.get(ds) or self._second(ds)
                 if old is not None:
                     odl = (old >> _DL_SHIFT) & _DL_MAX
                     if odl > now_ms:
+                        if (captured and a is not None and a * 1000 > now_ms
+                                and not (timeout == REARM_TIMEOUT
+                                         and odl - now_ms <= REARM_WINDOW_MS)):
+                            # a packet of a connection its kernel already had: the timer
+                            # runs on (the module docstring)
+                            dl = odl
                         # design.md 3.6: timeout and state, never the real server.
                         tpl[key] = (old & _KEEP_ON_UPDATE) | (dl << _DL_SHIFT) | st | genbit
                         if dl // 1000 < odl // 1000:
@@ -658,11 +696,13 @@ class TemplateTable:
 
         Templates are what /proc shows (ConnEntry.is_template, as the planners take them), with
         `expires` as their time left: a deadline already within that second is kept, else set to
-        its start (the early side). The forwarding method, which /proc does not show, is kept
-        for a template that stays, else 0 (MASQ); the origin is /proc's (ip_vs_conn_sync), else
-        kept. With `with_connections` the client deadlines are rebuilt from the connections of
-        the read, each client getting its longest; without (a templates-only read), they are left
-        as they are.
+        its start (the early side); one the stream restarted since the read began keeps the
+        later of the two (the kernel may have taken that message after the read passed it).
+        The forwarding method, which /proc does not show, is kept for a template that stays,
+        else 0 (MASQ); the origin is /proc's (ip_vs_conn_sync), else kept. With
+        `with_connections` the client deadlines are rebuilt from the connections of the read,
+        each client getting its longest; without (a templates-only read), they are left as they
+        are.
         """
         if not begun:
             self.begin_reconcile()
@@ -700,7 +740,12 @@ class TemplateTable:
                     self._twheel.add(lo // 1000, k)
                     continue
                 odl = (old >> _DL_SHIFT) & _DL_MAX
-                dl = odl if lo <= odl < lo + 1000 else lo
+                if (old & _GEN) == gen_bit and odl > lo:
+                    # the stream brought it during the read, after the read passed it: a
+                    # message only ever restarts a timer, so the later end is the kernel's now
+                    dl = odl
+                else:
+                    dl = odl if lo <= odl < lo + 1000 else lo
                 if (old & ~((1 << _DEST_SHIFT) - 1)) != dest or (old & _STATE) != st:
                     rep.changed += 1
                     rep._example("changed", _describe(e))
@@ -779,6 +824,7 @@ class TemplateTable:
                     n += 1
                     rep._example("dropped", self._describe_key(k, d[k]))
                 del d[k]
+                self._inbound.pop(k, None)
         return n
 
     def _reconcile_client(self, fresh: Dict[int, int], e: ConnEntry, now_ms: int) -> None:
@@ -827,7 +873,7 @@ class TemplateTable:
     def _expire_templates(self, keys: List[Any], now_ms: int, keep: Optional[List[Any]]) -> int:
         """Drop the ended templates among `keys`; file the others again (or in `keep`, those
         that still end in this bucket's second)."""
-        tpl, pe, tw = self._tpl, self._pe, self._twheel
+        tpl, pe, tw, inbound = self._tpl, self._pe, self._twheel, self._inbound
         gone = 0
         for k in keys:
             d = pe if type(k) is tuple else tpl
@@ -837,6 +883,7 @@ class TemplateTable:
             dl = (v >> _DL_SHIFT) & _DL_MAX
             if dl <= now_ms:
                 del d[k]
+                inbound.pop(k, None)
                 gone += 1
             elif keep is not None and dl // 1000 == now_ms // 1000:
                 keep.append(k)
@@ -999,9 +1046,20 @@ class TemplateTable:
             for e in self._any_entries([key], [v], now_ms):
                 yield e._replace(pe_name=pe_name, pe_data=pe_data)
 
-    def json_rows(self, now: float) -> Iterator[Tuple[int, str]]:
+    def entries(self) -> Tuple[List[Tuple[int, int]], List[Tuple[Any, int]]]:
+        """A copy of what the table holds, for `json_rows` to render without the caller's lock:
+        the copy is quick, the rendering is not (seconds for a million templates), and the
+        feeds must not wait for it."""
+        return list(self._tpl.items()), list(self._pe.items())
+
+    def json_rows(
+        self, now: float,
+        entries: Optional[Tuple[List[Tuple[int, int]], List[Tuple[Any, int]]]] = None,
+    ) -> Iterator[Tuple[int, str]]:
         """The live templates as the rows of a snapshot body (snapshot.TEMPLATE_COLUMNS, compact
         JSON), in the order of templates(): (rows, the rows comma-joined) a chunk at a time.
+        `entries`: a copy taken by `entries()` (then the table may change meanwhile: the
+        interned virtual keys and real servers only grow), else the table itself.
 
         What snapshot.encode writes for the entries templates() gives, without building them:
         the parts of a row that come from the interned virtual keys, real servers, states and
@@ -1016,7 +1074,9 @@ class TemplateTable:
         states = [dumps(n) + "," for n in _STATE_NAMES]
         tails = [',"","",' + dumps(o) + "]" for o in _ORIGINS]
         ntoa, pack, v6text = socket.inet_ntoa, _U32.pack, ipv6_text
-        it = iter(self._tpl.items())
+        tpl_items, pe_items = entries if entries is not None else (self._tpl.items(),
+                                                                   self._pe.items())
+        it = iter(tpl_items)
         while True:
             chunk = list(islice(it, _CHUNK))
             if not chunk:
@@ -1042,7 +1102,7 @@ class TemplateTable:
                 yield len(rows), ",".join(rows)
         pe_rows = [
             dumps(list(e[:2]) + list(e[3:]), separators=(",", ":"), allow_nan=False)
-            for e in self._pe_entries(self._pe.items(), now_ms)
+            for e in self._pe_entries(pe_items, now_ms)
         ]
         if pe_rows:
             yield len(pe_rows), ",".join(pe_rows)

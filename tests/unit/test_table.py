@@ -85,6 +85,74 @@ def test_origin_is_what_ip_vs_conn_sync_would_show():
     assert by_id(t.templates(NOW)) == by_id(parse_conn_table(HS + lines).templates)
 
 
+def ends(t, now):
+    return [e.expires for e in t.templates(now)]
+
+
+def test_a_masters_own_template_restarts_only_for_a_new_connection():
+    # What a master captures from its own kernel: the template with every packet, always with
+    # its whole timeout; its kernel restarts the timer only for a new connection
+    # (ip_vs_sched_persist). UDP connections live 20 s without a packet here.
+    t = TemplateTable()
+    t.use_timeouts(udp=20)
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")  # new client, new conn
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + 10, origin="LOCAL")  # the same conn
+    assert ends(t, NOW + 10) == [20]
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + 25, origin="LOCAL")  # still alive
+    assert ends(t, NOW + 25) == [5]
+    # heard as a backup, every message restarts it, as the backup's kernel does
+    b = TemplateTable()
+    for at in (0, 10, 25):
+        ingest(b, [tpl_conn("10.0.0.20", timeout=30)], NOW + at, origin="SYNC")
+    assert ends(b, NOW + 25) == [30]
+
+
+def test_a_master_packet_after_its_connection_ended_is_a_new_connection():
+    t = TemplateTable()
+    t.use_timeouts(udp=20)
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
+    # 21 s without a packet: the connection has ended in the kernel, this one is new
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + 21, origin="LOCAL")
+    assert ends(t, NOW + 21) == [30]
+    # the kernel's default UDP timeout is 300 s: the same packet would be the old connection's
+    d = TemplateTable()
+    ingest(d, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
+    ingest(d, [tpl_conn("10.0.0.20", timeout=30)], NOW + 21, origin="LOCAL")
+    assert ends(d, NOW + 21) == [9]
+
+
+def test_a_masters_re_arm_gives_its_template_60_s():
+    # ip_vs_conn_expire: a template that still controls connections at its end lives on 60 s
+    # and is sent once more with that timeout, up to the sync thread's flush delay late
+    t = TemplateTable()
+    t.use_timeouts(udp=20)
+    for at in (0, 15, 25):  # one connection's packets
+        ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + at, origin="LOCAL")
+    ingest(t, [tpl_conn("10.0.0.20", timeout=60)], NOW + 28, origin="LOCAL")  # before its end
+    assert ends(t, NOW + 28) == [60]
+    u = TemplateTable()
+    u.use_timeouts(udp=20)
+    for at in (0, 15, 25):
+        ingest(u, [tpl_conn("10.0.0.20", timeout=30)], NOW + at, origin="LOCAL")
+    assert ends(u, NOW + 30) == []  # ended here; the re-arm's message brings it back
+    ingest(u, [tpl_conn("10.0.0.20", timeout=60)], NOW + 31, origin="LOCAL")
+    assert ends(u, NOW + 31) == [60]
+    # 60 s long before its end is not a re-arm: a packet of a connection it had
+    ingest(u, [tpl_conn("10.0.0.20", timeout=60)], NOW + 40, origin="LOCAL")
+    assert ends(u, NOW + 40) == [51]
+
+
+def test_tcp_connections_live_idle_as_long_as_the_longest_of_their_states():
+    t = TemplateTable()
+    t.use_timeouts(tcp=60, tcpfin=30)  # TIME_WAIT and others: 120 s, fixed
+    ingest(t, [tpl_conn("10.0.0.20", proto="TCP", timeout=300)], NOW, origin="LOCAL")
+    ingest(t, [tpl_conn("10.0.0.20", proto="TCP", timeout=300)], NOW + 119, origin="LOCAL")
+    assert ends(t, NOW + 119) == [181]
+    ingest(t, [tpl_conn("10.0.0.20", proto="TCP", timeout=300)], NOW + 240, origin="LOCAL")
+    assert ends(t, NOW + 240) == [300]
+    assert t.expire(NOW + 540) == (1, 0) and t._inbound == {}  # let go with its template
+
+
 def test_ipv4_ipv6_fwmark_and_pe_templates_as_proc_shows_them():
     conns = [
         tpl_conn("10.0.0.20", timeout=300),
@@ -374,6 +442,23 @@ def test_what_the_stream_brings_during_a_read_is_not_dropped_by_it():
     assert {e.caddr for e in t.templates(NOW + 2)} == {"10.0.0.1", "10.0.0.2", "10.0.0.3"}
     # its connection too: the read's clients do not replace a client heard during it
     assert ("10.0.0.3", ("TCP", "10.0.0.100", 5000)) in t.client_counts(NOW + 2)
+
+
+def test_a_restart_the_stream_brought_during_the_read_is_not_undone_by_it():
+    # Measured in the lab: a backup's reconciliation read 40 templates just before the master's
+    # message restarted them, and set the table 11 s early for the rest of their lives.
+    t = ingest(TemplateTable(), [tpl_conn("10.0.0.1", timeout=30)])
+    t.begin_reconcile()
+    read = parse_conn_table(
+        H + kline("UDP", "10.0.0.1", 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 19)
+    )  # what the read showed at NOW + 11 ...
+    ingest(t, [tpl_conn("10.0.0.1", timeout=30)], now=NOW + 11.5)  # ... then the restart
+    rep = t.reconcile(read.entries, NOW + 12, begun=True)
+    assert rep.retimed == 1 and ends(t, NOW + 12) == [29]
+    # not heard during the read: the read's word
+    u = ingest(TemplateTable(), [tpl_conn("10.0.0.1", timeout=30)])
+    u.reconcile(read.entries, NOW + 12)
+    assert ends(u, NOW + 12) == [19]
 
 
 def test_a_template_one_read_skipped_is_dropped_only_if_a_second_skips_it_too():

@@ -66,6 +66,17 @@ def test_the_same_bytes_as_snapshot_encode(seed, later):
     assert encode_dump(t, *args) == encode(snap)
 
 
+def test_a_copy_taken_under_the_lock_renders_what_the_table_held_then():
+    t = mixed_table(0)
+    args = (SERVICES, NOW, "lb1", 1795318200.5)
+    want = encode_dump(t, *args)
+    copy = t.entries()
+    # the feeds go on while the copy is rendered: new clients, a new real server
+    t.note_injected([PlannedTemplate("UDP", "10.9.9.9", "10.0.0.100", 5000, "10.1.0.99", 5000, 0,
+                                     "masq", 100)], NOW)
+    assert encode_dump(t, *args, entries=copy) == want != encode_dump(t, *args)
+
+
 def test_an_empty_table_and_no_services():
     t = TemplateTable()
     assert encode_dump(t, [], NOW, "lb1", 5.0) == encode(t.dump([], NOW, "lb1", 5.0))

@@ -35,7 +35,9 @@ t0=$EPOCHREALTIME
 round=0 handed=0 sent=0
 elapsed() { local now=$EPOCHREALTIME; echo $(( (${now/./} - ${t0/./}) / 1000000 )); }
 while [ "$(elapsed)" -lt "$CHURN_S" ]; do
-    # ranges 10.3.0.0, 10.3.2.0, ... come round again every 8 rounds (about 40-80 s)
+    # ranges 10.3.0.0, 10.3.2.0, ... come round again every 8 rounds (about 10 s at the lab's
+    # pace: a returning source's connection, UDP 20 s, still lives; a master's kernel does not
+    # restart its template for it, and the table in memory must not either)
     base="10.3.$(( (round % 8) * 2 )).0"
     lab_bulk_templates "$BATCH" "$base" 400 > /dev/null || lab_die "bulk round $round"
     sent=$((sent + BATCH)); round=$((round + 1))
