@@ -1208,6 +1208,7 @@ class TemplateTable:
             "templates": len(self._tpl),
             "pe_templates": len(self._pe),
             "client_keys": len(self._clients),
+            "inbound": len(self._inbound),  # a master's own templates' connection ends
             "virtual_keys": len(self._virtuals),
             "real_servers": len(self._dests),
             "wheel_refs": self._twheel.refs() + self._cwheel.refs(),
