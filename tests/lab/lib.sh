@@ -338,6 +338,7 @@ EOF
 table:
   enabled: true
   read_budget: ${LAB_TABLE_BUDGET:-20000}
+  reconcile_interval: ${LAB_TABLE_RECONCILE:-300}
 EOF
     fi
     echo "$f"

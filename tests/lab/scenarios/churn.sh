@@ -11,6 +11,8 @@
 set -u
 . "$LAB_DIR/lib.sh"
 export LVS_HOOKS=1 LVS_HOOKS_AGENT=1 LAB_TABLE=1
+# the reconciliation only at start: what the tables hold at the end is the sync stream's work
+export LAB_TABLE_RECONCILE=0
 LAB_PROTOS=UDP
 LAB_PERSIST=${LAB_PERSIST_CHURN:-30}
 LAB_PUSH_INTERVAL=0
