@@ -165,6 +165,7 @@ class LiveTable:
         read_s = time.monotonic() - t0
         with self.lock:
             now = self.clock()
+            self.table.expire(now)  # a re-arm due shows now, not at the next tick
             mine = list(self.table.templates(now))
         result = compare(mine, read.entries, tolerance + read_s).to_dict()
         result.update(ready=self.ready, read_ms=round(read_s * 1000, 1),
@@ -182,6 +183,7 @@ class LiveTable:
         fewer seconds left (the keeper's question)."""
         with self.lock:
             now = self.clock()
+            self.table.expire(now)  # a re-arm due shows now, not at the next tick
             entries = tuple(self.table.templates(now, below=below))
             counts = self.table.client_counts(now) if client_counts else None
         return ConnTable(

@@ -142,6 +142,28 @@ def test_a_masters_re_arm_gives_its_template_60_s():
     assert ends(u, NOW + 40) == [51]
 
 
+def test_a_template_whose_connection_outlives_it_is_re_armed_without_a_message():
+    # A director that was master: its kernel re-arms its own templates (60 s, again while the
+    # connection lives) and sends nothing once it is backup. Measured in the lab's churn: the
+    # table let them go, the next master scheduled the returning client anew, and the table
+    # took that real server while the kernel kept its own.
+    t = TemplateTable()
+    t.use_timeouts(udp=50)
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + 20, origin="LOCAL")  # lives to 70
+    assert t.expire(NOW + 30) == (0, 0) and ends(t, NOW + 30) == [60]  # re-armed at 30
+    assert t.expire(NOW + 89) == (0, 0) and ends(t, NOW + 89) == [1]  # at 90 it is over
+    assert t.expire(NOW + 90) == (1, 0) and t._inbound == {}
+    # a long pause: every re-arm due meanwhile at once
+    u = TemplateTable()
+    u.use_timeouts(udp=200)
+    ingest(u, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
+    assert u.expire(NOW + 100) == (0, 0) and ends(u, NOW + 100) == [110]  # 30, 90, 150, 210
+    # heard, not captured: no connection of ours behind it, it ends
+    b = ingest(TemplateTable(), [tpl_conn("10.0.0.20", timeout=30)], origin="SYNC")
+    assert b.expire(NOW + 30) == (1, 0)
+
+
 def test_tcp_connections_live_idle_as_long_as_the_longest_of_their_states():
     t = TemplateTable()
     t.use_timeouts(tcp=60, tcpfin=30)  # TIME_WAIT and others: 120 s, fixed
