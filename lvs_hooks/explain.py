@@ -30,6 +30,7 @@ import math
 import os
 import re
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
@@ -43,6 +44,7 @@ from lvs_hooks.kernel.model import (
     TemplateKey,
     canonical_addr,
     host_port,
+    netmask_is_full,
     template_key,
 )
 from lvs_hooks.kernel.netlink import IPVS
@@ -257,23 +259,65 @@ def controlled_connections(
 
 
 class ConnIndex:
-    """The connections of a table by real server and client address as a service's
-    persistence netmask keys them, so that explaining every template reads each connection a
-    bounded number of times (once per distinct netmask), not once per template."""
+    """The entries of a table split into templates and connections, the connections by client
+    address as a service's persistence netmask keys them, so that explaining every template
+    reads each connection a bounded number of times (once per distinct netmask), not once per
+    template.
 
-    def __init__(self, conns: Iterable[ConnEntry]):
-        self.conns = [c for c in conns if not c.is_template]
-        self._by_mask: Dict[str, Dict[Tuple[str, str], List[ConnEntry]]] = {}
+    Keyed by the client alone, not also by real server: at a million lines the index is the
+    part of explain that grows fastest with the table (every connection lands in a random one
+    of a hundred thousand lists, out of the CPU's caches), and a (real server, client) tuple
+    per connection made it twice as slow. controlled_connections checks the real server.
+    """
+
+    def __init__(self, entries: Iterable[ConnEntry], unmasked: bool = True):
+        """`unmasked`: index the clients as they are (no netmask, or a full one) while the
+        entries are split, in the same pass over the table, rather than on first use."""
+        self.templates: List[ConnEntry] = []
+        self.conns: List[ConnEntry] = []
+        self._by_mask: Dict[str, Dict[str, List[ConnEntry]]] = {}
+        by_client: Dict[str, List[ConnEntry]] = defaultdict(list)
+        template, conn = self.templates.append, self.conns.append
+        if unmasked:
+            for e in entries:
+                if e.is_template:
+                    template(e)
+                else:
+                    conn(e)
+                    by_client[e.caddr].append(e)
+            self._by_mask[""] = by_client
+        else:
+            for e in entries:
+                (template if e.is_template else conn)(e)
 
     def candidates(self, t: ConnEntry, svc: Optional[Service]) -> List[ConnEntry]:
-        """The connections to `t`'s real server from `t`'s client (masked as `svc` masks)."""
+        """The connections from `t`'s client (masked as `svc` masks), in the table's order, to
+        any real server: a superset of those `t` controls."""
         mask = svc.netmask if svc is not None else ""
         index = self._by_mask.get(mask)
         if index is None:
-            index = self._by_mask[mask] = {}
-            for c in self.conns:
-                index.setdefault((c.daddr, _masked(c.caddr, svc)), []).append(c)
-        return index.get((t.daddr, t.caddr), [])
+            index = self._by_mask[mask] = self._index(svc)
+        return index.get(t.caddr, [])
+
+    def _index(self, svc: Optional[Service]) -> Dict[str, List[ConnEntry]]:
+        by_client: Dict[str, List[ConnEntry]] = defaultdict(list)
+        if svc is None or netmask_is_full(svc.netmask):
+            # No netmask or a full one (IPv6 services show "128"): one index serves them all.
+            index = self._by_mask.get("")
+            if index is None:
+                for c in self.conns:
+                    by_client[c.caddr].append(c)
+                index = self._by_mask[""] = by_client
+            return index
+        # Masking an address parses it: once per client, not once per connection.
+        masked: Dict[str, str] = {}
+        for c in self.conns:
+            a = c.caddr
+            m = masked.get(a)
+            if m is None:
+                m = masked[a] = svc.template_client(a)
+            by_client[m].append(c)
+        return by_client
 
 
 def _role(daemons: Sequence) -> str:
@@ -542,15 +586,15 @@ def explain(
     when the table was read; `clock`, if known, places each timer in the kernel's wheel."""
     sysctls = sysctls or {}
     injections = injections or {}
-    templates: List[ConnEntry] = []
-    conns: List[ConnEntry] = []
-    # The index's lists and tuples are not part of any cycle either (see below).
-    with gc_paused():
-        for e in entries:
-            (templates if e.is_template else conns).append(e)
-        index = ConnIndex(conns)
     by_key = {s.key(): s for s in services}
     addr_keys = [s.key() for s in services if not s.fwmark]
+    # The index's lists are not part of any cycle either (see below).
+    with gc_paused():
+        index = ConnIndex(
+            entries, unmasked=not client and any(netmask_is_full(s.netmask) for s in services)
+        )
+    templates = index.templates
+    n_conns = len(index.conns)
     version = parse_release(release)
     v0_only = version is not None and version < SYNC_V1_SINCE
     role = _role(daemons)
@@ -588,15 +632,22 @@ def explain(
                     clock,
                 )
             )
-        order = sorted(range(len(chosen)), key=lambda i: (
-            chosen[i].caddr, chosen[i].vaddr, chosen[i].vport, chosen[i].daddr))
-        reports = [reports[i] for i in order]
+        # Freed here, not traversed by the collection that follows the pause.
+        del index
+        # The clients' addresses as bytes made here, in a row: the entries' own strings lie
+        # scattered over the whole table, and comparing them in a sort reads them at random.
+        # UTF-8 (surrogates passed) keeps the order of the text.
+        keys = [
+            (t.caddr.encode("utf-8", "surrogatepass"), t.vaddr, t.vport, t.daddr) for t in chosen
+        ]
+        reports = [reports[i] for i in sorted(range(len(chosen)), key=keys.__getitem__)]
+        del keys
     return {
         "now": round(now, 1),
         "client": client,
         "templates": reports,
         "templates_total": len(templates),
-        "connections_total": len(conns),
+        "connections_total": n_conns,
         "timeouts": dict(timeouts) if timeouts else None,
         "sync_daemons": [getattr(d, "state", "?") for d in daemons],
         "role": role,

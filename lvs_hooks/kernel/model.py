@@ -65,6 +65,13 @@ def _netmask_bits(netmask: str) -> Optional[Tuple[int, int]]:
     return 6, _M128 ^ (_M128 >> plen)
 
 
+def netmask_is_full(netmask: str) -> bool:
+    """Whether template_client(addr, netmask) is `addr` for every address: no netmask, a full
+    one, or one that is not a netmask at all."""
+    bits = _netmask_bits(netmask) if netmask else None
+    return bits is None or bits[1] == (_M32 if bits[0] == 4 else _M128)
+
+
 def template_client(addr: str, netmask: str) -> str:
     """A client address as the templates of a service with persistence netmask `netmask` hold
     it (ip_vs_sched_persist: an IPv4 client ANDed with the mask, an IPv6 one cut to the prefix

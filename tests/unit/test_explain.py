@@ -351,3 +351,47 @@ def test_the_index_gives_each_template_the_connections_a_whole_scan_would():
     assert linked_total > len(templates)  # the table really pairs them
     r = explain(entries, services, TIMEOUTS, NOW)
     assert len(r["templates"]) == len(templates)
+
+
+def test_templates_come_in_the_order_of_client_text_service_and_real_server():
+    """Sorted as text (10.0.0.10 before 10.0.0.9), then virtual address, port, real server; a
+    full tie keeps the table's order."""
+    def t(client, vaddr=VIP, vport=5000, daddr="10.1.0.11", expires=100):
+        return ConnEntry("UDP", client, 0, vaddr, vport, daddr, 5000, "ASSURED", expires)
+
+    entries = [
+        t("fd00::9"), t("10.0.0.9"), t("10.0.0.10", vport=6000), t("10.0.0.10", vport=5000),
+        t("10.0.0.10", daddr="10.1.0.9"), t("10.0.0.10", vaddr="10.0.0.99"),
+        t("10.0.0.10", expires=7), t("10.0.0.100"),
+    ]
+    services = [svc(), svc(port=6000), Service(4, "UDP", "10.0.0.99", 5000)]
+    r = explain(entries, services, TIMEOUTS, NOW)
+    want = sorted(entries, key=lambda e: (e.caddr, e.vaddr, e.vport, e.daddr))
+    assert [x["key"] for x in r["templates"]] == [list(template_key(e)) for e in want]
+    ties = [x["expires_s"] for x in r["templates"] if x["client"] == "10.0.0.10"
+            and x["service"] == f"UDP {VIP}:5000" and x["real_server"] == "10.1.0.11:5000"]
+    assert ties == [100, 7]  # the table's order
+
+
+def test_netmask_is_full_when_template_client_keeps_every_address():
+    from lvs_hooks.kernel.model import netmask_is_full, template_client
+
+    addrs = ["10.0.3.77", "fd00:1:2:3::77"]
+    for mask in ["", "255.255.255.255", "128", "not-a-mask", "129", "255.255.255.0", "0.0.0.0",
+                 "64", "0", "127"]:
+        keeps = all(template_client(a, mask) == a for a in addrs)
+        assert netmask_is_full(mask) == keeps, mask
+
+
+def test_the_index_of_a_masked_service_serves_one_client_too():
+    """explain for one client builds its index on first use (not while splitting the table):
+    the same connections as the whole explanation gives that client's template."""
+    s24 = svc(netmask="255.255.255.0")
+    entries = [tpl(client="10.0.0.0", expires=40), conn(client="10.0.0.20", expires=290),
+               conn(client="10.0.0.21", cport=40001, expires=100),
+               conn(client="10.0.1.20", cport=40002), tpl(client="10.0.1.0")]
+    whole = explain(entries, [s24], TIMEOUTS, NOW)
+    mine = explain(entries, [s24], TIMEOUTS, NOW, client="10.0.0.21")
+    assert mine["templates"] == [x for x in whole["templates"] if x["client"] == "10.0.0.0"]
+    assert [c["connection"] for c in mine["templates"][0]["controls"]] == [
+        "UDP 10.0.0.20:40000 -> 10.0.0.100:5000", "UDP 10.0.0.21:40001 -> 10.0.0.100:5000"]
