@@ -17,7 +17,10 @@
 #
 # TOPOLOGY (lab_topology [NDIRECTORS]; default 2, 3 works):
 #   br-ext  10.0.0.0/24   client eth0 .10 + client addresses .20 ... (LAB_CLIENTS of them),
-#                         dirN eth0 .N, VIP 10.0.0.100 (LAB_VIP) on the master
+#                         dirN eth0 .N, VIP 10.0.0.100 (LAB_VIP) on the master; another /24:
+#                         LAB_EXT_NET (e.g. 192.0.2), LAB_CLIENT_HOST (the client's .10)
+#                         LAB_ONE_NET=1: the real servers are here too, dirN has 10.1.0.N on
+#                         eth0 and no leg on br-int (then the sync link may be eth1)
 #   br-int  10.1.0.0/24   dirN eth1 .N, rs1 .11, rs2 .12 (LAB_RS), gateway VIP .254 (LAB_GW_VIP)
 #                         on the master (NAT: real servers route back through the director)
 #   br-sync 172.16.0.0/24 dirN sync0 .N: the IPVS sync link (a bridge, so 2 or 3 directors alike)
@@ -36,6 +39,8 @@
 #   lab_topology [N]                    netns, bridges, addresses, real servers (+ anchors)
 #   lab_director_create DIR             one director netns plugged into the bridges
 #   lab_rs_start                        the real servers
+#   lab_view DIR / lab_in DIR CMD...    DIR as a machine of its own: its own /etc/lvs-hooks,
+#                                       /etc/keepalived, /run, /var/lib/lvs-hooks, hostname
 #   lab_keepalived_start DIR PRIO [STATE]  render keepalived.conf from the template, start it
 #   lab_keepalived_conf DIR PRIO STATE  (the template; prints the config)
 #   lab_hooks_config DIR                (lvs-hooks config of one director; prints the path)
@@ -65,6 +70,9 @@ mkdir -p "$LAB_OUT" "$LAB_TMP"
 
 # Topology and service parameters: override before lab_topology / lab_keepalived_start.
 LAB_VIP=${LAB_VIP:-10.0.0.100}
+LAB_EXT_NET=${LAB_EXT_NET:-10.0.0}      # br-ext's /24 (client, client addresses, dirN eth0 .N)
+LAB_CLIENT_HOST=${LAB_CLIENT_HOST:-10}  # the client's own address there
+LAB_ONE_NET=${LAB_ONE_NET:-0}           # 1: real servers on br-ext, directors without br-int
 LAB_VPORT=${LAB_VPORT:-5000}
 LAB_GW_VIP=${LAB_GW_VIP:-10.1.0.254}
 LAB_CLIENTS=${LAB_CLIENTS:-20}          # client addresses 10.0.0.20 .. (at most 70)
@@ -159,24 +167,28 @@ _lab_dir_root_batch() {
     local d=$1
     echo "netns add $d"
     echo "link add v-$d-eth0 type veth peer name eth0 netns $d"
-    echo "link add v-$d-eth1 type veth peer name eth1 netns $d"
+    [ "$LAB_ONE_NET" = 1 ] || echo "link add v-$d-eth1 type veth peer name eth1 netns $d"
     echo "link add v-$d-sync type veth peer name $LAB_SYNC_IF netns $d"
     echo "link set v-$d-eth0 master br-ext up"
-    echo "link set v-$d-eth1 master br-int up"
+    [ "$LAB_ONE_NET" = 1 ] || echo "link set v-$d-eth1 master br-int up"
     echo "link set v-$d-sync master br-sync up"
 }
 _lab_dir_ns_batch() {
     local n=$1
     echo "link set lo up"
-    echo "addr add 10.0.0.$n/24 dev eth0"
-    echo "addr add 10.1.0.$n/24 dev eth1"
+    echo "addr add $LAB_EXT_NET.$n/24 dev eth0"
+    if [ "$LAB_ONE_NET" = 1 ]; then
+        echo "addr add 10.1.0.$n/24 dev eth0"
+    else
+        echo "addr add 10.1.0.$n/24 dev eth1"
+        echo "link set eth1 up"
+    fi
     echo "addr add 172.16.0.$n/24 dev $LAB_SYNC_IF"
     if [ "$LAB_IPV6" = 1 ]; then
         echo "addr add fd00::$n/64 dev eth0 nodad"
         echo "addr add fd00:1::$n/64 dev eth1 nodad"
     fi
     echo "link set eth0 up"
-    echo "link set eth1 up"
     echo "link set $LAB_SYNC_IF up"
 }
 _lab_dir_sysctls=(net.ipv4.ip_forward=1 net.ipv4.conf.all.rp_filter=0
@@ -202,9 +214,52 @@ lab_director_create() {
     lab_anchor "$d" "${_LAB_SYSCTLS[@]}"
 }
 
+# lab_view DIR: DIR as a machine of its own for what keepalived and lvs-hooks keep at their
+# default paths: a mount and a UTS namespace (hostname DIR) kept in $LAB_TMP/.views/, where
+# /etc/lvs-hooks, /etc/keepalived and /etc/systemd/system are DIR's own ($LAB_TMP/DIR/view/...,
+# the guest's copied the first time), /var/lib/lvs-hooks is $LAB_TMP/DIR/state, /run an empty
+# directory of DIR's with /run/lvs-hooks on $LAB_TMP/DIR/run (where lab_warm, lab_hooks_state
+# and the runner's logs look), /usr/local/bin empty (the runner's lvs-hooks of the checkout is
+# not on that machine) and /sys DIR's netns'. Everything else is the guest's. lab_in runs in it.
+# After lab_reboot, call it again: /run and /sys afresh; /etc and /var/lib kept.
+lab_view() {
+    local d=$1 v="$LAB_TMP/$1/view" ns="$LAB_TMP/.views" p
+    if ! mountpoint -q "$ns"; then  # persistent namespaces need a private mount to live on
+        mkdir -p "$ns"
+        { mount --bind "$ns" "$ns" && mount --make-private "$ns"; } || lab_die "no $ns"
+    fi
+    umount "$ns/$d.mnt" "$ns/$d.uts" 2> /dev/null
+    touch "$ns/$d.mnt" "$ns/$d.uts"
+    for p in /etc/lvs-hooks /etc/keepalived /etc/systemd/system; do
+        [ -d "$v$p" ] && continue
+        mkdir -p "$v$p" "$p"
+        cp -a "$p/." "$v$p/"
+    done
+    rm -rf "$v/run"
+    mkdir -p "$v/run/lvs-hooks" "$v/empty" "$LAB_TMP/$d/run" "$LAB_TMP/$d/state" /var/lib/lvs-hooks
+    # shellcheck disable=SC2016
+    unshare --mount="$ns/$d.mnt" --uts="$ns/$d.uts" --propagation private sh -ec '
+        d=$1 v=$2 t=$3
+        echo "$d" > /proc/sys/kernel/hostname
+        nsenter --net="/run/netns/$d" mount -t sysfs sysfs /sys
+        for p in /etc/lvs-hooks /etc/keepalived /etc/systemd/system; do mount --bind "$v$p" "$p"; done
+        mount --bind "$t/state" /var/lib/lvs-hooks
+        mount --bind "$v/run" /run
+        mount --bind "$t/run" /run/lvs-hooks
+        mount --bind "$v/empty" /usr/local/bin' sh "$d" "$v" "$LAB_TMP/$d" || lab_die "$d: no view"
+}
+# lab_in DIR CMD...: CMD in DIR's netns and view (lab_view); its working directory is /.
+# lab_in_cmd DIR: that prefix into the array LAB_IN (`"${LAB_IN[@]}" CMD &`: $! is CMD's pid)
+lab_in_cmd() {
+    LAB_IN=(nsenter --net="/run/netns/$1" --mount="$LAB_TMP/.views/$1.mnt"
+            --uts="$LAB_TMP/.views/$1.uts" --)
+}
+lab_in() { local LAB_IN; lab_in_cmd "$1"; shift; "${LAB_IN[@]}" "$@"; }
+
 # lab_topology [NDIRECTORS]: everything but keepalived (see the header for the picture)
 lab_topology() {
-    local nd=${1:-2} i r a t0=$EPOCHREALTIME
+    local nd=${1:-2} i r a t0=$EPOCHREALTIME rsbr=br-int
+    [ "$LAB_ONE_NET" = 1 ] && rsbr=br-ext
     LAB_DIRECTORS=$nd
     lab_syslog_start
     {
@@ -219,15 +274,15 @@ lab_topology() {
         for r in $LAB_RS; do
             echo "netns add $r"
             echo "link add v-$r-eth0 type veth peer name eth0 netns $r"
-            echo "link set v-$r-eth0 master br-int up"
+            echo "link set v-$r-eth0 master $rsbr up"
         done
         for ((i = 1; i <= nd; i++)); do _lab_dir_root_batch "dir$i"; done
     } | ip -b - || lab_die "topology (root namespace)"
     {
         echo "link set lo up"
-        echo "addr add 10.0.0.10/24 dev eth0"
+        echo "addr add $LAB_EXT_NET.$LAB_CLIENT_HOST/24 dev eth0"
         for ((i = 0; i < LAB_CLIENTS; i++)); do
-            echo "addr add 10.0.0.$((LAB_CLIENT_FIRST + i))/24 dev eth0"
+            echo "addr add $LAB_EXT_NET.$((LAB_CLIENT_FIRST + i))/24 dev eth0"
         done
         if [ "$LAB_IPV6" = 1 ]; then
             echo "addr add fd00::10/64 dev eth0 nodad"
@@ -651,7 +706,7 @@ lab_bulk_templates() {
 # sends in a random order per step (as real clients arrive); LAB_SEED=N makes the order repeatable.
 lab_client_start() {
     local last=$((LAB_CLIENT_FIRST + LAB_CLIENTS - 1)) ctl="$LAB_TMP/client"
-    local vip=$LAB_VIP range="10.0.0.$LAB_CLIENT_FIRST-$last"
+    local vip=$LAB_VIP range="$LAB_EXT_NET.$LAB_CLIENT_FIRST-$last"
     [ "$LAB_IPV6" = 1 ] && vip=$LAB_VIP6 range="fd00::$LAB_CLIENT_FIRST-$last"
     ip netns exec client "$LAB_PYTHON" "$LAB_DIR/client.py" --ctl "$ctl" --vip "$vip" \
         --port "$LAB_VPORT" ${LAB_SEED:+--seed "$LAB_SEED"} "$range" \
