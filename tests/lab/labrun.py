@@ -228,6 +228,8 @@ class Console:
     """Streams the serial console with host timestamps, splits it per scenario, reads markers."""
 
     START = re.compile(r"LAB: scenario (\S+) start")
+    # the guest's speed factor (vm/stage2.sh): LAB_SLOW as applied, and the measured ratio
+    SLOW = re.compile(r"LAB: guest ready .*\bslow=([0-9.]+) calib=([0-9.]+)")
     END = re.compile(r"LAB: scenario (\S+) rc=(\d+) wall=([0-9.]+)s")
 
     def __init__(self, run_dir: str, t0: float, quiet: bool):
@@ -236,6 +238,8 @@ class Console:
         self.current = None  # per-scenario log file
         self.results: Dict[str, Tuple[int, float]] = {}
         self.boot_s: Optional[float] = None
+        self.slow = 1.0  # LAB_SLOW, once the guest has measured it: stretches the run's limit
+        self.calib: Optional[float] = None
         self.done = False
         self.buf = b""
 
@@ -267,6 +271,9 @@ class Console:
                 self.current = None
         if "LAB: guest ready" in text and self.boot_s is None:
             self.boot_s = time.monotonic() - self.t0
+            m = self.SLOW.search(text)
+            if m:
+                self.slow, self.calib = float(m.group(1)), float(m.group(2))
         if "LAB: all done" in text:
             self.done = True
 
@@ -279,19 +286,21 @@ class Console:
         self.log.close()
 
 
-def run_vm(cmd: List[str], con: Console, limit: float, interactive: bool) -> bool:
-    """Runs QEMU until it exits or the run limit; True when it hit the limit (and was killed)."""
+def run_vm(cmd: List[str], con: Console, fixed: float, scaled: float, interactive: bool) -> bool:
+    """Runs QEMU until it exits or the run limit, fixed + scaled x the guest's LAB_SLOW (known
+    from its `guest ready` line, 1 until then: the scenarios' limits are stretched in the guest
+    by the same factor); True when it hit the limit (and was killed)."""
     if interactive:
         return subprocess.run(cmd).returncode is None
     pr = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           stdin=subprocess.DEVNULL)
     sel = selectors.DefaultSelector()
     sel.register(pr.stdout, selectors.EVENT_READ)
-    deadline = con.t0 + limit
     timed_out = False
     try:
         while True:
-            left = deadline - time.monotonic()
+            limit = fixed + scaled * con.slow
+            left = con.t0 + limit - time.monotonic()
             if left <= 0:
                 timed_out = True
                 break
@@ -389,14 +398,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     write_manifest(run_dir, a, names, limits, env)
 
     accel = a.accel if a.accel != "auto" else ("kvm" if kvm_usable() else "tcg")
-    run_limit = a.timeout or (BOOT_ALLOWANCE + sum(limits) + 10 * len(limits))
+    # --timeout is the whole run's, as given; the default grows with the guest's LAB_SLOW
+    fixed, scaled = ((a.timeout, 0.0) if a.timeout
+                     else (BOOT_ALLOWANCE, float(sum(limits) + 10 * len(limits))))
     if a.shell:
-        run_limit = 10 ** 9
+        fixed, scaled = 10.0 ** 9, 0.0
     log(f"run dir {run_dir}; accel={accel}; scenarios: {' '.join(names) or '-'}; "
-        f"run limit {run_limit:.0f}s")
+        f"run limit {fixed + scaled:.0f}s" + (" x LAB_SLOW" if scaled else ""))
     t0 = time.monotonic()
     con = Console(run_dir, t0, a.quiet)
-    timed_out = run_vm(qemu_command(art, run_dir, a, accel), con, run_limit, a.shell)
+    timed_out = run_vm(qemu_command(art, run_dir, a, accel), con, fixed, scaled, a.shell)
     con.close()
     total = time.monotonic() - t0
 
@@ -407,14 +418,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             rc = RC_TIMEOUT if timed_out else RC_VM_FAILED
         rows.append({"name": name, "source": pth, "rc": rc, "wall_s": wall, "limit_s": limit,
                      "timed_out": rc == RC_TIMEOUT, "out": os.path.join(run_dir, "results", name)})
-    summary = {"accel": accel, "boot_s": con.boot_s, "total_s": round(total, 2),
+    # slow: LAB_SLOW, by which the guest stretched lab_wait's deadlines and each scenario's
+    # limit (limit_s is the written one); calib: the measured ratio to the idle reference
+    summary = {"accel": accel, "kernel": a.kernel, "boot_s": con.boot_s,
+               "slow": con.slow, "calib": con.calib, "total_s": round(total, 2),
                "run_timed_out": timed_out, "completed": con.done, "env": env,
                "scenarios": rows}
     with open(os.path.join(run_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
 
     boot = f"{con.boot_s:.1f}s" if con.boot_s is not None else "n/a"
-    log(f"boot to guest ready {boot}, VM total {total:.1f}s")
+    log(f"boot to guest ready {boot} (slow={con.slow:.2f}, calib={con.calib}), VM total "
+        f"{total:.1f}s")
     for r in rows:
         wall = f"{r['wall_s']:.2f}s" if r["wall_s"] is not None else "n/a"
         print(f"LAB: scenario {r['name']} rc={r['rc']} wall={wall}", flush=True)

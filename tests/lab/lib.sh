@@ -119,12 +119,22 @@ mkfifo "$LAB_TMP/.nap" 2>/dev/null
 exec {_LAB_NAPFD}<>"$LAB_TMP/.nap"
 lab_nap() { read -r -t "$1" -u "$_LAB_NAPFD"; return 0; }
 
+# LAB_SLOW: how much slower than an idle host this guest runs, measured at boot by vm/stage2.sh
+# (tests/lab/README.md). lab_wait's deadlines are stretched by it, never shrunk: as a percentage.
+_lab_slow_pct=100
+if [[ ${LAB_SLOW:-} =~ ^([0-9]+)(\.([0-9]*))?$ ]]; then
+    _lab_f=${BASH_REMATCH[3]}00
+    _lab_slow_pct=$(( 10#${BASH_REMATCH[1]} * 100 + 10#${_lab_f:0:2} ))
+    (( _lab_slow_pct < 100 )) && _lab_slow_pct=100
+fi
+
 # lab_wait SECS DESC CMD... : poll CMD (every 0.2 s) until it succeeds; prints how long it took.
-# Returns 1 at the deadline (the caller decides: `lab_wait ... || lab_die ...`).
+# Returns 1 at the deadline, SECS x LAB_SLOW (the caller decides: `lab_wait ... || lab_die ...`).
 lab_wait() {
     local secs=$1 desc=$2 t0=$EPOCHREALTIME
     shift 2
-    local deadline=$(( ${t0/./} + ${secs%.*} * 1000000 ))
+    # seconds x percentage x 10^4 = microseconds x LAB_SLOW
+    local deadline=$(( ${t0/./} + ${secs%.*} * 10000 * _lab_slow_pct ))
     while :; do
         if "$@"; then
             lab_log "waited $(lab_elapsed "$t0")s for: $desc"
@@ -132,7 +142,7 @@ lab_wait() {
         fi
         local now=$EPOCHREALTIME
         if (( ${now/./} >= deadline )); then
-            lab_log "TIMEOUT after $(lab_elapsed "$t0")s waiting for: $desc"
+            lab_log "TIMEOUT after $(lab_elapsed "$t0")s (${secs}s x LAB_SLOW ${LAB_SLOW:-1}) waiting for: $desc"
             return 1
         fi
         lab_nap 0.2

@@ -74,7 +74,55 @@ up() { local u; read -r u _ < /proc/uptime; echo "$u"; }
 mkfifo /run/lab-sleep.fifo
 exec {SLEEPFD}<>/run/lab-sleep.fifo
 nap() { read -r -t "$1" -u "$SLEEPFD"; }
-echo "LAB: guest ready uptime=$(up) kernel=$(uname -r) scenarios=${#LAB_SCENARIOS[@]}"
+
+# The guest's speed (tests/lab/README.md, "Deadlines that scale with the machine"): a fixed CPU
+# workload, a loop of bash builtins (no process start, no 9p read: only the share of the host's
+# CPU this guest's vCPU gets, and TCG's speed), timed three times; the fastest against
+# CALIB_REF_US, the same measure on this 2-core host, idle (342-388 ms over 5 boots, 6.1 and
+# 6.12 alike). calib = fastest / reference; LAB_SLOW = calib within [1, 4]: lab_wait (lib.sh)
+# stretches every deadline by it and the time limits below are stretched by it, never shrunk
+# below the written ones; 4 at most so that a hung scenario cannot hold the VM for much more
+# than its limit.
+# -e LAB_SLOW=F sets the factor instead of measuring (still within [1, 4]).
+CALIB_LOOPS=20000
+CALIB_REF_US=350000
+calib_once() { # -> CALIB_ONE (microseconds)
+    local i t0=$EPOCHREALTIME t1
+    for ((i = 0; i < CALIB_LOOPS; i++)); do :; done
+    t1=$EPOCHREALTIME
+    CALIB_ONE=$(( ${t1/./} - ${t0/./} ))
+}
+calibrate() {
+    local runs=() kv forced=""
+    for kv in "${LAB_ENV[@]}"; do
+        case $kv in LAB_SLOW=*) forced=${kv#LAB_SLOW=} ;; esac
+    done
+    if [[ $forced =~ ^([0-9]+)(\.([0-9]*))?$ ]]; then
+        local frac=${BASH_REMATCH[3]}00
+        CALIB_US=0 CALIB_RUNS=-
+        SLOW_PCT=$(( 10#${BASH_REMATCH[1]} * 100 + 10#${frac:0:2} ))
+    else
+        for kv in 1 2 3; do calib_once; runs+=("$CALIB_ONE"); done
+        local a=${runs[0]} b=${runs[1]} c=${runs[2]}
+        # the fastest: the end of the boot still runs beside the first loops (up to +50 %), and a
+        # host that is busy all along (another VM) slows every loop alike
+        CALIB_US=$(( a < b ? (a < c ? a : c) : (b < c ? b : c) ))
+        CALIB_RUNS="$a,$b,$c"
+        SLOW_PCT=$(( (CALIB_US * 100 + CALIB_REF_US / 2) / CALIB_REF_US ))
+    fi
+    CALIB_PCT=$SLOW_PCT
+    (( SLOW_PCT < 100 )) && SLOW_PCT=100
+    (( SLOW_PCT > 400 )) && SLOW_PCT=400
+    printf -v LAB_SLOW '%d.%02d' $((SLOW_PCT / 100)) $((SLOW_PCT % 100))
+    printf -v CALIB '%d.%02d' $((CALIB_PCT / 100)) $((CALIB_PCT % 100))
+    export LAB_SLOW
+}
+calibrate
+# a limit stretched by LAB_SLOW, rounded up
+stretch() { echo $(( ($1 * SLOW_PCT + 99) / 100 )); }
+echo "LAB: guest ready uptime=$(up) kernel=$(uname -r) scenarios=${#LAB_SCENARIOS[@]}" \
+    "slow=$LAB_SLOW calib=$CALIB" \
+    "calib_us=$CALIB_RUNS ref_us=$CALIB_REF_US"
 
 if [ "${LAB_MODE:-run}" = shell ]; then
     export LAB_DIR LAB_PYTHON LAB_PROJECT LAB_OUT=/lab/results/shell
@@ -145,7 +193,7 @@ keep_logs() {
 : > /lab/status
 for idx in "${!LAB_SCENARIOS[@]}"; do
     name=${LAB_SCENARIOS[$idx]}
-    limit=${LAB_TIMEOUTS[$idx]}
+    limit=$(stretch "${LAB_TIMEOUTS[$idx]}")
     out=/lab/results/$name
     mkdir -p "$out"
     cg=/sys/fs/cgroup/scn-$idx
@@ -155,7 +203,8 @@ for idx in "${!LAB_SCENARIOS[@]}"; do
     (
         echo "$BASHPID" > "$cg/cgroup.procs"
         for kv in "${LAB_ENV[@]}"; do export "${kv?}"; done
-        export LAB_OUT=$out LAB_NAME=$name LAB_DIR LAB_PYTHON LAB_PROJECT
+        # after LAB_ENV: the factor the limits were stretched by is the one lab_wait uses
+        export LAB_OUT=$out LAB_NAME=$name LAB_DIR LAB_PYTHON LAB_PROJECT LAB_SLOW
         mkdir -p /tmp/lab
         cd /tmp/lab || exit 1
         exec timeout -k 5 "$limit" /bin/bash "/lab/scenarios/$name.sh"
