@@ -33,6 +33,9 @@
 # /etc/systemd/system/TARGET.wants/. Not done: the units' sandboxing (ProtectSystem,
 # PrivateTmp, ReadWritePaths, capabilities) and Restart= (a killed agent stays dead here).
 #
+# The package stays installed in the guest's root for the VM's later scenarios (its files only:
+# nothing of it is enabled or runs there; they run `lvs-hooks` of the checkout, first on PATH).
+#
 # Results ($LAB_OUT, on every exit path): result.json (per step same_rs, doctor exit codes,
 # status lines and exit codes, waits, wall time, tracebacks), traffic.txt, the README's pieces
 # as run (readme-*.txt), each director's keepalived.conf, lvs-hooks.yaml, doctor and command
