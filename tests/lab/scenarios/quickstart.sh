@@ -593,5 +593,16 @@ status_check_start dir2 dir2-killed
 status_check_end dir2-killed
 [ "${check_rc[dir2-killed]}" = 2 ] && [[ ${check_line[dir2-killed]} == "LVS-HOOKS CRITICAL - "* ]] \
     || failures+=("dir2 with its agent killed: status --check rc ${check_rc[dir2-killed]}: ${check_line[dir2-killed]}")
+
+lab_step "removal as the README says (apt purge; -y for a script): the VM's later scenarios find no package"
+t=$EPOCHREALTIME
+grep -q '`apt purge lvs-hooks`' "$README" || failures+=("the README no longer says \`apt purge lvs-hooks\`")
+apt purge -y lvs-hooks < /dev/null > "$LAB_OUT/purge.txt" 2>&1 \
+    || failures+=("apt purge lvs-hooks failed: $(tail -n 2 "$LAB_OUT/purge.txt")")
+waited[purge]=$(lab_elapsed "$t")
+left=$(ls -d /usr/sbin/lvs-hooks /usr/libexec/keepalived/lvs-hooks /usr/lib/lvs-hooks \
+       /etc/lvs-hooks /var/lib/lvs-hooks 2>/dev/null | xargs)
+[ -z "$left" ] || failures+=("left after apt purge: $left")
+lab_log "apt purge lvs-hooks: left of the package's paths: ${left:-nothing}"
 completed=true
 exit 0
