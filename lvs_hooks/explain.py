@@ -30,9 +30,8 @@ import math
 import os
 import re
 import time
-from collections import defaultdict
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
@@ -45,6 +44,7 @@ from lvs_hooks.kernel.model import (
     canonical_addr,
     host_port,
     netmask_is_full,
+    template_client,
     template_key,
 )
 from lvs_hooks.kernel.netlink import IPVS
@@ -243,81 +243,83 @@ def controlled_connections(
     synced: List[ConnEntry] = []
     fwmark = t.fwmark
     for c in conns:
-        if c.is_template or c.daddr != t.daddr or _masked(c.caddr, svc) != t.caddr:
+        if c.is_template or not _serves(t, fwmark, c, addr_keys):
             continue
-        if fwmark:
-            # a fwmark connection shows the packet's protocol, address and port, not the mark;
-            # a port-zero service's shows the packet's port
-            if c.af != t.af or c.service_key() in addr_keys or (
-                (c.protocol, c.vaddr, 0) in addr_keys
-            ):
-                continue
-        elif c.protocol != t.protocol or c.vaddr != t.vaddr or (t.vport and c.vport != t.vport):
+        if _masked(c.caddr, svc) != t.caddr:
             continue
         (synced if c.origin == "SYNC" else linked).append(c)
     return linked, synced
 
 
-class ConnIndex:
-    """The entries of a table split into templates and connections, the connections by client
-    address as a service's persistence netmask keys them, so that explaining every template
-    reads each connection a bounded number of times (once per distinct netmask), not once per
-    template.
+def _serves(
+    t: Union[ConnEntry, "_Controls"], fwmark: int, c: ConnEntry, addr_keys: Set[Tuple]
+) -> bool:
+    """Connection `c` goes to template `t`'s real server through `t`'s service (`fwmark`:
+    t.fwmark; `addr_keys`: the keys of the services that have an address)."""
+    if c.daddr != t.daddr:
+        return False
+    if fwmark:
+        # a fwmark connection shows the packet's protocol, address and port, not the mark;
+        # a port-zero service's shows the packet's port
+        return not (
+            c.af != t.af or c.service_key() in addr_keys or (c.protocol, c.vaddr, 0) in addr_keys
+        )
+    return c.protocol == t.protocol and c.vaddr == t.vaddr and not (t.vport and c.vport != t.vport)
 
-    Keyed by the client alone, not also by real server: at a million lines the index is the
-    part of explain that grows fastest with the table (every connection lands in a random one
-    of a hundred thousand lists, out of the CPU's caches), and a (real server, client) tuple
-    per connection made it twice as slow. controlled_connections checks the real server.
+
+def _conn_report(
+    c: ConnEntry, timeouts: Optional[Mapping[str, int]], now: float, clock: Optional["Clock"]
+) -> Tuple[dict, float]:
+    """A connection a template controls as the report shows it, and when it ends if idle."""
+    tmo, name = conn_timeout(c, timeouts)
+    c_lo, c_hi = _window(clock, now, c.expires, tmo)
+    end = (c_lo + c_hi) / 2
+    report = {
+        "connection": f"{c.protocol} {host_port(c.caddr, c.cport)} -> "
+        f"{host_port(c.vaddr, c.vport)}",
+        "state": c.state,
+        "expires_s": c.expires,
+        "timeout_s": tmo,
+        "timeout_source": name,
+        "origin": c.origin,
+        "predicted_end": round(end, 2),
+    }
+    return report, end
+
+
+class _Controls:
+    """A template as the pass over the connections reads it, and what it gathers there: the
+    reports of the connections it controls, when the last of them ends if idle, how many
+    synced connections of its client it does not control.
+
+    The fields of the template that tell its connections are copied here, and the next
+    template of the same client hangs on `next`: a connection reads this one object, not the
+    template's entry and a list of them too. At a million lines each is a read from memory,
+    out of the CPU's caches, for every connection (bench/bench_explain.py).
     """
 
-    def __init__(self, entries: Iterable[ConnEntry], unmasked: bool = True):
-        """`unmasked`: index the clients as they are (no netmask, or a full one) while the
-        entries are split, in the same pass over the table, rather than on first use."""
-        self.templates: List[ConnEntry] = []
-        self.conns: List[ConnEntry] = []
-        self._by_mask: Dict[str, Dict[str, List[ConnEntry]]] = {}
-        by_client: Dict[str, List[ConnEntry]] = defaultdict(list)
-        template, conn = self.templates.append, self.conns.append
-        if unmasked:
-            for e in entries:
-                if e.is_template:
-                    template(e)
-                else:
-                    conn(e)
-                    by_client[e.caddr].append(e)
-            self._by_mask[""] = by_client
-        else:
-            for e in entries:
-                (template if e.is_template else conn)(e)
+    __slots__ = (
+        "daddr", "protocol", "vaddr", "vport", "af", "fwmark",
+        "reports", "last_end", "synced", "next",
+    )
 
-    def candidates(self, t: ConnEntry, svc: Optional[Service]) -> List[ConnEntry]:
-        """The connections from `t`'s client (masked as `svc` masks), in the table's order, to
-        any real server: a superset of those `t` controls."""
-        mask = svc.netmask if svc is not None else ""
-        index = self._by_mask.get(mask)
-        if index is None:
-            index = self._by_mask[mask] = self._index(svc)
-        return index.get(t.caddr, [])
+    def __init__(self, t: ConnEntry) -> None:
+        self.daddr, self.protocol, self.vaddr, self.vport = t.daddr, t.protocol, t.vaddr, t.vport
+        self.af, self.fwmark = t.af, t.fwmark
+        self.reports: List[dict] = []
+        self.last_end: Optional[float] = None
+        self.synced = 0
+        self.next: Optional[_Controls] = None
 
-    def _index(self, svc: Optional[Service]) -> Dict[str, List[ConnEntry]]:
-        by_client: Dict[str, List[ConnEntry]] = defaultdict(list)
-        if svc is None or netmask_is_full(svc.netmask):
-            # No netmask or a full one (IPv6 services show "128"): one index serves them all.
-            index = self._by_mask.get("")
-            if index is None:
-                for c in self.conns:
-                    by_client[c.caddr].append(c)
-                index = self._by_mask[""] = by_client
-            return index
-        # Masking an address parses it: once per client, not once per connection.
-        masked: Dict[str, str] = {}
-        for c in self.conns:
-            a = c.caddr
-            m = masked.get(a)
-            if m is None:
-                m = masked[a] = svc.template_client(a)
-            by_client[m].append(c)
-        return by_client
+    def add(self, c: ConnEntry, timeouts: Optional[Mapping[str, int]], now: float,
+            clock: Optional["Clock"]) -> None:
+        if c.origin == "SYNC":
+            self.synced += 1
+            return
+        report, end = _conn_report(c, timeouts, now, clock)
+        self.reports.append(report)
+        if self.last_end is None or end > self.last_end:
+            self.last_end = end
 
 
 def _role(daemons: Sequence) -> str:
@@ -335,7 +337,6 @@ def _timeout_source(
     t: ConnEntry,
     origin: str,
     svc: Optional[Service],
-    linked: Sequence[ConnEntry],
     injection: Optional[Injection],
     v0_only: bool,
 ) -> Tuple[str, Optional[int], str]:
@@ -425,10 +426,30 @@ def explain_template(
 ) -> dict:
     """One template: why it exists, which timeout it holds, when it ends and what then."""
     svc = services_by_key.get(t.service_key())
-    origin = t.origin or "?"
     linked, synced = controlled_connections(t, conns, svc, address_service_keys)
+    controls = _Controls(t)
+    for c in linked:
+        controls.add(c, timeouts, now, clock)
+    controls.synced = len(synced)
+    return _template_report(t, svc, controls, now, role, injection, v0_only, clock)
+
+
+def _template_report(
+    t: ConnEntry,
+    svc: Optional[Service],
+    controls: "_Controls",
+    now: float,
+    role: str,
+    injection: Optional[Injection],
+    v0_only: bool,
+    clock: Optional[Clock],
+    texts: Optional[Dict[str, str]] = None,
+) -> dict:
+    """explain_template's report from what `controls` gathered. `texts`: the sentences made so
+    far, so that templates that say the same hold one string, not one each."""
+    origin = t.origin or "?"
     e = t.expires
-    code, seconds, timeout_text = _timeout_source(t, origin, svc, linked, injection, v0_only)
+    code, seconds, timeout_text = _timeout_source(t, origin, svc, injection, v0_only)
     # How far ahead the timer was armed decides how late the wheel runs it: the template's
     # timeout; when that is either persistence_timeout or a re-arm, the widest of the two.
     p = svc.timeout if svc is not None and svc.persistent else None
@@ -458,24 +479,10 @@ def explain_template(
         origin_code = "unknown"
         origin_text = "made here or received by sync (this kernel does not say)"
 
-    conn_reports = []
-    live_ends = []
-    for c in linked:
-        tmo, name = conn_timeout(c, timeouts)
-        c_lo, c_hi = _window(clock, now, c.expires, tmo)
-        conn_reports.append(
-            {
-                "connection": f"{c.protocol} {host_port(c.caddr, c.cport)} -> "
-                f"{host_port(c.vaddr, c.vport)}",
-                "state": c.state,
-                "expires_s": c.expires,
-                "timeout_s": tmo,
-                "timeout_source": name,
-                "origin": c.origin,
-                "predicted_end": round((c_lo + c_hi) / 2, 2),
-            }
-        )
-        live_ends.append((c_lo + c_hi) / 2)
+    conn_reports = controls.reports
+    n_linked = len(conn_reports)
+    n_synced = controls.synced
+    last = controls.last_end
     sched = svc.scheduler if svc is not None and svc.scheduler else "the scheduler"
 
     if t.is_invalidated:
@@ -485,15 +492,14 @@ def explain_template(
             "one); it is never used again",
             end,
         )
-    elif live_ends and max(live_ends) > end:
-        last = max(live_ends)
+    elif last is not None and last > end:
         # each re-arm is a 60 s timer, run late by the wheel like any other
         step = REARM_SECONDS + (clock.late_up_to(REARM_SECONDS) / 2 if clock else 0)
         rounds = math.ceil((last - end) / step)
         then = "re-armed"
         then_text = (
-            f"re-armed with {REARM_SECONDS} s: it still controls {len(linked)} "
-            f"connection{'s' if len(linked) != 1 else ''} then (the last one ends in "
+            f"re-armed with {REARM_SECONDS} s: it still controls {n_linked} "
+            f"connection{'s' if n_linked != 1 else ''} then (the last one ends in "
             f"{last - now:.0f} s if idle); from then on it keeps {REARM_SECONDS} s, and a new "
             f"connection of this client restarts it at {REARM_SECONDS} s, not at "
             "persistence_timeout"
@@ -508,9 +514,9 @@ def explain_template(
             "removed: it controls no connection then; the client's next connection is "
             f"scheduled afresh ({sched}) and may go to another real server"
         )
-        if linked:
+        if n_linked:
             then_text += (
-                f" (its {len(linked)} connection{'s' if len(linked) != 1 else ''} end first if "
+                f" (its {n_linked} connection{'s' if n_linked != 1 else ''} end first if "
                 "no more packets come: a packet restarts a connection at its timeout, and one "
                 f"still alive when the template runs out re-arms it with {REARM_SECONDS} s)"
             )
@@ -525,18 +531,26 @@ def explain_template(
             "; unless the master re-sends it first: a master sends the template with every "
             "packet of a connection it controls, which restarts it here"
         )
-    if origin == "SYNC" and role == "master" and synced:
+    if origin == "SYNC" and role == "master" and n_synced:
         then_text += (
-            f"; the client's {len(synced)} synced connection{'s' if len(synced) != 1 else ''} "
+            f"; the client's {n_synced} synced connection{'s' if n_synced != 1 else ''} "
             "do not hold it (synced connections are never linked): lvs-hooks' keeper renews "
             "it while they live"
         )
 
     svc_text = svc.describe() if svc is not None else _service_text(t)
+    real_server = host_port(t.daddr, t.dport)
+    if texts is not None:
+        # Most of a million templates say what others said: one string for them all is less
+        # memory to fill, and fewer objects for the collector to visit after the pause.
+        svc_text = texts.setdefault(svc_text, svc_text)
+        real_server = texts.setdefault(real_server, real_server)
+        timeout_text = texts.setdefault(timeout_text, timeout_text)
+        then_text = texts.setdefault(then_text, then_text)
     return {
         "client": t.caddr,
         "service": svc_text,
-        "real_server": host_port(t.daddr, t.dport),
+        "real_server": real_server,
         "protocol": t.protocol,
         "state": t.state,
         "origin": origin_code,
@@ -558,7 +572,7 @@ def explain_template(
             else None
         ),
         "controls": conn_reports,
-        "synced_connections_not_linked": len(synced),
+        "synced_connections_not_linked": n_synced,
         "key": list(template_key(t)),
     }
 
@@ -567,6 +581,49 @@ def _service_text(t: ConnEntry) -> str:
     if t.fwmark:
         return f"FWM {t.fwmark}" + (" IPv6" if t.af == 6 else "")
     return f"{t.protocol} {host_port(t.vaddr, t.vport)}"
+
+
+def _gather(
+    templates: Sequence[ConnEntry],
+    conns: Iterable[ConnEntry],
+    by_key: Mapping[Tuple, Service],
+    addr_keys: Set[Tuple],
+    timeouts: Optional[Mapping[str, int]],
+    now: float,
+    clock: Optional[Clock],
+) -> List[_Controls]:
+    """What each template controls (controlled_connections for all at once).
+
+    The connections go to their templates in one pass in the table's order, each read once
+    where it lies, one after the other; gathering each template's connections first and
+    reading them template by template touched them at random, all out of the CPU's caches at
+    a million lines (bench/bench_explain.py). Templates are found by their client masked as
+    their service masks: one lookup per connection and netmask.
+    """
+    by_mask: Dict[str, Dict[str, _Controls]] = {}
+    controls: List[_Controls] = []
+    masks = {k: "" if netmask_is_full(s.netmask) else s.netmask for k, s in by_key.items()}
+    for t in templates:
+        x = _Controls(t)
+        controls.append(x)
+        by_client = by_mask.setdefault(masks.get(t.service_key(), ""), {})
+        x.next = by_client.get(t.caddr)
+        by_client[t.caddr] = x
+    for mask, by_client in by_mask.items():
+        masked: Dict[str, str] = {}  # masking parses an address: once per client
+        for c in conns:
+            a = c.caddr
+            if mask:
+                m = masked.get(a)
+                if m is None:
+                    m = masked[a] = template_client(a, mask)
+                a = m
+            y = by_client.get(a)
+            while y is not None:
+                if _serves(y, y.fwmark, c, addr_keys):
+                    y.add(c, timeouts, now, clock)
+                y = y.next
+    return controls
 
 
 def explain(
@@ -587,14 +644,12 @@ def explain(
     sysctls = sysctls or {}
     injections = injections or {}
     by_key = {s.key(): s for s in services}
-    addr_keys = [s.key() for s in services if not s.fwmark]
-    # The index's lists are not part of any cycle either (see below).
-    with gc_paused():
-        index = ConnIndex(
-            entries, unmasked=not client and any(netmask_is_full(s.netmask) for s in services)
-        )
-    templates = index.templates
-    n_conns = len(index.conns)
+    addr_keys = {s.key() for s in services if not s.fwmark}
+    templates: List[ConnEntry] = []
+    conns: List[ConnEntry] = []
+    for e in entries:
+        (templates if e.is_template else conns).append(e)
+    n_conns = len(conns)
     version = parse_release(release)
     v0_only = version is not None and version < SYNC_V1_SINCE
     role = _role(daemons)
@@ -607,33 +662,24 @@ def explain(
             for t in templates
             if t.caddr == client or t.caddr == _masked(client, by_key.get(t.service_key()))
         ]
-    reports = []
-    # One dict per template, none part of a cycle: the cyclic collector, set off again and
-    # again by a million of them, would make explain superlinear in the table.
-    # In the table's order, then sorted: the entries lie in memory in the order they were read,
-    # and a walk in address order touches them at random (bench/bench_explain.py, 10x the
-    # lines: 15.0x the time sorted first, 12.6x to 13.4x this way, a plain parse 9.7x to 10.4x).
+    # Reports of a million connections and templates, none part of a cycle: the cyclic
+    # collector, set off again and again by them, would make explain superlinear in the table.
     with gc_paused():
-        for t in chosen:
+        controls = _gather(chosen, conns, by_key, addr_keys, timeouts, now, clock)
+        reports = []
+        texts: Dict[str, str] = {}
+        # In the table's order, then sorted: the entries lie in memory in the order they were
+        # read, and a walk in address order touches them at random.
+        for t, c_of_t in zip(chosen, controls):
             inj = injections.get(template_key(t)) if t.origin != "LOCAL" else None
             if inj is not None and t.expires > inj.timeout:
                 inj = None  # more time left than was injected: a master's message replaced it since
+            svc = by_key.get(t.service_key())
             reports.append(
-                explain_template(
-                    t,
-                    index.candidates(t, by_key.get(t.service_key())),
-                    by_key,
-                    addr_keys,
-                    timeouts,
-                    now,
-                    role,
-                    inj,
-                    v0_only,
-                    clock,
-                )
+                _template_report(t, svc, c_of_t, now, role, inj, v0_only, clock, texts)
             )
         # Freed here, not traversed by the collection that follows the pause.
-        del index
+        del controls, texts
         # The clients' addresses as bytes made here, in a row: the entries' own strings lie
         # scattered over the whole table, and comparing them in a sort reads them at random.
         # UTF-8 (surrogates passed) keeps the order of the text.
