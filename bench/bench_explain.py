@@ -3,7 +3,7 @@
 
 Explaining every template pairs each with the connections it controls. Done by scanning every
 connection for every template it is quadratic (16,000 lines took 26 s, 32,000 lines 127 s);
-with connections indexed by real server and masked client (explain.ConnIndex) it is linear.
+in one pass over the connections, each finding its templates by masked client, it is linear.
 The figure: the time for 1,000,000 lines over the time for 100,000, beside the same ratio of a
 plain parse of the same bytes (the yardstick: a linear pass measured in the same run). Target:
 explain's ratio at most 12 (10 is linear). Each figure is the least of --repeat runs.
