@@ -295,7 +295,8 @@ class _Controls:
     The fields of the template that tell its connections are copied here, and the next
     template of the same client hangs on `next`: a connection reads this one object, not the
     template's entry and a list of them too. At a million lines each is a read from memory,
-    out of the CPU's caches, for every connection (bench/bench_explain.py).
+    out of the CPU's caches, for every connection (measured by the source tree's explain
+    benchmark).
     """
 
     __slots__ = (
@@ -597,8 +598,8 @@ def _gather(
     The connections go to their templates in one pass in the table's order, each read once
     where it lies, one after the other; gathering each template's connections first and
     reading them template by template touched them at random, all out of the CPU's caches at
-    a million lines (bench/bench_explain.py). Templates are found by their client masked as
-    their service masks: one lookup per connection and netmask.
+    a million lines (the source tree's explain benchmark). Templates are found by their client
+    masked as their service masks: one lookup per connection and netmask.
     """
     by_mask: Dict[str, Dict[str, _Controls]] = {}
     controls: List[_Controls] = []
