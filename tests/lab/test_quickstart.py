@@ -5,8 +5,9 @@ control key, `doctor` clean, the units' lines (done as systemd would: no systemd
 then seed000's story on that pair, 20 of 20 clients on their real server at every step; then
 `lvs-hooks status --check` OK on both directors, and CRITICAL on the one whose agent was killed.
 
-The scenario runs in the tier's 6.1 VM (the session fixture `lab`, tests/lab/conftest.py, which
-builds the .deb and passes it as LAB_DEB); these tests read its result.json.
+The scenario runs last in the tier's 6.12 VM (the session fixture `lab612`, tests/lab/conftest.py,
+which builds the .deb and passes it as LAB_DEB): the kernel EL10 directors run, and off the
+6.1 VM's longer path; these tests read its result.json.
 """
 
 import json
@@ -31,8 +32,9 @@ def show(request, text: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def quick(lab):
+def quick(lab612):
     """The quickstart scenario's summary entry and result.json."""
+    lab = lab612
     s = lab["by_name"].get("quickstart")
     assert s is not None, ("the quickstart scenario did not run"
                            + (f" (the .deb: {lab.get('deb_error')})" if lab.get("deb_error") else ""))
