@@ -172,8 +172,18 @@ cleanup() { # cgroup-dir
 # services with their counters and the head of its connection table (the head only: a whole
 # read of a large table takes minutes, docs/design.md 2.4).
 keep_logs() {
-    local dir=$1 rc=$2 d ns
+    local dir=$1 rc=$2 cg=${3:-} d ns pid
     mkdir -p "$dir"
+    if [ "$rc" != 0 ] && [ -n "$cg" ]; then
+        # where each process the scenario left was, in the kernel too (a daemon that stopped
+        # answering: keepalived once stalled for over 70 s after a higher-priority advert)
+        for pid in $(cat "$cg/cgroup.procs" 2>/dev/null); do
+            printf '%s %s %s wchan=%s\n' "$pid" "$(cat "/proc/$pid/comm" 2>/dev/null)" \
+                "$(awk '/^State:/ {print $2}' "/proc/$pid/status" 2>/dev/null)" \
+                "$(cat "/proc/$pid/wchan" 2>/dev/null)"
+            sed 's/^/    /' "/proc/$pid/stack" 2>/dev/null
+        done > "$dir/processes.txt"
+    fi
     grep -a 'lvs-hooks' /tmp/lab/syslog.log > "$dir/lvs-hooks.log" 2>/dev/null
     for d in /tmp/lab/dir*/; do
         [ -d "$d" ] || continue
@@ -215,7 +225,7 @@ for idx in "${!LAB_SCENARIOS[@]}"; do
     wall=$(printf '%d.%02d' $((wall / 100)) $((wall % 100)))
     echo "$name $rc $wall" >> /lab/status
     echo "LAB: scenario $name rc=$rc wall=${wall}s"
-    keep_logs "$out/logs" "$rc"
+    keep_logs "$out/logs" "$rc" "$cg"
     cleanup "$cg"
 done
 echo "LAB: all done uptime=$(up)"
