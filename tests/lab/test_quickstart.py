@@ -14,21 +14,12 @@ import json
 import os
 
 import pytest
+from labchecks import SEED000_STEPS as STEPS
+from labchecks import show
 
 pytestmark = pytest.mark.lab
 
-STEPS = ["start", "1-takeover", "2-expired", "2-new", "3-failback", "3-new"]
 DIRECTORS = ("dir1", "dir2")
-
-
-def show(request, text: str) -> None:
-    """Print past pytest's capture: the figures belong in the test log."""
-    capman = request.config.pluginmanager.getplugin("capturemanager")
-    if capman:
-        with capman.global_and_fixture_disabled():
-            print(text, flush=True)
-    else:
-        print(text, flush=True)
 
 
 @pytest.fixture(scope="module")
