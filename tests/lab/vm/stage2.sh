@@ -68,6 +68,9 @@ chmod 755 /usr/local/bin/lvs-hooks
 
 # Modules nearly every scenario needs, loaded once so that scenario wall times compare.
 modprobe -a ip_vs ip_vs_rr ip_vs_wrr ip_vs_sh veth bridge 2>&1
+# A task blocked this long in the kernel gets its stack in the kernel's log (kept with a failed
+# scenario's logs): a stall is then readable after the fact. The kernel's default is 120 s.
+echo 30 > /proc/sys/kernel/hung_task_timeout_secs 2>/dev/null
 
 up() { local u; read -r u _ < /proc/uptime; echo "$u"; }
 # a sleep without a process start: read with a timeout on a FIFO nobody writes to
@@ -77,7 +80,8 @@ nap() { read -r -t "$1" -u "$SLEEPFD"; }
 
 # The guest's speed (tests/lab/README.md, "Deadlines that scale with the machine"): a fixed CPU
 # workload, a loop of bash builtins (no process start, no 9p read: only the share of the host's
-# CPU this guest's vCPU gets, and TCG's speed), timed three times; the fastest against
+# CPU this guest's vCPUs get, and TCG's speed), one per vCPU at once, the slowest of them
+# (calib_round), timed three times; the fastest round against
 # CALIB_REF_US, the same measure on this 2-core host, idle (342-388 ms over 5 boots, 6.1 and
 # 6.12 alike). calib = fastest / reference; LAB_SLOW = calib within [1, 4]: lab_wait (lib.sh)
 # stretches every deadline by it and the time limits below are stretched by it, never shrunk
@@ -92,6 +96,22 @@ calib_once() { # -> CALIB_ONE (microseconds)
     t1=$EPOCHREALTIME
     CALIB_ONE=$(( ${t1/./} - ${t0/./} ))
 }
+# One loop per guest CPU at once; CALIB_ONE is the slowest. A single loop measures one virtual
+# CPU, which a host with one core kept busy by something else still gives a core of its own:
+# measured 1.09 while that host ran the scenarios 2-3 times slower (busy-keeper 256 s against
+# 87 s idle), since they use every virtual CPU and those then share the one free core.
+calib_round() {
+    local n=$1 i t max=0 pids=() f=/run/lab-calib
+    for ((i = 0; i < n; i++)); do
+        ( calib_once; echo "$CALIB_ONE" > "$f.$i" ) &
+        pids+=($!)
+    done
+    wait "${pids[@]}"
+    for ((i = 0; i < n; i++)); do
+        read -r t < "$f.$i" && (( t > max )) && max=$t
+    done
+    CALIB_ONE=$max
+}
 calibrate() {
     local runs=() kv forced=""
     for kv in "${LAB_ENV[@]}"; do
@@ -102,7 +122,9 @@ calibrate() {
         CALIB_US=0 CALIB_RUNS=-
         SLOW_PCT=$(( 10#${BASH_REMATCH[1]} * 100 + 10#${frac:0:2} ))
     else
-        for kv in 1 2 3; do calib_once; runs+=("$CALIB_ONE"); done
+        local cpus
+        cpus=$(nproc 2>/dev/null) || cpus=1
+        for kv in 1 2 3; do calib_round "$cpus"; runs+=("$CALIB_ONE"); done
         local a=${runs[0]} b=${runs[1]} c=${runs[2]}
         # the fastest: the end of the boot still runs beside the first loops (up to +50 %), and a
         # host that is busy all along (another VM) slows every loop alike
@@ -121,7 +143,7 @@ calibrate
 # a limit stretched by LAB_SLOW, rounded up
 stretch() { echo $(( ($1 * SLOW_PCT + 99) / 100 )); }
 echo "LAB: guest ready uptime=$(up) kernel=$(uname -r) scenarios=${#LAB_SCENARIOS[@]}" \
-    "slow=$LAB_SLOW calib=$CALIB" \
+    "slow=$LAB_SLOW calib=$CALIB cpus=$(nproc)" \
     "calib_us=$CALIB_RUNS ref_us=$CALIB_REF_US"
 
 if [ "${LAB_MODE:-run}" = shell ]; then
@@ -158,12 +180,39 @@ cleanup() { # cgroup-dir
         ipvsadm --stop-daemon master 2>/dev/null
         ipvsadm --stop-daemon backup 2>/dev/null
     fi
+    # The kernel tears a deleted namespace down later, in its "netns" workqueue, taking the
+    # RTNL (a lock global to every namespace) in turns, and stops the IPVS sync threads a
+    # killed keepalived left. Under TCG that takes seconds; a scenario that starts meanwhile
+    # has its keepalived wait for the same locks while it starts and stops its sync daemon
+    # (keepalived once stalled for over 70 s right after starting). Wait for the teardown,
+    # bounded, and say how long it took.
+    local t_ns=$EPOCHREALTIME busy="" polls
+    polls=$(stretch 300)   # 30 s at 0.1 s
+    for ((i = 0; i < polls; i++)); do
+        netns_teardown_busy || break
+        nap 0.1
+    done
+    netns_teardown_busy && busy=$REPLY
+    local t_gone=$EPOCHREALTIME
     # a fresh /tmp for the next scenario
     umount -l /tmp 2>/dev/null
     mount -t tmpfs tmpfs /tmp
     mount_host_tmp
     local t1=$EPOCHREALTIME
-    echo "LAB: cleanup $(( (${t1/./} - ${t0/./}) / 1000 )) ms (processes $(( (${t_kill/./} - ${t0/./}) / 1000 )) ms, ${#links[@]} root links)"
+    echo "LAB: cleanup $(( (${t1/./} - ${t0/./}) / 1000 )) ms (processes $(( (${t_kill/./} - ${t0/./}) / 1000 )) ms, ${#links[@]} root links, namespace teardown $(( (${t_gone/./} - ${t_ns/./}) / 1000 )) ms${busy:+, still busy: $busy})"
+}
+
+# netns_teardown_busy: true while the kernel is still tearing deleted namespaces down: a kworker
+# working for the "netns" workqueue (its comm then ends in "+netns") or an IPVS sync thread
+# (ipvs-m:/ipvs-b:) still alive; what was seen in REPLY. No process start: /proc only.
+netns_teardown_busy() {
+    local c seen=()
+    for c in /proc/[0-9]*/comm; do
+        read -r c < "$c" 2>/dev/null || continue
+        case $c in *+netns|ipvs-[mb]:*) seen+=("$c") ;; esac
+    done
+    REPLY=${seen[*]}
+    [ ${#seen[@]} -gt 0 ]
 }
 
 # keep_logs DIR RC: what each director left, whatever the scenario kept itself, so that a failure
@@ -183,6 +232,10 @@ keep_logs() {
                 "$(cat "/proc/$pid/wchan" 2>/dev/null)"
             sed 's/^/    /' "/proc/$pid/stack" 2>/dev/null
         done > "$dir/processes.txt"
+        # every blocked task of the guest, kernel threads too (who holds what the scenario's
+        # processes wait for), with the kernel's log since boot
+        echo w > /proc/sysrq-trigger 2>/dev/null
+        dmesg > "$dir/kernel.log" 2>&1
     fi
     grep -a 'lvs-hooks' /tmp/lab/syslog.log > "$dir/lvs-hooks.log" 2>/dev/null
     for d in /tmp/lab/dir*/; do
