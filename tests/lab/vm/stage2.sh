@@ -112,6 +112,7 @@ calib_round() {
     done
     CALIB_ONE=$max
 }
+CPUS=$(nproc 2>/dev/null) || CPUS=1
 calibrate() {
     local runs=() kv forced=""
     for kv in "${LAB_ENV[@]}"; do
@@ -122,9 +123,7 @@ calibrate() {
         CALIB_US=0 CALIB_RUNS=-
         SLOW_PCT=$(( 10#${BASH_REMATCH[1]} * 100 + 10#${frac:0:2} ))
     else
-        local cpus
-        cpus=$(nproc 2>/dev/null) || cpus=1
-        for kv in 1 2 3; do calib_round "$cpus"; runs+=("$CALIB_ONE"); done
+        for kv in 1 2 3; do calib_round "$CPUS"; runs+=("$CALIB_ONE"); done
         local a=${runs[0]} b=${runs[1]} c=${runs[2]}
         # the fastest: the end of the boot still runs beside the first loops (up to +50 %), and a
         # host that is busy all along (another VM) slows every loop alike
@@ -143,7 +142,7 @@ calibrate
 # a limit stretched by LAB_SLOW, rounded up
 stretch() { echo $(( ($1 * SLOW_PCT + 99) / 100 )); }
 echo "LAB: guest ready uptime=$(up) kernel=$(uname -r) scenarios=${#LAB_SCENARIOS[@]}" \
-    "slow=$LAB_SLOW calib=$CALIB cpus=$(nproc)" \
+    "slow=$LAB_SLOW calib=$CALIB cpus=$CPUS" \
     "calib_us=$CALIB_RUNS ref_us=$CALIB_REF_US"
 
 if [ "${LAB_MODE:-run}" = shell ]; then
@@ -189,11 +188,11 @@ cleanup() { # cgroup-dir
     # a guard, bounded, and says how long it took.
     local t_ns=$EPOCHREALTIME busy="" polls
     polls=$(stretch 300)   # 30 s at 0.1 s
-    for ((i = 0; i < polls; i++)); do
+    for ((i = 0; ; i++)); do
         netns_teardown_busy || break
+        (( i < polls )) || { busy=$REPLY; break; }
         nap 0.1
     done
-    netns_teardown_busy && busy=$REPLY
     local t_gone=$EPOCHREALTIME
     # a fresh /tmp for the next scenario
     umount -l /tmp 2>/dev/null
