@@ -8,13 +8,25 @@ the only one: nothing reaches the wire (design.md section 3.4, checked in the la
 The kernel drops whole datagrams when that socket's receive buffer is full, silently (only
 RcvbufErrors counts them), so the sender watches the socket's rx_queue in /proc/net/udp and
 waits while it is above a limit instead of sleeping for fixed times.
+
+A looped copy is not in the daemon's queue when sendto() returns: it goes through the receive
+path later (netif_rx's per-CPU backlog, then the NET_RX softirq). An empty queue right after a
+send can mean "not arrived yet", and a daemon stopped then loses what was on its way (lab, a
+host with one core kept busy: a keeper renewal of 20 templates never reached the kernel, and the
+table in memory believed it had). So the sender also listens on the group itself
+(`LoopedCopies`): the kernel hands one looped datagram to every socket bound to the group and
+port in the same pass (__udp4_lib_mcast_deliver, __udp6_lib_mcast_deliver), so once the
+sender's own socket has every copy, the daemon's queue has had them too; `settle` then waits
+for that queue to be empty: taken.
 """
 
 import ipaddress
 import logging
 import os
+import select
 import socket
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, List, Optional, Set
 
@@ -104,8 +116,56 @@ class SyncQueueProbe:
         return sum(s.drops for s in self.sockets())
 
 
+class LoopedCopies:
+    """A socket of the sender's own on the group and port, counting the looped copies of what
+    the sender sent until each has come back (see the module's docstring).
+
+    Every copy is counted, not only the last: sends from one socket may be queued on more than
+    one CPU's backlog, and come back out of order. The socket is drained at every send, so its
+    queue never holds more than what arrived between two sends."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.outstanding: Counter = Counter()  # datagram -> copies not back yet
+
+    def sent(self, datagram: bytes) -> None:
+        self.outstanding[datagram] += 1
+        self._drain()
+
+    def wait(self, timeout: float) -> bool:
+        """True once every copy sent is back, False when `timeout` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        self._drain()
+        while self.outstanding:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            select.select([self.sock], [], [], left)
+            self._drain()
+        return True
+
+    def _drain(self) -> None:
+        out = self.outstanding
+        while True:
+            try:
+                data = self.sock.recv(0xFFFF, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            n = out.get(data)
+            if n is None:
+                continue  # another sender's datagram on the group (a master's)
+            if n > 1:
+                out[data] = n - 1
+            else:
+                del out[data]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
 class SyncSender:
-    """A UDP socket that sends sync datagrams to the group through one interface."""
+    """A UDP socket that sends sync datagrams to the group through one interface; with `loop`,
+    it counts the copies looped back to this host (`copies`, for `settle`)."""
 
     def __init__(self, ifname: str, group: str, port: int, ttl: int, loop: bool = True):
         self.group, self.port = group, port
@@ -115,17 +175,30 @@ class SyncSender:
         except OSError as e:
             raise KernelError(f"sync interface {ifname!r} does not exist") from e
         self.sock = mcast.udp_socket(self.ipv6)
+        self.copies: Optional[LoopedCopies] = None
         try:
             mcast.set_sending(self.sock, self.ipv6, group, ifindex, ttl, loop)
+            if loop:
+                own = mcast.udp_socket(self.ipv6)
+                try:
+                    mcast.join(own, self.ipv6, group, port, ifindex)
+                except OSError:
+                    own.close()
+                    raise
+                self.copies = LoopedCopies(own)
         except OSError:
             self.sock.close()
             raise
 
     def send(self, datagram: bytes) -> None:
         self.sock.sendto(datagram, (self.group, self.port))
+        if self.copies is not None:
+            self.copies.sent(datagram)
 
     def close(self) -> None:
         self.sock.close()
+        if self.copies is not None:
+            self.copies.close()
 
     def __enter__(self) -> "SyncSender":
         return self
@@ -174,8 +247,23 @@ def send_paced(
     return stats
 
 
+def settle(sender: SyncSender, probe: SyncQueueProbe, timeout: float) -> bool:
+    """Wait until the receiver has taken everything `sender` sent (True) or `timeout` passed:
+    every looped copy delivered, then the receiver's queue empty."""
+    deadline = time.monotonic() + timeout
+    if sender.copies is not None and not sender.copies.wait(timeout):
+        log.warning(
+            "%d looped copies of the sync datagrams sent did not come back in %.1f s: the "
+            "backup daemon may not have them all",
+            sum(sender.copies.outstanding.values()), timeout,
+        )
+        return False
+    return wait_drained(probe, max(0.0, deadline - time.monotonic()))
+
+
 def wait_drained(probe: SyncQueueProbe, timeout: float) -> bool:
-    """Wait until the receiver has taken everything queued (True) or the timeout passed."""
+    """Wait until the receiver has taken everything queued (True) or the timeout passed. What
+    is still on its way to the queue is not seen: after a send, `settle`."""
     deadline = time.monotonic() + timeout
     delay = 0.001
     while True:

@@ -20,7 +20,7 @@ from lvs_hooks.kernel import syncproto
 from lvs_hooks.kernel.conntable import read_conn_table
 from lvs_hooks.kernel.model import TemplateKey, addr_family, template_id, template_key
 from lvs_hooks.kernel.netlink import IPVS, SyncDaemon
-from lvs_hooks.kernel.syncsock import SyncQueueProbe, SyncSender, send_paced, wait_drained
+from lvs_hooks.kernel.syncsock import SyncQueueProbe, SyncSender, send_paced, settle
 from lvs_hooks.reseed.planner import PlannedTemplate
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,10 @@ def run_reseed(
         pending = list(planned)
         with SyncSender(daemon.ifname, d_group, d_port, ttl=0, loop=True) as sender:
 
+            def taken(timeout: float) -> bool:
+                """Until the daemon has taken all that was sent (or `timeout`)."""
+                return settle(sender, probe, timeout)
+
             def send(conns: Sequence[PlannedTemplate]) -> None:
                 dgrams = syncproto.encode_datagrams(
                     [to_sync_conn(p) for p in conns], syncid=msg_syncid, maxlen=d_maxlen
@@ -159,16 +163,16 @@ def run_reseed(
                     return []
                 if not verify:
                     send(batch)
-                    wait_drained(probe, verify_timeout)
+                    taken(verify_timeout)
                     return []
                 before = _bound_counts(ipvs) if by_counts else None
                 for round_no in range(resend_rounds + 1):
                     res.rounds += 1
                     send(batch)
                     if before is not None:
-                        batch = _wait_for_counts(batch, before, ipvs, probe, verify_timeout, clock)
+                        batch = _wait_for_counts(batch, before, ipvs, taken, verify_timeout, clock)
                     else:
-                        batch = _wait_for_arrival(batch, probe, proc_root, verify_timeout, clock)
+                        batch = _wait_for_arrival(batch, taken, proc_root, verify_timeout, clock)
                     if not batch:
                         break
                     log.warning(
@@ -184,7 +188,7 @@ def run_reseed(
             pending = deliver([p for p in pending if not p.replace])
             replace = [p for p in planned if p.replace]
             if replace:
-                res.replaced = _expire_first(replace, send, probe, proc_root, clock, by_counts)
+                res.replaced = _expire_first(replace, send, taken, proc_root, clock, by_counts)
                 pending += deliver(replace)
         res.receiver_drops = max(0, probe.drops() - drops0)
     res.missing = len(pending)
@@ -224,7 +228,7 @@ TIMER_SLACK = 0.1
 def _expire_first(
     replace: List[PlannedTemplate],
     send: Callable[[Sequence[PlannedTemplate]], None],
-    probe: SyncQueueProbe,
+    taken: Callable[[float], bool],
     proc_root: str,
     clock: Callable[[], float],
     blind: bool = False,
@@ -241,7 +245,7 @@ def _expire_first(
     send([dataclasses.replace(p, timeout=1) for p in replace])
     keys = {template_id(p) for p in replace}
     deadline = clock() + EXPIRE_WAIT
-    wait_drained(probe, EXPIRE_WAIT)
+    taken(EXPIRE_WAIT)
     if blind:
         gone_at = clock() + 1.0 + TIMER_SLACK
         while clock() < gone_at:
@@ -260,7 +264,7 @@ def _expire_first(
 
 def _wait_for_arrival(
     pending: List[PlannedTemplate],
-    probe: SyncQueueProbe,
+    taken: Callable[[float], bool],
     proc_root: str,
     timeout: float,
     clock: Callable[[], float],
@@ -271,7 +275,7 @@ def _wait_for_arrival(
     daemon has drained its queue, then again with growing pauses while entries are missing.
     """
     deadline = clock() + timeout
-    wait_drained(probe, timeout)
+    taken(timeout)
     delay = 0.05
     while True:
         present = _present_keys(proc_root)
@@ -303,7 +307,7 @@ def _wait_for_counts(
     pending: List[PlannedTemplate],
     before: Dict[CountKey, int],
     ipvs: IPVS,
-    probe: SyncQueueProbe,
+    taken: Callable[[float], bool],
     timeout: float,
     clock: Callable[[], float],
 ) -> List[PlannedTemplate]:
@@ -320,7 +324,7 @@ def _wait_for_counts(
         k = _count_key(p)
         want[k] = want.get(k, 0) + 1
     deadline = clock() + timeout
-    wait_drained(probe, timeout)
+    taken(timeout)
     delay = 0.05
     while True:
         now = _bound_counts(ipvs)

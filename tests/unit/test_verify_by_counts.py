@@ -1,9 +1,10 @@
 """reseed.runner's verification by the kernel's per-real-server counts, for tables too large to
 read whole: the netlink session is the one seam replaced (a kernel whose counts grow as
-templates arrive); the backup socket's queue is a real /proc/net/udp file with nothing queued."""
+templates arrive); the backup socket's queue is a real /proc/net/udp file with nothing queued
+(`taken`: the runner's settle without a sender, nothing was sent here)."""
 
 from lvs_hooks.kernel.netlink import DestCounts
-from lvs_hooks.kernel.syncsock import SyncQueueProbe
+from lvs_hooks.kernel.syncsock import SyncQueueProbe, wait_drained
 from lvs_hooks.reseed.planner import PlannedTemplate
 from lvs_hooks.reseed.runner import _count_key, _wait_for_counts
 
@@ -29,13 +30,14 @@ class Kernel:
         return [DestCounts(svc, addr, port, 0, 0, n) for (svc, addr, port), n in self.counts.items()]
 
 
-def probe(tmp_path):
+def taken(tmp_path):
     (tmp_path / "net").mkdir(exist_ok=True)
     (tmp_path / "net" / "udp").write_text(
         "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  "
         "timeout inode ref pointer drops\n"
     )
-    return SyncQueueProbe(str(tmp_path), 8848)
+    q = SyncQueueProbe(str(tmp_path), 8848)
+    return lambda timeout: wait_drained(q, timeout)
 
 
 def test_the_count_key_is_the_services_and_the_real_servers():
@@ -48,7 +50,7 @@ def test_every_real_server_grew_by_what_was_sent_to_it(tmp_path):
     sent = [tpl("10.0.0.1"), tpl("10.0.0.2"), tpl("10.0.0.3", daddr="10.1.0.12")]
     kernel = Kernel({a: 10, b: 4}, {a: 1, b: 1})  # one more each per look
     before = {a: 10, b: 4}
-    assert _wait_for_counts(sent, before, kernel, probe(tmp_path), 5.0, lambda: 0.0) == []
+    assert _wait_for_counts(sent, before, kernel, taken(tmp_path), 5.0, lambda: 0.0) == []
     assert kernel.looks == 2  # a needed two arrivals: one look was not enough
 
 
@@ -62,5 +64,5 @@ def test_a_real_server_that_fell_short_names_its_templates(tmp_path):
         return t[0]
 
     kernel = Kernel({a: 10, b: 4}, {a: 1})  # nothing ever arrives at b
-    missing = _wait_for_counts(sent, {a: 10, b: 4}, kernel, probe(tmp_path), 3.0, clock)
+    missing = _wait_for_counts(sent, {a: 10, b: 4}, kernel, taken(tmp_path), 3.0, clock)
     assert missing == [sent[1]]
