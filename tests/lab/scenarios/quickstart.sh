@@ -216,14 +216,18 @@ unit_start() {
     UNIT_PID[$d/$u]=$!   # nsenter, env and the wrapper exec the command: this is its pid
     disown
 }
-# unit_stop DIR UNIT: SIGTERM to its process, wait until it is gone (systemd's default stop)
+# unit_stop DIR UNIT: SIGTERM to its process, wait until it is gone (systemd's default stop). A
+# timer's loop leads its own process group (timer_start): the whole group, so that the service
+# run it is in the middle of stops too, as the package's prerm stops the timer and its service
 unit_stop() {
-    local pid=${UNIT_PID[$1/$2]:-}
+    local pid=${UNIT_PID[$1/$2]:-} target
     [ -n "$pid" ] && kill -0 "$pid" 2> /dev/null || return 0
-    kill -TERM "$pid"
-    lab_wait 30 "$1: $2 stopped" _gone "$pid" || kill -KILL "$pid"
+    target=$pid
+    [[ $2 == *.timer ]] && target=-$pid
+    kill -TERM -- "$target"
+    lab_wait 30 "$1: $2 stopped" _gone "$target" || kill -KILL -- "$target"
 }
-_gone() { ! kill -0 "$1" 2> /dev/null; }
+_gone() { ! kill -0 -- "$1" 2> /dev/null; }
 
 # seconds of a systemd time span: 1min, 30s, 2min 30s, 90
 secs() {
@@ -237,8 +241,9 @@ secs() {
     echo "$t"
 }
 # timer_start DIR TIMER: TIMER's service at OnBootSec after DIR's boot, then every
-# OnUnitActiveSec; the loop runs in DIR's netns (it dies with the director) and waits with `read
-# -t` on a FIFO nobody writes to
+# OnUnitActiveSec; the loop runs in DIR's netns (it dies with the director), waits with `read
+# -t` on a FIFO nobody writes to, and leads a process group of its own (setsid: a background
+# job is no group leader, so setsid execs in place and the pid is the group's) for unit_stop
 timer_start() {
     local d=$1 t=$2 svc=${2%.timer}.service boot period now first
     boot=$(secs "$(unit_get "$t" OnBootSec)") period=$(secs "$(unit_get "$t" OnUnitActiveSec)")
@@ -250,7 +255,7 @@ timer_start() {
         >> "$LAB_OUT/units-$d.txt"
     lab_in_cmd "$d"
     # shellcheck disable=SC2016
-    "${LAB_IN[@]}" bash -c 'exec 3<> "$1"; read -r -t "$2" -u 3; p=$3; shift 3
+    setsid "${LAB_IN[@]}" bash -c 'exec 3<> "$1"; read -r -t "$2" -u 3; p=$3; shift 3
         while :; do "$@"; echo "rc=$?"; read -r -t "$p" -u 3; done' timer "$LAB_TMP/.nap" \
         "$first" "$period" "${UNIT_CMD[@]}" >> "$(unit_log "$d" "$svc")" 2>&1 &
     UNIT_PID[$d/$t]=$!
@@ -595,6 +600,12 @@ status_check_end dir2-killed
     || failures+=("dir2 with its agent killed: status --check rc ${check_rc[dir2-killed]}: ${check_line[dir2-killed]}")
 
 lab_step "removal as the README says (apt purge; -y for a script): the VM's later scenarios find no package"
+# On a host with systemd the package's prerm stops the agent, the snapshot timer and its service
+# before dpkg removes a file; no systemd runs here, so the scenario stops what it started, as
+# prerm would (a snapshot the timer started during the removal died importing a removed module)
+for d in dir1 dir2; do
+    for u in lvs-hooks-snapshot.timer lvs-hooks-agent.service; do unit_stop "$d" "$u"; done
+done
 t=$EPOCHREALTIME
 grep -q '`apt purge lvs-hooks`' "$README" || failures+=("the README no longer says \`apt purge lvs-hooks\`")
 apt purge -y lvs-hooks < /dev/null > "$LAB_OUT/purge.txt" 2>&1 \
