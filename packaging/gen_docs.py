@@ -10,6 +10,8 @@ the click it is packaged with importable (PYTHONPATH), it writes into OUTDIR:
                      default, allowed values and why it exists, as the loader checks them
   lvs-hooks.bash     click's bash completion for `lvs-hooks` (what
                      `_LVS_HOOKS_COMPLETE=bash_source lvs-hooks` prints)
+  README.md          the operator's README: the source tree's, without its section for
+                     developers (which names the tree's scripts and documents, not installed)
 
 Nothing is written by hand that the code already says, so the pages follow the CLI and the
 schema; the date is SOURCE_DATE_EPOCH's (reproducible builds). Stdlib besides lvs_hooks and its
@@ -28,6 +30,9 @@ from typing import Any, List, Optional, Tuple, Type, get_type_hints
 
 PAGES = ("lvs-hooks.8", "lvs-hooks.yaml.5")
 COMPLETION = "lvs-hooks.bash"
+SOURCE_README = os.path.normpath(
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
+DEVELOPERS = "## For developers"
 
 # what the packages install where; the same paths in the RPM and the .deb
 FILES = (
@@ -263,6 +268,16 @@ def completion() -> str:
     return r.stdout
 
 
+def operator_readme(source: str) -> str:
+    """The README up to its section for developers: the last section, and the only one that
+    names the source tree. Missing, it is an error: a README reordered would otherwise ship
+    the developers' section, or half the operators'."""
+    head, sep, _ = source.partition("\n" + DEVELOPERS + "\n")
+    if not sep:
+        raise SystemExit(f"gen_docs.py: {SOURCE_README}: no '{DEVELOPERS}' section")
+    return head.rstrip("\n") + "\n"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("outdir")
@@ -270,9 +285,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from lvs_hooks import __version__
 
     os.makedirs(a.outdir, exist_ok=True)
+    with open(SOURCE_README, encoding="utf-8") as fh:
+        readme = operator_readme(fh.read())
     for name, text in (("lvs-hooks.8", command_page(__version__)),
                        ("lvs-hooks.yaml.5", config_page(__version__)),
-                       (COMPLETION, completion())):
+                       (COMPLETION, completion()),
+                       ("README.md", readme)):
         with open(os.path.join(a.outdir, name), "w", encoding="utf-8") as fh:
             fh.write(text)
     return 0

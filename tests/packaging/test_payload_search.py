@@ -14,8 +14,8 @@ lvs-hooks' modules cite the design notes as "design.md section N.M" (the source 
 document, not installed: it is for developers and names the tests), the keepalived examples by
 their packaged path /usr/share/doc/lvs-hooks/, never by a path of the source tree.
 
-KNOWN: the README, whose section for developers names the source tree's scripts and documents
-(issue 14 item 1): listed as a warning on every run; anything else fails.
+The README is installed without its section for developers (packaging/gen_docs.py), the one
+that names the source tree's scripts and documents: it is searched like everything else.
 """
 
 import ast
@@ -23,7 +23,6 @@ import gzip
 import os
 import re
 import tempfile
-import warnings
 
 from rpmtest import PROJECT
 
@@ -35,12 +34,6 @@ BUILD_PATHS = tuple(p.encode() for p in {PROJECT, os.path.realpath(PROJECT), "/w
 LIB = "usr/lib/lvs-hooks/"
 VENDOR = LIB + "vendor/"
 
-# The README's section for developers names the source tree (scripts/, docs/, packaging/): listed
-# on every run (a warning), not failed. Seeds and build paths fail everywhere, the modules, the
-# shipped configuration and the man pages fail on any source-tree path (issue 14 item 3).
-KNOWN = (
-    "usr/share/doc/lvs-hooks/README.md",
-)
 
 
 def _strings(source: bytes) -> str:
@@ -79,18 +72,8 @@ def findings(root: str) -> dict:
 
 def _judge(kind: str, root: str) -> None:
     found = findings(root)
-    new = {k: v for k, v in found.items() if not k.startswith(KNOWN)}
-    known = {k: v for k, v in found.items() if k.startswith(KNOWN)}
-    assert not new, f"{kind}: " + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(new.items()))
-    # anything that names a write-up is never known, but in the README being rewritten
-    seeds = {k: v for k, v in found.items() if any(SEED.match(h.encode()) for h in v)
-             and not k.startswith("usr/share/doc/lvs-hooks/README.md")}
-    assert not seeds, seeds
-    if known:
-        warnings.warn(f"{kind}: the README names the source tree (issue 14 item 1): "
-                      + "; ".join(f"{k}: {', '.join(v)}" for k, v in sorted(known.items())),
-                      stacklevel=2)
-    print(f"{kind}: {len(found)} files with findings, {len(known)} known")
+    assert not found, f"{kind}: " + "; ".join(
+        f"{k}: {', '.join(v)}" for k, v in sorted(found.items()))
 
 
 def test_rpm_payload(rpm_root):
