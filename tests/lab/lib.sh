@@ -127,6 +127,9 @@ if [[ ${LAB_SLOW:-} =~ ^([0-9]+)(\.([0-9]*))?$ ]]; then
     _lab_slow_pct=$(( 10#${BASH_REMATCH[1]} * 100 + 10#${_lab_f:0:2} ))
     (( _lab_slow_pct < 100 )) && _lab_slow_pct=100
 fi
+# lab_stretched SECS: SECS x LAB_SLOW, whole seconds: a duration the scenario's own steps must fit
+# in (a persistence that has to outlive them), as lab_wait stretches its deadlines
+lab_stretched() { echo $(( $1 * _lab_slow_pct / 100 )); }
 
 # lab_wait SECS DESC CMD... : poll CMD (every 0.2 s) until it succeeds; prints how long it took.
 # Returns 1 at the deadline, SECS x LAB_SLOW (the caller decides: `lab_wait ... || lab_die ...`).
