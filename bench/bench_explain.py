@@ -6,7 +6,10 @@ connection for every template it is quadratic (16,000 lines took 26 s, 32,000 li
 in one pass over the connections, each finding its templates by masked client, it is linear.
 The figure: the time for 1,000,000 lines over the time for 100,000, beside the same ratio of a
 plain parse of the same bytes (the yardstick: a linear pass measured in the same run). Target:
-explain's ratio at most 12 (10 is linear). Each figure is the least of --repeat runs.
+explain's ratio at most 12 (10 is linear), for the report and for the report with its text
+written out (what `lvs-hooks explain` does: each controlled connection's dict is made as the
+report is read, so the report alone would leave that work out). Each figure is the least of
+--repeat runs.
 
 Tables from bench_core.generate_table (10% templates, IPv4, IPv6, fwmark, SIP). CPU time.
 Run: python3 bench/bench_explain.py
@@ -22,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_core import generate_table  # noqa: E402
 
-from lvs_hooks.explain import explain  # noqa: E402
+from lvs_hooks.explain import explain, render_explanation  # noqa: E402
 from lvs_hooks.kernel.conntable import parse_conn_table  # noqa: E402
 from lvs_hooks.kernel.model import Destination, Service  # noqa: E402
 
@@ -49,7 +52,7 @@ def measure(lines: int, seed: int, repeat: int) -> dict:
     """The least CPU time of `repeat` runs of each (what else runs on the machine only ever
     adds time: the least is the figure closest to the work itself)."""
     data = generate_table(lines, seed)
-    parse_s = explain_s = float("inf")
+    parse_s = explain_s = written_s = float("inf")
     for _ in range(repeat):
         t0 = cpu()
         table = parse_conn_table(data)
@@ -57,10 +60,13 @@ def measure(lines: int, seed: int, repeat: int) -> dict:
         report = explain(table.entries, services(), {"tcp": 900, "tcpfin": 120, "udp": 300},
                          time.time())
         t2 = cpu()
+        text = render_explanation(report)
+        t3 = cpu()
         parse_s, explain_s = min(parse_s, t1 - t0), min(explain_s, t2 - t1)
-        del table, report
+        written_s = min(written_s, t3 - t1)
+        del table, report, text
     table = parse_conn_table(data)
-    return {"lines": lines, "parse_s": parse_s, "explain_s": explain_s,
+    return {"lines": lines, "parse_s": parse_s, "explain_s": explain_s, "written_s": written_s,
             "templates": len(table.templates),
             "connections": len(table.entries) - len(table.templates)}
 
@@ -76,14 +82,17 @@ def main() -> int:
     large = measure(args.large, args.seed, args.repeat)
     for m in (small, large):
         print(f"{m['lines']:>9} lines ({m['templates']} templates, {m['connections']} "
-              f"connections): explain {m['explain_s']:6.2f} s CPU, parse (yardstick) "
-              f"{m['parse_s']:5.2f} s")
-    ratio = large["explain_s"] / small["explain_s"]
+              f"connections): explain {m['explain_s']:6.2f} s CPU, with its text "
+              f"{m['written_s']:6.2f} s, parse (yardstick) {m['parse_s']:5.2f} s")
     yard = large["parse_s"] / small["parse_s"]
     size = args.large / args.small
-    print(f"explain {size:.0f}x the lines: {ratio:.1f}x the time (parse: {yard:.1f}x); "
-          f"target at most {TARGET_RATIO:g}x: {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
-    return 0 if ratio <= TARGET_RATIO else 1
+    ok = True
+    for name, key in (("explain", "explain_s"), ("explain and its text", "written_s")):
+        ratio = large[key] / small[key]
+        ok = ok and ratio <= TARGET_RATIO
+        print(f"{name}: {size:.0f}x the lines, {ratio:.1f}x the time (parse: {yard:.1f}x); "
+              f"target at most {TARGET_RATIO:g}x: {'PASS' if ratio <= TARGET_RATIO else 'FAIL'}")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

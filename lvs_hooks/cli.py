@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+from collections import abc
 from typing import Any, Callable, Optional
 
 import click
@@ -73,10 +74,18 @@ def json_option(f: Callable) -> Callable:
     return click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(f)
 
 
+def _jsonable(o: Any) -> Any:
+    """What json does not write itself: a sequence a report makes as it is read (explain's
+    connections) as a list, anything else (a path, a time) as its text."""
+    if isinstance(o, abc.Sequence):
+        return list(o)
+    return str(o)
+
+
 def emit(report: Any, as_json: bool, render: Callable[[Any], str]) -> None:
     """Print a report as JSON or through its human renderer."""
     if as_json:
-        click.echo(json.dumps(report, indent=2, sort_keys=True, default=str))
+        click.echo(json.dumps(report, indent=2, sort_keys=True, default=_jsonable))
     else:
         click.echo(render(report))
 

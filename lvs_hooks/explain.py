@@ -20,7 +20,8 @@ The kernel facts behind every sentence (design.md section 2, net/netfilter/ipvs/
 /proc/net/ip_vs_conn shows the time left in whole seconds, rounded down; which of these timeouts
 a template holds is not shown and is inferred here, saying so where it cannot be told.
 
-`explain` is pure (plain values in, a JSON-ready report out); `build_explanation` reads the
+`explain` is pure (plain values in, a JSON-ready report out: `cli.emit` writes the one sequence
+in it that is not a list, ControlledConnections, as a list); `build_explanation` reads the
 kernel; `render_explanation` prints it.
 """
 
@@ -31,7 +32,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
@@ -269,12 +270,10 @@ def _serves(
 
 def _conn_report(
     c: ConnEntry, timeouts: Optional[Mapping[str, int]], now: float, clock: Optional["Clock"]
-) -> Tuple[dict, float]:
-    """A connection a template controls as the report shows it, and when it ends if idle."""
+) -> dict:
+    """A connection a template controls as the report shows it."""
     tmo, name = conn_timeout(c, timeouts)
-    c_lo, c_hi = _window(clock, now, c.expires, tmo)
-    end = (c_lo + c_hi) / 2
-    report = {
+    return {
         "connection": f"{c.protocol} {host_port(c.caddr, c.cport)} -> "
         f"{host_port(c.vaddr, c.vport)}",
         "state": c.state,
@@ -282,15 +281,65 @@ def _conn_report(
         "timeout_s": tmo,
         "timeout_source": name,
         "origin": c.origin,
-        "predicted_end": round(end, 2),
+        "predicted_end": round(_conn_end(c, tmo, now, clock), 2),
     }
-    return report, end
+
+
+def _conn_end(c: ConnEntry, tmo: Optional[int], now: float, clock: Optional["Clock"]) -> float:
+    """When a connection ends if no packet comes: the middle of its timer's window."""
+    c_lo, c_hi = _window(clock, now, c.expires, tmo)
+    return (c_lo + c_hi) / 2
+
+
+class ControlledConnections(Sequence[dict]):
+    """The connections a template controls, as its report lists them: a sequence of dicts
+    (`_conn_report`), each made when it is read, printed or serialised, from the table's own
+    entry.
+
+    Made all at once, a table of a million lines had some 900,000 of these dicts alive together
+    until the report was printed: half a gigabyte more to fill, and the part of explain that
+    grew faster than the table (the source tree's explain benchmark). The entries are in memory
+    anyway; the dicts now live one template at a time. `cli.emit` serialises it as a list."""
+
+    __slots__ = ("_conns", "_timeouts", "_now", "_clock")
+
+    def __init__(
+        self,
+        conns: List[ConnEntry],
+        timeouts: Optional[Mapping[str, int]],
+        now: float,
+        clock: Optional["Clock"],
+    ) -> None:
+        self._conns = conns
+        self._timeouts, self._now, self._clock = timeouts, now, clock
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def __getitem__(self, i):  # type: ignore[override]  # int or slice, as a list's
+        if isinstance(i, slice):
+            return [_conn_report(c, self._timeouts, self._now, self._clock) for c in self._conns[i]]
+        return _conn_report(self._conns[i], self._timeouts, self._now, self._clock)
+
+    def __iter__(self) -> Iterator[dict]:
+        for c in self._conns:
+            yield _conn_report(c, self._timeouts, self._now, self._clock)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (list, tuple, ControlledConnections)):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # compared by value, as a list
+
+    def __repr__(self) -> str:
+        return f"ControlledConnections({list(self)!r})"
 
 
 class _Controls:
     """A template as the pass over the connections reads it, and what it gathers there: the
-    reports of the connections it controls, when the last of them ends if idle, how many
-    synced connections of its client it does not control.
+    connections it controls, when the last of them ends if idle, how many synced connections of
+    its client it does not control.
 
     The fields of the template that tell its connections are copied here, and the next
     template of the same client hangs on `next`: a connection reads this one object, not the
@@ -301,13 +350,13 @@ class _Controls:
 
     __slots__ = (
         "daddr", "protocol", "vaddr", "vport", "af", "fwmark",
-        "reports", "last_end", "synced", "next",
+        "conns", "last_end", "synced", "next",
     )
 
     def __init__(self, t: ConnEntry) -> None:
         self.daddr, self.protocol, self.vaddr, self.vport = t.daddr, t.protocol, t.vaddr, t.vport
         self.af, self.fwmark = t.af, t.fwmark
-        self.reports: List[dict] = []
+        self.conns: List[ConnEntry] = []
         self.last_end: Optional[float] = None
         self.synced = 0
         self.next: Optional[_Controls] = None
@@ -317,8 +366,8 @@ class _Controls:
         if c.origin == "SYNC":
             self.synced += 1
             return
-        report, end = _conn_report(c, timeouts, now, clock)
-        self.reports.append(report)
+        end = _conn_end(c, conn_timeout(c, timeouts)[0], now, clock)
+        self.conns.append(c)
         if self.last_end is None or end > self.last_end:
             self.last_end = end
 
@@ -432,13 +481,14 @@ def explain_template(
     for c in linked:
         controls.add(c, timeouts, now, clock)
     controls.synced = len(synced)
-    return _template_report(t, svc, controls, now, role, injection, v0_only, clock)
+    return _template_report(t, svc, controls, timeouts, now, role, injection, v0_only, clock)
 
 
 def _template_report(
     t: ConnEntry,
     svc: Optional[Service],
     controls: "_Controls",
+    timeouts: Optional[Mapping[str, int]],
     now: float,
     role: str,
     injection: Optional[Injection],
@@ -480,8 +530,7 @@ def _template_report(
         origin_code = "unknown"
         origin_text = "made here or received by sync (this kernel does not say)"
 
-    conn_reports = controls.reports
-    n_linked = len(conn_reports)
+    n_linked = len(controls.conns)
     n_synced = controls.synced
     last = controls.last_end
     sched = svc.scheduler if svc is not None and svc.scheduler else "the scheduler"
@@ -572,7 +621,7 @@ def _template_report(
             if clock is not None
             else None
         ),
-        "controls": conn_reports,
+        "controls": ControlledConnections(controls.conns, timeouts, now, clock),
         "synced_connections_not_linked": n_synced,
         "key": list(template_key(t)),
     }
@@ -640,8 +689,9 @@ def explain(
     has_origin: bool = True,
     clock: Optional[Clock] = None,
 ) -> dict:
-    """The report for every template (or the templates of `client`), JSON-ready. `now` is
-    when the table was read; `clock`, if known, places each timer in the kernel's wheel."""
+    """The report for every template (or the templates of `client`), JSON-ready (as above).
+    `now` is when the table was read; `clock`, if known, places each timer in the kernel's
+    wheel."""
     sysctls = sysctls or {}
     injections = injections or {}
     by_key = {s.key(): s for s in services}
@@ -677,7 +727,7 @@ def explain(
                 inj = None  # more time left than was injected: a master's message replaced it since
             svc = by_key.get(t.service_key())
             reports.append(
-                _template_report(t, svc, c_of_t, now, role, inj, v0_only, clock, texts)
+                _template_report(t, svc, c_of_t, timeouts, now, role, inj, v0_only, clock, texts)
             )
         # Freed here, not traversed by the collection that follows the pause.
         del controls, texts

@@ -2,9 +2,11 @@
 (the kernel's rules from docs/design.md; the lab checks the predictions on a real kernel:
 tests/lab/scenarios/explain.sh)."""
 
+import json
+
 from click.testing import CliRunner
 
-from lvs_hooks.cli import cli
+from lvs_hooks.cli import cli, emit
 from lvs_hooks.director.ledger import Injection
 from lvs_hooks.director.ledger import load as load_injections
 from lvs_hooks.director.ledger import record as record_injections
@@ -65,6 +67,28 @@ def test_a_live_connection_rearms_it_with_60_s():
     assert x["controls"][0]["timeout_s"] == 300
     # between 0 and 60 s left of a 360 s persistence: which timeout it holds cannot be told
     assert x["timeout_source"] == "persistence_or_rearm" and x["timeout_s"] is None
+
+
+def test_json_lists_the_connections_a_template_controls(capsys):
+    """The report makes each controlled connection's dict as it is read (a million of them
+    alive at once cost explain its linearity); --json writes them as a plain list."""
+    r = explain([tpl(expires=40), conn(expires=290), conn(expires=10, cport=40001)], [svc()],
+                TIMEOUTS, NOW)
+    controls = r["templates"][0]["controls"]
+    assert len(controls) == 2 and controls[1]["expires_s"] == 10
+    assert controls[:1] == [controls[0]] and controls != [controls[0]]
+    emit(r, True, render_explanation)
+    written = json.loads(capsys.readouterr().out)["templates"][0]["controls"]
+    assert written == list(controls)
+    assert written[0] == {
+        "connection": "UDP 10.0.0.20:40000 -> 10.0.0.100:5000",
+        "state": "UDP",
+        "expires_s": 290,
+        "timeout_s": 300,
+        "timeout_source": "udp timeout",
+        "origin": "LOCAL",
+        "predicted_end": NOW + 290.5,
+    }
 
 
 def test_connections_that_end_first_leave_it_to_its_timer():
