@@ -1,6 +1,6 @@
 """syncsock.LoopedCopies: the count of a sender's looped-back copies, on a real UDP socket (a
 unicast one on 127.0.0.1 standing in for the group: what it counts is the same). The netns tier
-shows the real multicast loop (tests/netns/test_looped_copies.py)."""
+shows the real multicast loop (tests/netns/test_sync_loop.py)."""
 
 import select
 import socket
