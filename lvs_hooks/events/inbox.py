@@ -422,6 +422,7 @@ class Inbox:
             return self._refuse(c, "another request is running; try again")
 
         def run() -> None:
+            running = True
             try:
                 try:
                     report = handler()
@@ -435,12 +436,17 @@ class Inbox:
                     log.exception("agent inbox: request %s (pid %d) failed", name, c.pid)
                     answer = {"ok": False, "reason": f"bug: {type(e).__name__}: {e}"}
                 data = json.dumps(answer, default=str).encode() + b"\n"
+                # Free before the answer leaves: an asker that got it may send its next request
+                # at once, and found this one still running it was refused ("try again").
+                running = False
+                self._request_running.release()
                 with contextlib.suppress(OSError):
                     c.sock.settimeout(5.0)  # a few KB to a local socket
                     c.sock.sendall(data)
             finally:
                 c.sock.close()
-                self._request_running.release()
+                if running:
+                    self._request_running.release()
 
         log.info("agent inbox: request %s from pid %d", name, c.pid)
         # the connection is the request thread's from now on: this loop no longer selects on
