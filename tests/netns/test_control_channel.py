@@ -12,15 +12,14 @@ import collections
 import contextlib
 import json
 import logging
-import os
 import socket
 import struct
 import subprocess
 import time
-from typing import Iterator, List, Tuple
+from typing import List, Tuple
 
 import pytest
-from netnslib import _setns, next_tag, sh, wait_for
+from netnslib import inside, next_tag, sh, wait_for
 
 from lvs_hooks.control.channel import ControlChannel
 from lvs_hooks.control.message import Message, decode, encode, new_message
@@ -36,20 +35,6 @@ A_ADDR, B_ADDR = "10.77.0.1", "10.77.0.2"
 MAX_SKEW = 30.0
 
 
-@contextlib.contextmanager
-def inside(netns: str) -> Iterator[None]:
-    """Run the block with this thread in `netns` (sockets made there stay there)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def link_json(ns: str, dev: str, *what: str) -> list:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from netnslib import IN_CI, next_tag, sh
+from netnslib import IN_CI, inside, next_tag, sh
 
 from lvs_hooks.config import parse_config
 from lvs_hooks.errors import FirewallError
@@ -78,20 +78,6 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-@contextlib.contextmanager
-def inside(netns: str):
-    """Run the block with this thread (and the processes it starts) in `netns`."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def run_in(netns: str, *cmd: str, check: bool = True, stdin: str = None) -> str:

@@ -17,10 +17,10 @@ import json
 import os
 import socket
 import subprocess
-from typing import Iterator, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import pytest
-from netnslib import _setns, next_tag, sh, wait_for
+from netnslib import inside, next_tag, sh, wait_for
 
 from lvs_hooks.errors import KernelError
 from lvs_hooks.kernel import mcast
@@ -36,20 +36,6 @@ IP_MTU_DISCOVER, IP_PMTUDISC_DONT = 10, 0  # include/uapi/linux/in.h
 IPV6_MTU_DISCOVER, IPV6_PMTUDISC_DONT = 23, 0  # include/uapi/linux/in6.h
 
 
-@contextlib.contextmanager
-def inside(netns: str) -> Iterator[None]:
-    """Run the block with this thread in `netns` (sockets made there stay there)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 def link_json(ns: str, dev: str, *what: str) -> list:

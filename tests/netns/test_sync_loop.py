@@ -5,13 +5,11 @@ every datagram already (kernel/syncsock.py). Without that, a daemon stopped righ
 could lose a datagram still on its way through the receive path."""
 
 import contextlib
-import os
 import socket
 import subprocess
-from typing import Iterator
 
 import pytest
-from netnslib import _setns, next_tag, sh
+from netnslib import inside, next_tag, sh
 
 from lvs_hooks.kernel import mcast
 from lvs_hooks.kernel.syncsock import SyncQueueProbe, SyncSender, settle
@@ -22,19 +20,6 @@ GROUP, PORT = "224.0.0.81", 8848
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
 
-@contextlib.contextmanager
-def inside(netns: str) -> Iterator[None]:
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    target = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        _setns(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-        os.close(target)
 
 
 @pytest.fixture
