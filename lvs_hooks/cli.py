@@ -77,7 +77,7 @@ def json_option(f: Callable) -> Callable:
 def _jsonable(o: Any) -> Any:
     """What json does not write itself: a sequence a report makes as it is read (explain's
     connections) as a list, anything else (a path, a time) as its text."""
-    if isinstance(o, abc.Sequence):
+    if isinstance(o, abc.Sequence) and not isinstance(o, (bytes, bytearray)):
         return list(o)
     return str(o)
 
