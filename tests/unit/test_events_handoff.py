@@ -65,3 +65,53 @@ def test_events_and_duties_go_to_an_agent_that_starts_later(short_dir):  # noqa:
         t.join(10)
         os.close(wfd)
         reader.close()
+
+
+def test_a_silent_agent_is_taken_as_busy_for_a_grace_then_as_gone(short_dir, caplog):  # noqa: F811
+    """A socket that is there but does not answer (the agent busy) keeps the duties with the
+    agent for SLOW_GRACE seconds after its last answer; a socket that is gone gives them back at
+    once. The silent agent is a real listening socket that never accepts."""
+    import logging
+    import socket
+
+    from lvs_hooks.events.handoff import RECHECK, SLOW_GRACE
+
+    caplog.set_level(logging.INFO, logger="lvs_hooks.events.handoff")
+    agent = InboxHarness(short_dir)
+    clock = Clock()
+    handoff = AgentHandoff(agent.sock_path, agent.config, clock=clock, timeout=0.2)
+    assert not handoff.alive()  # no socket yet
+    agent.inbox.start()
+    clock.t += RECHECK
+    assert handoff.alive()
+    agent.inbox.stop()
+    silent = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        if os.path.exists(agent.sock_path):
+            os.unlink(agent.sock_path)
+        silent.bind(agent.sock_path)
+        silent.listen(8)
+        clock.t += RECHECK
+        assert handoff.alive()  # silent 2 s after an answer: busy
+        assert "taken as busy, not gone" in caplog.text
+        clock.t = RECHECK + SLOW_GRACE - 0.5
+        assert handoff.alive()  # still within the grace
+        clock.t = RECHECK + SLOW_GRACE + RECHECK
+        assert not handoff.alive()  # silent past the grace: hung, taken as gone
+        assert "no longer answers (no acknowledgement within 0.2 s)" in caplog.text
+    finally:
+        silent.close()
+    # an agent that answers again is there at once; one whose socket is gone is gone at once
+    agent2 = InboxHarness(short_dir)
+    os.unlink(agent2.sock_path)
+    agent2.inbox.start()
+    try:
+        clock.t += RECHECK
+        assert handoff.alive()
+    finally:
+        agent2.inbox.stop()
+    if os.path.exists(agent2.sock_path):
+        os.unlink(agent2.sock_path)
+    clock.t += RECHECK
+    assert not handoff.alive()
+    assert caplog.text.count("no longer answers") == 2
