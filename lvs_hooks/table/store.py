@@ -52,7 +52,11 @@ Simplifications, each on the side of the planners' safety:
   already had), one after it restarts the deadline (a new connection), and one with timeout 60
   within the sync thread's flush delay of the deadline is the re-arm. At its deadline such a
   template whose last packet's connection still lives is re-armed here too (`expire`): a
-  director that was master re-arms its own templates without a word. Left: a client that opens
+  director that was master re-arms its own templates without a word, and goes on doing so while
+  the next master's messages about that connection restart it there: a connection heard for a
+  template it keeps that for moves the connection's end later too (lab, churn under a CPU hog:
+  clients returning just as their connections ended, 285 templates kept their old real server
+  in the kernel and took the new master's here). Left: a client that opens
   a second connection while its first still lives restarts the kernel's timer and not the
   table's (the table ends early, and takes the template again with its next packet: the
   planners err by a renewal or a re-injection that the kernel takes as a timeout update,
@@ -580,6 +584,13 @@ class TemplateTable:
                 ds = (now_ms + timeout * 1000 + 999) // 1000
                 if touched is not None:
                     touched.add(key)
+                if inbound:
+                    a = inbound.get(key)
+                    if a is not None and ds > a:
+                        # The connection behind a template this director made as master, heard
+                        # from the next master: its kernel restarts that (linked) connection, so
+                        # it goes on re-arming the template (the module docstring).
+                        inbound[key] = seconds.get(ds) or self._second(ds)
                 old = clients.get(key)
                 if old is None or old * 1000 <= now_ms:
                     clients[key] = seconds.get(ds) or self._second(ds)

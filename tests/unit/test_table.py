@@ -164,6 +164,26 @@ def test_a_template_whose_connection_outlives_it_is_re_armed_without_a_message()
     assert b.expire(NOW + 30) == (1, 0)
 
 
+def test_a_former_masters_template_lives_on_while_the_next_master_syncs_its_connection():
+    # Once backup, the connection behind such a template lives on in its kernel while the next
+    # master's messages about it come (ip_vs_proc_conn restarts an existing connection's timer),
+    # so its kernel goes on re-arming the template. Lab, churn under a CPU hog: the table let
+    # them go at their second re-arm, the next master's template for the returning client came
+    # with another real server, and the kernel kept its own.
+    t = TemplateTable()
+    t.use_timeouts(udp=50)
+    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")  # connection to 50
+    assert t.expire(NOW + 30) == (0, 0) and ends(t, NOW + 30) == [60]  # re-armed to 90
+    ingest(t, [conn("10.0.0.20", proto=17, state=0, timeout=50)], NOW + 45)  # heard: to 95
+    assert t.expire(NOW + 90) == (0, 0) and ends(t, NOW + 90) == [60]  # re-armed to 150
+    ingest(t, [tpl_conn("10.0.0.20", daddr="10.1.0.12", timeout=30)], NOW + 100)
+    assert [e.daddr for e in t.templates(NOW + 100)] == ["10.1.0.11"]  # never re-pointed
+    # a connection heard for a client whose template was not made here changes nothing
+    b = ingest(TemplateTable(), [tpl_conn("10.0.0.20", timeout=30)], origin="SYNC")
+    ingest(b, [conn("10.0.0.20", proto=17, state=0, timeout=50)], NOW + 10)
+    assert b._inbound == {} and b.expire(NOW + 30) == (1, 0)
+
+
 def test_tcp_connections_live_idle_as_long_as_the_longest_of_their_states():
     t = TemplateTable()
     t.use_timeouts(tcp=60, tcpfin=30)  # TIME_WAIT and others: 120 s, fixed
