@@ -72,12 +72,14 @@ _CHUNK = 65536
 
 class NoAgent(Exception):
     """No agent takes the event. `expected`: nothing listens (no agent is set up, or it is
-    stopped), which is routine; otherwise something is wrong and worth a warning."""
+    stopped), which is routine; otherwise something is wrong and worth a warning. `silent`:
+    something listens but did not answer in time (a busy agent, or a hung one)."""
 
-    def __init__(self, reason: str, expected: bool = False):
+    def __init__(self, reason: str, expected: bool = False, silent: bool = False):
         super().__init__(reason)
         self.reason = reason
         self.expected = expected
+        self.silent = silent
 
 
 class Args:
@@ -283,7 +285,7 @@ class AgentConnection:
             raise NoAgent("nobody listens", expected=True) from None
         except socket.timeout:
             self.close()
-            raise NoAgent(f"no connection within {timeout:g} s") from None
+            raise NoAgent(f"no connection within {timeout:g} s", silent=True) from None
         except OSError as e:
             self.close()
             raise NoAgent(f"cannot connect: {e.strerror or e}") from None
@@ -318,7 +320,7 @@ class AgentConnection:
                 if len(self._buf) > MAX_MESSAGE:
                     raise NoAgent("the agent's answer is too long")
         except socket.timeout:
-            raise NoAgent(f"no acknowledgement within {self.timeout:g} s") from None
+            raise NoAgent(f"no acknowledgement within {self.timeout:g} s", silent=True) from None
         except OSError as e:
             raise NoAgent(f"connection lost: {e.strerror or e}") from None
         answer, _, self._buf = self._buf.partition(b"\n")

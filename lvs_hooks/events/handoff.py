@@ -19,8 +19,9 @@ was worse than waiting: the reader's periodic snapshot started a whole read of
 /proc/net/ip_vs_conn as the table grew, ran 373 s (the kernel serves that file in time
 quadratic in its size) and held the reader's loop all along, while the agent did the same duty
 from its table in memory. So a socket that is there and silent counts as the agent for
-SLOW_GRACE seconds after its last answer; only a socket that is gone or refused (the agent
-stopped or died), or silence past the grace (a hung agent), gives the duties back.
+SLOW_GRACE seconds after its last answer; a socket that is gone or refused (the agent stopped
+or died), an agent that answers no (another config), or silence past the grace (a hung agent)
+gives the duties back.
 """
 
 import logging
@@ -69,7 +70,8 @@ class AgentHandoff:
                 log.info("the agent on %s answers again (silent for up to %.0f s)", self.path,
                          now - self._answered)
             self._alive, self._answered, self._slow = True, now, False
-        elif failure.expected or now - self._answered >= SLOW_GRACE:
+        elif not failure.silent or now - self._answered >= SLOW_GRACE:
+            # gone, refused, or an answer that makes no sense: not an agent to wait for
             self._alive, self._slow = False, False
         else:
             if not self._slow:

@@ -55,8 +55,8 @@ Simplifications, each on the side of the planners' safety:
   director that was master re-arms its own templates without a word, and goes on doing so while
   the next master's messages about that connection restart it there: a connection heard for a
   template it keeps that for moves the connection's end later too (lab, churn under a CPU hog:
-  clients returning just as their connections ended, 285 templates kept their old real server
-  in the kernel and took the new master's here). Left: a client that opens
+  285 templates of the former master kept their old real server in its kernel and took the new
+  master's here). Left: a client that opens
   a second connection while its first still lives restarts the kernel's timer and not the
   table's (the table ends early, and takes the template again with its next packet: the
   planners err by a renewal or a re-injection that the kernel takes as a timeout update,

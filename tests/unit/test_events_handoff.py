@@ -115,3 +115,15 @@ def test_a_silent_agent_is_taken_as_busy_for_a_grace_then_as_gone(short_dir, cap
     clock.t += RECHECK
     assert not handoff.alive()
     assert caplog.text.count("no longer answers") == 2
+    # an agent that answers no (it runs another config) is not one to wait for, even just after
+    # an answer
+    agent3 = InboxHarness(short_dir)
+    agent3.inbox.start()
+    try:
+        clock.t += RECHECK
+        assert handoff.alive()
+        other = AgentHandoff(agent3.sock_path, agent3.config + ".other", clock=clock, timeout=0.2)
+        other._answered = clock.t  # as if it had answered a moment ago
+        assert not other.alive()
+    finally:
+        agent3.inbox.stop()
