@@ -44,8 +44,9 @@ def services() -> list:
 
 
 def cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+    # this process's CPU time to the nanosecond: os.times counts in clock ticks (10 ms here),
+    # 7% of the 100,000-line figure
+    return time.process_time()
 
 
 def measure(lines: int, seed: int, repeat: int) -> dict:
