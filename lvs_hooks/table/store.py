@@ -77,9 +77,10 @@ Simplifications, each on the side of the planners' safety:
   IPVS_SYNC_FLUSH_TIME (2 s) old, looking every second: the last messages of a burst leave 2 to
   3 s after their packets, and the table restarts their templates that much later than the
   kernel did. Lab, churn under a CPU hog (the sync thread running late as well): 6 of 2,420
-  templates of the master ended 3 s later here. Late is the keeper's unsafe side (it renews by
-  the table's ends); a buffer that was not full was sent by the timer, and its messages could be
-  dated back by it (not done yet: it needs the sync interface's MTU).
+  templates of the master ended 3 s later here. Late is the keeper's unsafe side: it renews
+  what the table says ends within keeper.refresh_below (12 s, more than twice its interval), so
+  the error eats into that margin. A buffer that was not full was sent by the timer, and its
+  messages could be dated back by it (not done yet: it needs the sync interface's MTU).
 - **What cannot be seen is not guessed**: a template the kernel invalidated (design.md
   2.2), one a backup never bound (design.md 3.7), a datagram a backup's socket dropped
   (design.md 3.5) show only after a reconcile.
