@@ -72,15 +72,17 @@ Simplifications, each on the side of the planners' safety:
   costs a little, dropping one costs a client (design.md 2.7). A reconcile with a full /proc
   read sets the exact figure. `client_counts` says 1 per client, not how many connections: the
   planners only ask whether there is one.
-- **A master's own message is timed by its arrival, not by its packet.** The master's sync
-  thread sends a buffer when the next message does not fit, or once its first message is
-  IPVS_SYNC_FLUSH_TIME (2 s) old, looking every second: the last messages of a burst leave 2 to
-  3 s after their packets, and the table restarts their templates that much later than the
-  kernel did. Lab, churn under a CPU hog (the sync thread running late as well): 6 of 2,420
-  templates of the master ended 3 s later here. Late is the keeper's unsafe side: it renews
-  what the table says ends within keeper.refresh_below (12 s, more than twice its interval), so
-  the error eats into that margin. A buffer that was not full was sent by the timer, and its
-  messages could be dated back by it (not done yet: it needs the sync interface's MTU).
+- **A master's own message that waited for the sync thread's timer is dated back by it.** The
+  master's sync thread sends a buffer when the next message does not fit, or once its first
+  message is IPVS_SYNC_FLUSH_TIME (2 s) old, looking every second: the last messages of a burst
+  leave 2 to 3 s after their packets. A captured datagram with room left for another message
+  (against the master daemon's maxlen: `use_sync_maxlen`) was sent by that timer, and its
+  messages are dated 2 s before their arrival (`ingest`): at most 1 s late (plus the thread's
+  own lateness under load) and at most 2 s early, for a message queued just before the send.
+  Early is the keeper's safe side (it renews what ends within keeper.refresh_below). A full
+  datagram is timed by its arrival, though its first messages may have waited for the next
+  burst to fill it. Lab, churn under a CPU hog, before this: 6 of 2,420 templates of the
+  master ended 3 s later here than in the kernel.
 - **What cannot be seen is not guessed**: a template the kernel invalidated (design.md
   2.2), one a backup never bound (design.md 3.7), a datagram a backup's socket dropped
   (design.md 3.5) show only after a reconcile.
@@ -124,6 +126,9 @@ from lvs_hooks.kernel.syncproto import (
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_CTPL_S_ASSURED,
     IP_VS_CTPL_S_NONE,
+    SEQ_OPTIONS_V1,
+    SYNC_MAXLEN_DEFAULT,
+    ip_vs_sync_v6,
 )
 from lvs_hooks.reseed.planner import PlannedTemplate
 from lvs_hooks.snapshot import Snapshot
@@ -180,6 +185,14 @@ CONN_IDLE_DEFAULT = {6: 900, 17: 300, 132: 900}
 # entry (IPVS_SYNC_FLUSH_TIME), so its message arrives up to about that late.
 REARM_TIMEOUT = 60
 REARM_WINDOW_MS = 3000
+# A master's sync thread sends its buffer as soon as the next message does not fit
+# (ip_vs_sync_conn: head + len + pad > end), else once the buffer's first message is
+# IPVS_SYNC_FLUSH_TIME (2 s) old, looking every IPVS_SYNC_CHECK_PERIOD (1 s;
+# get_curr_sync_buff). A captured datagram with room left for the largest message a master
+# sends without PE data (IPv6 with sequence options, padded to 4) was sent by that timer: its
+# first message is at least SYNC_FLUSH_MS old.
+SYNC_FLUSH_MS = 2000
+_NEXT_MESSAGE_MAX = ip_vs_sync_v6.size + 2 + SEQ_OPTIONS_V1.size + 3
 
 _M32 = (1 << 32) - 1
 _M128 = (1 << 128) - 1
@@ -199,6 +212,7 @@ class FeedStats:
     malformed: int = 0  # datagrams the kernel would drop in whole or in part
     skipped: int = 0  # entries the kernel skips alone (protocol, state, options, PE)
     other_syncid: int = 0  # datagrams of another syncid (when the table has one)
+    flushed: int = 0  # captured datagrams the sync thread's timer sent: dated back (ingest)
     last_error: str = ""
 
     def to_dict(self) -> dict:
@@ -343,6 +357,8 @@ class TemplateTable:
         # until which the connection behind their last packet lives at least (interned).
         self._inbound: Dict[int, int] = {}
         self._idle_ms: Dict[int, int] = {p: s * 1000 for p, s in CONN_IDLE_DEFAULT.items()}
+        # The payload limit of this director's master sync daemon (use_sync_maxlen).
+        self._sync_maxlen = SYNC_MAXLEN_DEFAULT
         self._twheel = _Wheel()
         self._cwheel = _Wheel()
         self._seconds: Dict[int, int] = {}  # interned client deadlines
@@ -369,7 +385,8 @@ class TemplateTable:
     def _ms(self, now: float) -> int:
         ms = int(now * 1000)
         if self._epoch is None:
-            self._epoch = ms
+            # room before the first `now` for a datagram dated back (ingest)
+            self._epoch = ms - SYNC_FLUSH_MS
         ms -= self._epoch
         return ms if ms > 0 else 0
 
@@ -463,6 +480,13 @@ class TemplateTable:
         if udp:
             self._idle_ms[17] = udp * 1000
 
+    def use_sync_maxlen(self, maxlen: int) -> None:
+        """The payload limit of this director's master sync daemon (the kernel's sync_maxlen,
+        netlink's IPVS_DAEMON_ATTR_SYNC_MAXLEN; 1500 - 28 unless configured): it tells which
+        captured datagrams were full and which the sync thread's timer sent (`ingest`)."""
+        if maxlen > 0:
+            self._sync_maxlen = maxlen
+
     # ------------------------------------------------------------------ feeds
 
     def ingest(self, datagram: bytes, now: float, origin: Optional[str] = None) -> int:
@@ -487,7 +511,16 @@ class TemplateTable:
         if not dec.rows:
             return 0
         obits = _ORIGIN_CODES.get(origin, 0) << _ORIGIN_SHIFT
-        return self._apply(dec.rows, self._ms(now), obits)
+        now_ms = self._ms(now)
+        if origin == "LOCAL" and len(datagram) + _NEXT_MESSAGE_MAX <= self._sync_maxlen:
+            # Not full: the sync thread's timer sent it, its first message at least
+            # SYNC_FLUSH_MS after that message's packet (see SYNC_FLUSH_MS). Dated back by that
+            # much, a message is at most 1 s late (plus the thread's own lateness) and at most
+            # 2 s early (one queued just before the send): early is the planners' safe side.
+            # What the backup's kernel hears it times by arrival, as the table does for "SYNC".
+            st.flushed += 1
+            now_ms = max(0, now_ms - SYNC_FLUSH_MS)
+        return self._apply(dec.rows, now_ms, obits)
 
     def _apply(self, rows: Iterable[Any], now_ms: int, obits: int) -> int:
         """The hot path: rows of feed.decode into the dicts. Written out, with locals, because
@@ -545,7 +578,9 @@ class TemplateTable:
                 if captured:
                     a = inbound.get(key)
                     ds = (now_ms + idle_ms.get(proto, 300000) + 999) // 1000
-                    inbound[key] = seconds.get(ds) or self._second(ds)
+                    if a is None or ds > a:
+                        # only later: a datagram the timer sent is dated back (ingest)
+                        inbound[key] = seconds.get(ds) or self._second(ds)
                 if old is not None:
                     odl = (old >> _DL_SHIFT) & _DL_MAX
                     if odl > now_ms:
