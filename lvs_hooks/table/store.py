@@ -630,10 +630,12 @@ class TemplateTable:
                     touched.add(key)
                 if inbound:
                     a = inbound.get(key)
-                    if a is not None and ds > a:
+                    if a is not None and a * 1000 > now_ms and ds > a:
                         # The connection behind a template this director made as master, heard
                         # from the next master: its kernel restarts that (linked) connection, so
-                        # it goes on re-arming the template (the module docstring).
+                        # it goes on re-arming the template (the module docstring). Once that
+                        # connection has ended, a message makes a new one, which a synced
+                        # connection never links to the template (design.md 2.7): no re-arm.
                         inbound[key] = seconds.get(ds) or self._second(ds)
                 old = clients.get(key)
                 if old is None or old * 1000 <= now_ms:

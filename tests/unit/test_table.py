@@ -186,6 +186,15 @@ def test_a_former_masters_template_lives_on_while_the_next_master_syncs_its_conn
     assert t.expire(NOW + 90) == (0, 0) and ends(t, NOW + 90) == [60]  # re-armed to 150
     ingest(t, [tpl_conn("10.0.0.20", daddr="10.1.0.12", timeout=30)], NOW + 100)
     assert [e.daddr for e in t.templates(NOW + 100)] == ["10.1.0.11"]  # never re-pointed
+    # once that connection has ended (no message for longer than its timeout) the next one
+    # makes a new connection, not linked to the template (design.md 2.7): no more re-arms.
+    # Lab, churn: a client sending every second, its connection synced every 50 packets with
+    # a 20 s timeout, kept its template in the table and not in the former master's kernel.
+    e = master()
+    e.use_timeouts(udp=20)
+    ingest(e, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")  # connection to 20
+    ingest(e, [conn("10.0.0.20", proto=17, state=0, timeout=20)], NOW + 25)  # a new one
+    assert e.expire(NOW + 30) == (1, 0)
     # a connection heard for a client whose template was not made here changes nothing
     b = ingest(TemplateTable(), [tpl_conn("10.0.0.20", timeout=30)], origin="SYNC")
     ingest(b, [conn("10.0.0.20", proto=17, state=0, timeout=50)], NOW + 10)
