@@ -54,9 +54,10 @@ Simplifications, each on the side of the planners' safety:
   template whose last packet's connection still lives is re-armed here too (`expire`): a
   director that was master re-arms its own templates without a word, and goes on doing so while
   the next master's messages about that connection restart it there: a connection heard for a
-  template it keeps that for moves the connection's end later too (lab, churn under a CPU hog:
-  285 templates of the former master kept their old real server in its kernel and took the new
-  master's here). Left: a client that opens
+  template it keeps that for, while that connection lives, moves the connection's end later too
+  (lab, churn under a CPU hog: 285 templates of the former master kept their old real server in
+  its kernel and took the new master's here); one heard after it ended is a new connection,
+  never linked (design.md 2.7), and moves nothing. Left: a client that opens
   a second connection while its first still lives restarts the kernel's timer and not the
   table's (the table ends early, and takes the template again with its next packet: the
   planners err by a renewal or a re-injection that the kernel takes as a timeout update,
