@@ -77,10 +77,11 @@ Simplifications, each on the side of the planners' safety:
   master's sync thread sends a buffer when the next message does not fit, or once its first
   message is IPVS_SYNC_FLUSH_TIME (2 s) old, looking every second: the last messages of a burst
   leave 2 to 3 s after their packets. A captured datagram with room left for another message
-  (against the master daemon's maxlen: `use_sync_maxlen`) was sent by that timer, and its
-  messages are dated 2 s before their arrival (`ingest`): at most 1 s late (plus the thread's
-  own lateness under load) and at most 2 s early, for a message queued just before the send.
-  Early is the keeper's safe side (it renews what ends within keeper.refresh_below). A full
+  (against the master daemon's maxlen: `use_sync_maxlen`) was sent by that timer, and a
+  template its messages restart ends 2 s earlier (`_apply`): at most 1 s late (plus the
+  thread's own lateness under load) and at most 2 s early, for a message queued just before the
+  send. Early is the keeper's safe side (it renews what ends within keeper.refresh_below). The
+  connection's life keeps the arrival: late is its safe side (a re-arm kept, not missed). A full
   datagram is timed by its arrival, though its first messages may have waited for the next
   burst to fill it. Lab, churn under a CPU hog, before this: 6 of 2,420 templates of the
   master ended 3 s later here than in the kernel.
@@ -512,21 +513,29 @@ class TemplateTable:
         if not dec.rows:
             return 0
         obits = _ORIGIN_CODES.get(origin, 0) << _ORIGIN_SHIFT
-        now_ms = self._ms(now)
+        back = 0
         if origin == "LOCAL" and len(datagram) + _NEXT_MESSAGE_MAX <= self._sync_maxlen:
             # Not full: the sync thread's timer sent it, its first message at least
-            # SYNC_FLUSH_MS after that message's packet (see SYNC_FLUSH_MS). Dated back by that
-            # much, a message is at most 1 s late (plus the thread's own lateness) and at most
-            # 2 s early (one queued just before the send): early is the planners' safe side.
-            # What the backup's kernel hears it times by arrival, as the table does for "SYNC".
+            # SYNC_FLUSH_MS after that message's packet (see SYNC_FLUSH_MS). What the backup's
+            # kernel hears it times by arrival, as the table does for "SYNC".
             st.flushed += 1
-            now_ms = max(0, now_ms - SYNC_FLUSH_MS)
-        return self._apply(dec.rows, now_ms, obits)
+            back = SYNC_FLUSH_MS
+        return self._apply(dec.rows, self._ms(now), obits, back)
 
-    def _apply(self, rows: Iterable[Any], now_ms: int, obits: int) -> int:
+    def _apply(self, rows: Iterable[Any], now_ms: int, obits: int, back: int = 0) -> int:
         """The hot path: rows of feed.decode into the dicts. Written out, with locals, because
         it runs for every entry of the sync stream (measured by the source tree's
-        bench_table.py)."""
+        bench_table.py).
+
+        `back`: how long before `now_ms` the messages' packets were (a captured datagram the
+        sync thread's timer sent). A template restarted by one ends that much earlier: at most
+        1 s late then (plus the thread's own lateness) and at most 2 s early (a message queued
+        just before the send), where early is the keeper's safe side. Everything else keeps the
+        arrival: a connection's life, by which the table re-arms a template and tells a new
+        connection from an old one, is safe late (a template kept, never one let go that the
+        kernel keeps; lab, churn: dated back as well, a former master let go of 12 templates
+        that its kernel re-armed), and whether an entry still lives is its kernel's question
+        at arrival."""
         tpl, clients, seconds = self._tpl, self._clients, self._seconds
         v4, v6, d4, d6, masks = self._v4, self._v6, self._d4, self._d6, self._masks
         tw, cw = self._twheel, self._cwheel
@@ -570,7 +579,7 @@ class TemplateTable:
                 key = ~(vs | caddr) if et else vs | caddr
                 if timeout > _MAX_TIMEOUT_S:
                     timeout = _MAX_TIMEOUT_S
-                dl = now_ms + (timeout or TEMPLATE_DEFAULT_TIMEOUT) * 1000
+                dl = now_ms - back + (timeout or TEMPLATE_DEFAULT_TIMEOUT) * 1000
                 st = _ASSURED if state == IP_VS_CTPL_S_ASSURED else (
                     0 if state == IP_VS_CTPL_S_NONE else 2 << _STATE_SHIFT
                 )
@@ -579,9 +588,7 @@ class TemplateTable:
                 if captured:
                     a = inbound.get(key)
                     ds = (now_ms + idle_ms.get(proto, 300000) + 999) // 1000
-                    if a is None or ds > a:
-                        # only later: a datagram the timer sent is dated back (ingest)
-                        inbound[key] = seconds.get(ds) or self._second(ds)
+                    inbound[key] = seconds.get(ds) or self._second(ds)
                 if old is not None:
                     odl = (old >> _DL_SHIFT) & _DL_MAX
                     if odl > now_ms:
