@@ -49,13 +49,6 @@ def kernel_timeouts() -> Timeouts:
         return ipvs.timeouts()
 
 
-def kernel_sync_maxlen() -> int:
-    """The payload limit of this director's master sync daemon, 0 if none runs (one netlink
-    message): what its captured datagrams are measured against (TemplateTable.ingest)."""
-    with IPVS() as ipvs:
-        return next((d.maxlen for d in ipvs.daemons() if d.state == "master"), 0)
-
-
 def count_drift(
     table: Dict[Tuple[Tuple, str, int], int], kernel: Dict[Tuple[Tuple, str, int], int]
 ) -> Dict[Tuple[Tuple, str, int], Tuple[int, int]]:
@@ -111,19 +104,15 @@ class LiveTable:
         )
 
     def tick(
-        self, services: Optional[Sequence[Service]] = None, timeouts: Optional[Timeouts] = None,
-        sync_maxlen: int = 0,
+        self, services: Optional[Sequence[Service]] = None, timeouts: Optional[Timeouts] = None
     ) -> None:
         """Let go of what ended; with `services`, key clients as their netmasks do; with
-        `timeouts`, tell a master's new connections from its old ones by them; with
-        `sync_maxlen` (its master sync daemon's), tell its full datagrams from the others."""
+        `timeouts`, tell a master's new connections from its old ones by them."""
         with self.lock:
             if services is not None:
                 self.table.use_services(services)
             if timeouts is not None:
                 self.table.use_timeouts(timeouts.tcp, timeouts.tcpfin, timeouts.udp)
-            if sync_maxlen:
-                self.table.use_sync_maxlen(sync_maxlen)
             self.table.expire(self.clock())
 
     def reconcile(self, reason: str) -> ReconcileReport:
@@ -242,16 +231,13 @@ class TableUpkeep:
         clock: Callable[[], float] = time.monotonic,
         kernel_counts: Callable[[], Dict[Tuple[Tuple, str, int], int]] = kernel_template_counts,
         timeouts: Optional[Callable[[], Timeouts]] = kernel_timeouts,
-        sync_maxlen: Optional[Callable[[], int]] = kernel_sync_maxlen,
     ):
         """`services()`: the live services; `kernel_counts()`: templates per real server by the
-        kernel's counters; `timeouts()`: the connection timeouts; `sync_maxlen()`: the master
-        sync daemon's payload limit, 0 if none runs (all four over netlink; None: the kernel's
-        defaults)."""
+        kernel's counters; `timeouts()`: the connection timeouts (all three over netlink; None:
+        the kernel's defaults)."""
         self.live = live
         self.kernel_counts = kernel_counts
         self.timeouts = timeouts
-        self.sync_maxlen = sync_maxlen
         self.services = services
         self.clock = clock
         self.started = clock()
@@ -302,16 +288,13 @@ class TableUpkeep:
     def once(self) -> None:
         now = self.clock()
         services = timeouts = None
-        maxlen = 0
         if now >= self.next_services:
             services = self.services()
             self.longest = max([self.REARM] + [s.timeout for s in services if s.persistent])
             if self.timeouts is not None:
                 timeouts = self.timeouts()
-            if self.sync_maxlen is not None:
-                maxlen = self.sync_maxlen()
             self.next_services = now + 10.0
-        self.live.tick(services, timeouts, maxlen)
+        self.live.tick(services, timeouts)
         lost = self.live.lost_at
         if lost is not None and lost != self.seen_loss:
             # the feeds dropped datagrams: listen afresh, and within the budget read at once

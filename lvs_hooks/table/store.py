@@ -54,10 +54,9 @@ Simplifications, each on the side of the planners' safety:
   template whose last packet's connection still lives is re-armed here too (`expire`): a
   director that was master re-arms its own templates without a word, and goes on doing so while
   the next master's messages about that connection restart it there: a connection heard for a
-  template it keeps that for, while that connection lives, moves the connection's end later too
-  (lab, churn under a CPU hog: 285 templates of the former master kept their old real server in
-  its kernel and took the new master's here); one heard after it ended is a new connection,
-  never linked (design.md 2.7), and moves nothing. Left: a client that opens
+  template it keeps that for moves the connection's end later too (lab, churn under a CPU hog:
+  285 templates of the former master kept their old real server in its kernel and took the new
+  master's here). Left: a client that opens
   a second connection while its first still lives restarts the kernel's timer and not the
   table's (the table ends early, and takes the template again with its next packet: the
   planners err by a renewal or a re-injection that the kernel takes as a timeout update,
@@ -73,18 +72,15 @@ Simplifications, each on the side of the planners' safety:
   costs a little, dropping one costs a client (design.md 2.7). A reconcile with a full /proc
   read sets the exact figure. `client_counts` says 1 per client, not how many connections: the
   planners only ask whether there is one.
-- **A master's own message that waited for the sync thread's timer is dated back by it.** The
-  master's sync thread sends a buffer when the next message does not fit, or once its first
-  message is IPVS_SYNC_FLUSH_TIME (2 s) old, looking every second: the last messages of a burst
-  leave 2 to 3 s after their packets. A captured datagram with room left for another message
-  (against the master daemon's maxlen: `use_sync_maxlen`) was sent by that timer, and a
-  template its messages restart ends 2 s earlier (`_apply`): at most 1 s late (plus the
-  thread's own lateness under load) and at most 2 s early, for a message queued just before the
-  send. Early is the keeper's safe side (it renews what ends within keeper.refresh_below). The
-  connection's life keeps the arrival: late is its safe side (a re-arm kept, not missed). A full
-  datagram is timed by its arrival, though its first messages may have waited for the next
-  burst to fill it. Lab, churn under a CPU hog, before this: 6 of 2,420 templates of the
-  master ended 3 s later here than in the kernel.
+- **A master's own message is timed by its arrival, not by its packet.** The master's sync
+  thread sends a buffer when the next message does not fit, or once its first message is
+  IPVS_SYNC_FLUSH_TIME (2 s) old, looking every second: the last messages of a burst leave 2 to
+  3 s after their packets, and the table restarts their templates that much later than the
+  kernel did. Lab, churn under a CPU hog (the sync thread running late as well): 6 of 2,420
+  templates of the master ended 3 s later here. Late is the keeper's unsafe side: it renews
+  what the table says ends within keeper.refresh_below (12 s, more than twice its interval), so
+  the error eats into that margin. A buffer that was not full was sent by the timer, and its
+  messages could be dated back by it (not done yet: it needs the sync interface's MTU).
 - **What cannot be seen is not guessed**: a template the kernel invalidated (design.md
   2.2), one a backup never bound (design.md 3.7), a datagram a backup's socket dropped
   (design.md 3.5) show only after a reconcile.
@@ -128,9 +124,6 @@ from lvs_hooks.kernel.syncproto import (
     IP_VS_CONN_F_TEMPLATE,
     IP_VS_CTPL_S_ASSURED,
     IP_VS_CTPL_S_NONE,
-    SEQ_OPTIONS_V1,
-    SYNC_MAXLEN_DEFAULT,
-    ip_vs_sync_v6,
 )
 from lvs_hooks.reseed.planner import PlannedTemplate
 from lvs_hooks.snapshot import Snapshot
@@ -187,14 +180,6 @@ CONN_IDLE_DEFAULT = {6: 900, 17: 300, 132: 900}
 # entry (IPVS_SYNC_FLUSH_TIME), so its message arrives up to about that late.
 REARM_TIMEOUT = 60
 REARM_WINDOW_MS = 3000
-# A master's sync thread sends its buffer as soon as the next message does not fit
-# (ip_vs_sync_conn: head + len + pad > end), else once the buffer's first message is
-# IPVS_SYNC_FLUSH_TIME (2 s) old, looking every IPVS_SYNC_CHECK_PERIOD (1 s;
-# get_curr_sync_buff). A captured datagram with room left for the largest message a master
-# sends without PE data (IPv6 with sequence options, padded to 4) was sent by that timer: its
-# first message is at least SYNC_FLUSH_MS old.
-SYNC_FLUSH_MS = 2000
-_NEXT_MESSAGE_MAX = ip_vs_sync_v6.size + 2 + SEQ_OPTIONS_V1.size + 3
 
 _M32 = (1 << 32) - 1
 _M128 = (1 << 128) - 1
@@ -214,7 +199,6 @@ class FeedStats:
     malformed: int = 0  # datagrams the kernel would drop in whole or in part
     skipped: int = 0  # entries the kernel skips alone (protocol, state, options, PE)
     other_syncid: int = 0  # datagrams of another syncid (when the table has one)
-    flushed: int = 0  # captured datagrams the sync thread's timer sent: dated back (ingest)
     last_error: str = ""
 
     def to_dict(self) -> dict:
@@ -359,8 +343,6 @@ class TemplateTable:
         # until which the connection behind their last packet lives at least (interned).
         self._inbound: Dict[int, int] = {}
         self._idle_ms: Dict[int, int] = {p: s * 1000 for p, s in CONN_IDLE_DEFAULT.items()}
-        # The payload limit of this director's master sync daemon (use_sync_maxlen).
-        self._sync_maxlen = SYNC_MAXLEN_DEFAULT
         self._twheel = _Wheel()
         self._cwheel = _Wheel()
         self._seconds: Dict[int, int] = {}  # interned client deadlines
@@ -387,8 +369,7 @@ class TemplateTable:
     def _ms(self, now: float) -> int:
         ms = int(now * 1000)
         if self._epoch is None:
-            # room before the first `now` for a datagram dated back (ingest)
-            self._epoch = ms - SYNC_FLUSH_MS
+            self._epoch = ms
         ms -= self._epoch
         return ms if ms > 0 else 0
 
@@ -482,13 +463,6 @@ class TemplateTable:
         if udp:
             self._idle_ms[17] = udp * 1000
 
-    def use_sync_maxlen(self, maxlen: int) -> None:
-        """The payload limit of this director's master sync daemon (the kernel's sync_maxlen,
-        netlink's IPVS_DAEMON_ATTR_SYNC_MAXLEN; 1500 - 28 unless configured): it tells which
-        captured datagrams were full and which the sync thread's timer sent (`ingest`)."""
-        if maxlen > 0:
-            self._sync_maxlen = maxlen
-
     # ------------------------------------------------------------------ feeds
 
     def ingest(self, datagram: bytes, now: float, origin: Optional[str] = None) -> int:
@@ -513,29 +487,12 @@ class TemplateTable:
         if not dec.rows:
             return 0
         obits = _ORIGIN_CODES.get(origin, 0) << _ORIGIN_SHIFT
-        back = 0
-        if origin == "LOCAL" and len(datagram) + _NEXT_MESSAGE_MAX <= self._sync_maxlen:
-            # Not full: the sync thread's timer sent it, its first message at least
-            # SYNC_FLUSH_MS after that message's packet (see SYNC_FLUSH_MS). What the backup's
-            # kernel hears it times by arrival, as the table does for "SYNC".
-            st.flushed += 1
-            back = SYNC_FLUSH_MS
-        return self._apply(dec.rows, self._ms(now), obits, back)
+        return self._apply(dec.rows, self._ms(now), obits)
 
-    def _apply(self, rows: Iterable[Any], now_ms: int, obits: int, back: int = 0) -> int:
+    def _apply(self, rows: Iterable[Any], now_ms: int, obits: int) -> int:
         """The hot path: rows of feed.decode into the dicts. Written out, with locals, because
         it runs for every entry of the sync stream (measured by the source tree's
-        bench_table.py).
-
-        `back`: how long before `now_ms` the messages' packets were (a captured datagram the
-        sync thread's timer sent). A template restarted by one ends that much earlier: at most
-        1 s late then (plus the thread's own lateness) and at most 2 s early (a message queued
-        just before the send), where early is the keeper's safe side. Everything else keeps the
-        arrival: a connection's life, by which the table re-arms a template and tells a new
-        connection from an old one, is safe late (a template kept, never one let go that the
-        kernel keeps; lab, churn: dated back as well, a former master let go of 12 templates
-        that its kernel re-armed), and whether an entry still lives is its kernel's question
-        at arrival."""
+        bench_table.py)."""
         tpl, clients, seconds = self._tpl, self._clients, self._seconds
         v4, v6, d4, d6, masks = self._v4, self._v6, self._d4, self._d6, self._masks
         tw, cw = self._twheel, self._cwheel
@@ -579,7 +536,7 @@ class TemplateTable:
                 key = ~(vs | caddr) if et else vs | caddr
                 if timeout > _MAX_TIMEOUT_S:
                     timeout = _MAX_TIMEOUT_S
-                dl = now_ms - back + (timeout or TEMPLATE_DEFAULT_TIMEOUT) * 1000
+                dl = now_ms + (timeout or TEMPLATE_DEFAULT_TIMEOUT) * 1000
                 st = _ASSURED if state == IP_VS_CTPL_S_ASSURED else (
                     0 if state == IP_VS_CTPL_S_NONE else 2 << _STATE_SHIFT
                 )
@@ -638,12 +595,10 @@ class TemplateTable:
                     touched.add(key)
                 if inbound:
                     a = inbound.get(key)
-                    if a is not None and a * 1000 > now_ms and ds > a:
+                    if a is not None and ds > a:
                         # The connection behind a template this director made as master, heard
                         # from the next master: its kernel restarts that (linked) connection, so
-                        # it goes on re-arming the template (the module docstring). Once that
-                        # connection has ended, a message makes a new one, which a synced
-                        # connection never links to the template (design.md 2.7): no re-arm.
+                        # it goes on re-arming the template (the module docstring).
                         inbound[key] = seconds.get(ds) or self._second(ds)
                 old = clients.get(key)
                 if old is None or old * 1000 <= now_ms:

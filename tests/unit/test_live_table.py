@@ -84,8 +84,7 @@ def test_upkeep_reconciles_within_the_budget_only(tmp_path):
     clock = Clock()
     kernel = [5]
     live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: kernel[0])
-    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None,
-                         sync_maxlen=None)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None)
     upkeep.once()
     assert live.ready and len(live) == 1
     # the next one is due only after reconcile_interval, and then over the budget: no read
@@ -102,8 +101,7 @@ def test_over_the_budget_the_stream_makes_the_table_after_the_longest_persistenc
     clock = Clock()
     live = LiveTable(cfg_for(tmp_path, budget=10, interval=30.0), clock=clock,
                      counts=lambda: 1000)
-    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None,
-                         sync_maxlen=None)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None)
     upkeep.once()
     assert not live.ready
     for d in datagrams("10.0.0.1"):
@@ -180,7 +178,7 @@ def test_over_the_budget_the_counts_per_real_server_are_compared(tmp_path, caplo
     other = (("UDP", "10.0.0.100", 5000), "10.1.0.12", 5000)
     kernel = {rs: 2, other: 0}
     upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=lambda: kernel,
-                          timeouts=None, sync_maxlen=None)
+                          timeouts=None)
     assert upkeep.check_drift() == 0
     kernel[rs] = 3  # the kernel holds one the stream never brought
     caplog.set_level("WARNING")
@@ -210,8 +208,7 @@ def test_a_feed_that_drops_datagrams_makes_the_table_not_the_table(tmp_path, cap
     capture = _DroppingFeed()
     agent = Agent(cfg_for(tmp_path), ops=None, channel=None, listener=None,
                   read_role=lambda: "MASTER", warm=None, capture=capture, live=live)
-    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None,
-                         sync_maxlen=None)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None)
     upkeep.once()
     agent.check_feeds()
     assert live.ready  # nothing dropped
@@ -235,8 +232,7 @@ def test_within_the_budget_a_loss_is_made_good_by_a_read_at_once(tmp_path):
                                "ASSURED", 200))
     clock = Clock()
     live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: 5)
-    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None,
-                         sync_maxlen=None)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None)
     upkeep.once()
     assert live.ready and live.reconciled_at == clock.t
     clock.t += 5  # the next reconciliation is 300 s away
@@ -267,18 +263,3 @@ def test_a_loss_during_a_reconciliation_is_not_made_good_by_it(tmp_path, monkeyp
     monkeypatch.setattr(live_module, "read_conn_table", real)
     live.reconcile("test")  # the upkeep's next read, with no loss during it
     assert live.ready and live.lost_at is None
-
-
-def test_upkeep_measures_a_masters_datagrams_against_its_sync_daemons_maxlen(tmp_path):
-    # 40 IPv4 templates fill a datagram of the default maxlen (1472): sent at once, not dated
-    # back; with the daemon's maxlen of 9000 the same datagram had room left (the timer sent it)
-    full = datagrams(*[f"10.0.0.{i}" for i in range(40)])
-    assert len(full) == 1
-    for maxlen, flushed in ((0, 0), (9000, 1)):
-        clock = Clock()
-        live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: 1000)
-        upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict,
-                             timeouts=None, sync_maxlen=lambda m=maxlen: m)
-        upkeep.once()
-        live.ingest(full[0], "LOCAL")
-        assert live.table.stats.flushed == flushed

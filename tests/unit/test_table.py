@@ -31,14 +31,6 @@ def ingest(table, conns, now=NOW, **kw):
     return table
 
 
-def master():
-    """A table of a master whose sync daemon sends each message at once (a maxlen of one IPv4
-    entry: every captured datagram is full), so that a datagram's time is its packet's."""
-    t = TemplateTable()
-    t.use_sync_maxlen(sp.ip_vs_sync_mesg.size + sp.ip_vs_sync_v4.size)
-    return t
-
-
 def tpl_conn(caddr, daddr="10.1.0.11", dport=5000, timeout=300, proto="UDP", vaddr="10.0.0.100",
              vport=5000, fwd="masq", **kw):
     return template_conn(protocol=proto, caddr=caddr, vaddr=vaddr, vport=vport, daddr=daddr,
@@ -84,7 +76,7 @@ def test_the_kernel_masters_capture_gives_what_a_backup_shows():
 
 
 def test_origin_is_what_ip_vs_conn_sync_would_show():
-    t = master()
+    t = TemplateTable()
     t.ingest(golden("v1_master_resend_reconstructed.txt"), NOW, origin="SYNC")
     t.ingest(golden("v1_injector_6j_udp_template_assured.txt"), NOW, origin="LOCAL")
     t.ingest(golden("v1_master_resend_reconstructed.txt"), NOW, origin="LOCAL")  # exists: stays SYNC
@@ -101,7 +93,7 @@ def test_a_masters_own_template_restarts_only_for_a_new_connection():
     # What a master captures from its own kernel: the template with every packet, always with
     # its whole timeout; its kernel restarts the timer only for a new connection
     # (ip_vs_sched_persist). UDP connections live 20 s without a packet here.
-    t = master()
+    t = TemplateTable()
     t.use_timeouts(udp=20)
     ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")  # new client, new conn
     ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + 10, origin="LOCAL")  # the same conn
@@ -116,14 +108,14 @@ def test_a_masters_own_template_restarts_only_for_a_new_connection():
 
 
 def test_a_master_packet_after_its_connection_ended_is_a_new_connection():
-    t = master()
+    t = TemplateTable()
     t.use_timeouts(udp=20)
     ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
     # 21 s without a packet: the connection has ended in the kernel, this one is new
     ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + 21, origin="LOCAL")
     assert ends(t, NOW + 21) == [30]
     # the kernel's default UDP timeout is 300 s: the same packet would be the old connection's
-    d = master()
+    d = TemplateTable()
     ingest(d, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
     ingest(d, [tpl_conn("10.0.0.20", timeout=30)], NOW + 21, origin="LOCAL")
     assert ends(d, NOW + 21) == [9]
@@ -132,13 +124,13 @@ def test_a_master_packet_after_its_connection_ended_is_a_new_connection():
 def test_a_masters_re_arm_gives_its_template_60_s():
     # ip_vs_conn_expire: a template that still controls connections at its end lives on 60 s
     # and is sent once more with that timeout, up to the sync thread's flush delay late
-    t = master()
+    t = TemplateTable()
     t.use_timeouts(udp=20)
     for at in (0, 15, 25):  # one connection's packets
         ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + at, origin="LOCAL")
     ingest(t, [tpl_conn("10.0.0.20", timeout=60)], NOW + 28, origin="LOCAL")  # before its end
     assert ends(t, NOW + 28) == [60]
-    u = master()
+    u = TemplateTable()
     u.use_timeouts(udp=20)
     for at in (0, 15, 25):
         ingest(u, [tpl_conn("10.0.0.20", timeout=30)], NOW + at, origin="LOCAL")
@@ -155,7 +147,7 @@ def test_a_template_whose_connection_outlives_it_is_re_armed_without_a_message()
     # connection lives) and sends nothing once it is backup. Measured in the lab's churn: the
     # table let them go, the next master scheduled the returning client anew, and the table
     # took that real server while the kernel kept its own.
-    t = master()
+    t = TemplateTable()
     t.use_timeouts(udp=50)
     ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
     ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + 20, origin="LOCAL")  # lives to 70
@@ -163,7 +155,7 @@ def test_a_template_whose_connection_outlives_it_is_re_armed_without_a_message()
     assert t.expire(NOW + 89) == (0, 0) and ends(t, NOW + 89) == [1]  # at 90 it is over
     assert t.expire(NOW + 90) == (1, 0) and t._inbound == {}
     # a long pause: every re-arm due meanwhile at once
-    u = master()
+    u = TemplateTable()
     u.use_timeouts(udp=200)
     ingest(u, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
     assert u.expire(NOW + 100) == (0, 0) and ends(u, NOW + 100) == [110]  # 30, 90, 150, 210
@@ -178,7 +170,7 @@ def test_a_former_masters_template_lives_on_while_the_next_master_syncs_its_conn
     # so its kernel goes on re-arming the template. Lab, churn under a CPU hog: the table let
     # them go at their second re-arm, the next master's template for the returning client came
     # with another real server, and the kernel kept its own.
-    t = master()
+    t = TemplateTable()
     t.use_timeouts(udp=50)
     ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")  # connection to 50
     assert t.expire(NOW + 30) == (0, 0) and ends(t, NOW + 30) == [60]  # re-armed to 90
@@ -186,15 +178,6 @@ def test_a_former_masters_template_lives_on_while_the_next_master_syncs_its_conn
     assert t.expire(NOW + 90) == (0, 0) and ends(t, NOW + 90) == [60]  # re-armed to 150
     ingest(t, [tpl_conn("10.0.0.20", daddr="10.1.0.12", timeout=30)], NOW + 100)
     assert [e.daddr for e in t.templates(NOW + 100)] == ["10.1.0.11"]  # never re-pointed
-    # once that connection has ended (no message for longer than its timeout) the next one
-    # makes a new connection, not linked to the template (design.md 2.7): no more re-arms.
-    # Lab, churn: a client sending every second, its connection synced every 50 packets with
-    # a 20 s timeout, kept its template in the table and not in the former master's kernel.
-    e = master()
-    e.use_timeouts(udp=20)
-    ingest(e, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")  # connection to 20
-    ingest(e, [conn("10.0.0.20", proto=17, state=0, timeout=20)], NOW + 25)  # a new one
-    assert e.expire(NOW + 30) == (1, 0)
     # a connection heard for a client whose template was not made here changes nothing
     b = ingest(TemplateTable(), [tpl_conn("10.0.0.20", timeout=30)], origin="SYNC")
     ingest(b, [conn("10.0.0.20", proto=17, state=0, timeout=50)], NOW + 10)
@@ -202,7 +185,7 @@ def test_a_former_masters_template_lives_on_while_the_next_master_syncs_its_conn
 
 
 def test_tcp_connections_live_idle_as_long_as_the_longest_of_their_states():
-    t = master()
+    t = TemplateTable()
     t.use_timeouts(tcp=60, tcpfin=30)  # TIME_WAIT and others: 120 s, fixed
     ingest(t, [tpl_conn("10.0.0.20", proto="TCP", timeout=300)], NOW, origin="LOCAL")
     ingest(t, [tpl_conn("10.0.0.20", proto="TCP", timeout=300)], NOW + 119, origin="LOCAL")
@@ -210,40 +193,6 @@ def test_tcp_connections_live_idle_as_long_as_the_longest_of_their_states():
     ingest(t, [tpl_conn("10.0.0.20", proto="TCP", timeout=300)], NOW + 240, origin="LOCAL")
     assert ends(t, NOW + 240) == [300]
     assert t.expire(NOW + 540) == (1, 0) and t._inbound == {}  # let go with its template
-
-
-def test_a_captured_datagram_the_timer_sent_is_dated_back_by_the_flush_delay():
-    # A master's sync thread sends a buffer that is not full once its first message is 2 s
-    # old (IPVS_SYNC_FLUSH_TIME): its messages left that much after their packets. Lab, churn
-    # under a CPU hog: the tails of the bursts ended 3 s later in the table than in the kernel.
-    few = [tpl_conn("10.0.0.20", timeout=30)]
-    t = ingest(TemplateTable(), few, origin="LOCAL")
-    assert ends(t, NOW) == [28] and t.stats.flushed == 1
-    # a full datagram left as its last message was queued: its time is its arrival
-    full = [tpl_conn(f"10.0.1.{i}", timeout=30) for i in range(40)]
-    (dgram,) = encode_datagrams(full, syncid=1)
-    f = TemplateTable()
-    f.ingest(dgram, NOW, origin="LOCAL")
-    assert set(ends(f, NOW)) == {30} and f.stats.flushed == 0
-    # with a larger maxlen (lvs_sync_daemon maxlen 9000) the same datagram had room left
-    g = TemplateTable()
-    g.use_sync_maxlen(9000)
-    g.ingest(dgram, NOW, origin="LOCAL")
-    assert set(ends(g, NOW)) == {28} and g.stats.flushed == 1
-    # what a backup hears, its kernel times by arrival too
-    b = ingest(TemplateTable(), few, origin="SYNC")
-    assert ends(b, NOW) == [30] and b.stats.flushed == 0
-
-
-def test_only_the_template_is_dated_back_its_connection_keeps_the_arrival():
-    # The connection's life decides the re-arm: late, the table keeps a template a little
-    # longer; early, it would let go of one the kernel re-arms (lab, churn: 12 on a former
-    # master, taken again from the next master with another real server)
-    t = TemplateTable()
-    t.use_timeouts(udp=29)
-    ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW, origin="LOCAL")
-    assert ends(t, NOW) == [28]
-    assert t.expire(NOW + 28.5) == (0, 0) and ends(t, NOW + 28.5) == [59]  # lives to NOW + 29
 
 
 def test_ipv4_ipv6_fwmark_and_pe_templates_as_proc_shows_them():
