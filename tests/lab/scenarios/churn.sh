@@ -31,6 +31,16 @@ lab_wait 120 "dir2 warm" lab_warm dir2 || lab_die "dir2 never warm"
 for d in dir1 dir2; do nsx "$d" ipvsadm --set 0 0 "$UDP_TIMEOUT" || lab_die "timeouts on $d"; done
 lab_client keepalive 1
 lab_client open start || lab_die "clients could not open their flows"
+tracers=()
+if [ "${LAB_CHURN_TRACE:-0}" = 1 ]; then
+    # diagnostics: each director's sync stream and its kernel's templates every second, for
+    # tests/lab/sync_replay.py
+    for d in dir1 dir2; do
+        nsx "$d" "$LAB_PYTHON" "$LAB_DIR/sync_trace.py" "$LAB_SYNC_IF" 8848 224.0.0.81 \
+            "$LAB_TMP/trace-$d.txt" 2> "$LAB_TMP/trace-$d.err" &
+        tracers+=($!)
+    done
+fi
 
 lab_step "$CHURN_S s of churn: $BATCH new sources a round, a handover half-way"
 t0=$EPOCHREALTIME
@@ -74,6 +84,14 @@ PYEOF
         "$LAB_OUT/table-check-$d.json")
     mismatches=$((mismatches + n))
 done
+if [ "${#tracers[@]}" -gt 0 ]; then
+    kill "${tracers[@]}" 2>/dev/null; wait "${tracers[@]}" 2>/dev/null
+    for d in dir1 dir2; do
+        "$LAB_PYTHON" -c 'import gzip,shutil,sys; shutil.copyfileobj(open(sys.argv[1],"rb"), gzip.open(sys.argv[2],"wb",3))' \
+            "$LAB_TMP/trace-$d.txt" "$LAB_OUT/trace-$d.txt.gz"
+        cp "$LAB_TMP/trace-$d.err" "$LAB_OUT/" 2>/dev/null
+    done
+fi
 tracebacks=$(grep -c Traceback "$LAB_TMP"/dir*/agent.log 2>/dev/null | awk -F: '{n += $NF} END {print n + 0}')
 lab_result_json result.json "scenario=\"churn\"" "churn_s=$CHURN_S" "rounds=$round" \
     "datagrams=$sent" "persist=$LAB_PERSIST" "udp_timeout=$UDP_TIMEOUT" \
