@@ -51,7 +51,8 @@ def agent_cmd(app: AppContext) -> None:
     if cfg.table.enabled and ifname is not None:
         live = LiveTable(cfg)
         upkeep = TableUpkeep(live, _services)
-        capture = OutgoingSyncCapture(ifname, cfg.sync.port)
+        # what leaves from the sync port is a push of lvs-hooks, not this kernel's own stream
+        capture = OutgoingSyncCapture(ifname, cfg.sync.port, own_port=cfg.sync.port)
     elif cfg.table.enabled:
         log.warning(
             "table in memory off: sync.interface is not set and no sync daemon runs to take it "

@@ -282,6 +282,7 @@ class CaptureCounters:
     fragmented: int = 0  # first fragments of IPv4 datagrams to the port, skipped
     malformed: int = 0  # IP/UDP lengths that do not add up, skipped
     other: int = 0  # not outgoing, not UDP to the ports: the filter keeps these out; 0 expected
+    own: int = 0  # sent from `own_port`: lvs-hooks' own pushes, not the kernel's, skipped
     kernel_packets: int = 0  # passed the filter, queued or dropped (PACKET_STATISTICS)
     kernel_drops: int = 0  # of those, dropped by the kernel: the receive buffer was full
 
@@ -297,8 +298,15 @@ class OutgoingSyncCapture:
     Needs CAP_NET_RAW.
     """
 
-    def __init__(self, ifname: str, port: int, ports: int = 1, rcvbuf: int = RCVBUF):
+    def __init__(
+        self, ifname: str, port: int, ports: int = 1, rcvbuf: int = RCVBUF,
+        own_port: Optional[int] = None,
+    ):
+        """`own_port`: datagrams from this source port are skipped (counted in `own`): a push
+        of lvs-hooks leaves from the sync port (push.run), the kernel's master daemon from an
+        ephemeral one (design.md 3.8)."""
         self.ifname, self.port, self.ports = ifname, port, ports
+        self.own_suffix = None if own_port is None else f":{own_port}"
         prog = encode_filter(build_filter(port, ports))  # ValueError on a bad port first
         try:
             self.ifindex = socket.if_nametoindex(ifname)
@@ -359,6 +367,9 @@ class OutgoingSyncCapture:
                 continue
             verdict, payload, source = parse_packet(packet, self.port, self.ports)
             if verdict == OK:
+                if self.own_suffix is not None and source.endswith(self.own_suffix):
+                    c.own += 1
+                    continue
                 c.captured += 1
                 return payload, source
             if verdict == FRAGMENTED:

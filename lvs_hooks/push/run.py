@@ -6,12 +6,14 @@ datagrams come from; push-end: the counts and the digest), so that a peer's agen
 complete push from a partial one and check its own table against it.
 """
 
+import contextlib
 import logging
 import socket
 import time
 from typing import TYPE_CHECKING, Optional
 
 from lvs_hooks.config import Config
+from lvs_hooks.kernel import mcast
 from lvs_hooks.kernel.conntable import ConnTable, read_conn_table
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.push.planner import plan_push
@@ -22,6 +24,31 @@ if TYPE_CHECKING:  # the agent, which defines the port, calls this module
 
 log = logging.getLogger(__name__)
 
+
+def bind_push_source(sock: socket.socket, ipv6: bool, port: int) -> int:
+    """Bind the push's socket to `port` (beside the kernel's backup daemon and the agent,
+    which are bound to the group with SO_REUSEADDR too), else to an ephemeral port, where
+    this host's agent would take the push for its kernel's own messages (a warning says so).
+    The port bound."""
+    any_addr = "::" if ipv6 else "0.0.0.0"
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((any_addr, port))
+    except OSError as e:
+        log.warning(
+            "push: cannot send from the sync port %d (%s): sending from another; this host's "
+            "agent takes the push for its kernel's own messages until the next reconciliation",
+            port, e.strerror or e,
+        )
+        sock.bind((any_addr, 0))
+    # the socket sends only: leave the group's datagrams to the sockets that joined it
+    level, option = (
+        (socket.IPPROTO_IPV6, mcast.IPV6_MULTICAST_ALL) if ipv6
+        else (socket.IPPROTO_IP, mcast.IP_MULTICAST_ALL)
+    )
+    with contextlib.suppress(OSError):
+        sock.setsockopt(level, option, 0)
+    return sock.getsockname()[1]
 
 def push_table(
     cfg: Config, ipvs: IPVS, channel: Optional["ControlPort"] = None,
@@ -42,10 +69,11 @@ def push_table(
     with open_push_sender(cfg) as sender:
         # Bound before the first datagram, so push-begin can name the source port: a peer
         # then tells this push from the kernel master daemon's own messages, which leave the
-        # same address from another port.
-        family = socket.AF_INET6 if sender.ipv6 else socket.AF_INET
-        sender.sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))
-        port = sender.sock.getsockname()[1]
+        # same address from another port. From the sync port itself when it can: this host's
+        # agent captures what leaves by the sync interface as its kernel's own master
+        # messages, and skips what comes from that port (the kernel's master sends from an
+        # ephemeral one, design.md 3.8).
+        port = bind_push_source(sender.sock, sender.ipv6, cfg.sync.port)
 
         def on_begin(push_id: str, templates: int) -> None:
             if channel is not None:

@@ -414,3 +414,31 @@ def test_the_group_listener_counts_what_its_full_buffer_dropped(hosts):
         got.append(listener.recv(10.0))
         assert got[-1] is not None and listener.dropped() > 0
         assert len(got) + listener.dropped() == len(sent) + 1
+
+
+@pytest.mark.parametrize("af", [4, 6])
+def test_a_push_from_the_sync_port_is_told_from_the_kernels_own_messages(hosts, af):
+    # A push of lvs-hooks leaves by the same interface to the same group and port as the
+    # kernel master's stream; this host's agent must not take it for its kernel's own messages
+    # (lab, churn: the handover's push re-armed templates in the former master's table that
+    # its kernel let go). The push is sent from the sync port, the kernel's from an ephemeral
+    # one.
+    from lvs_hooks.push.run import bind_push_source
+
+    a, b = hosts
+    with contextlib.ExitStack() as stack:
+        cap = stack.enter_context(a.capture(own_port=PORT))
+        # the kernel's backup daemon's socket: bound to the group and port, SO_REUSEADDR
+        stack.enter_context(a.receiver(af))
+        peer = stack.enter_context(b.receiver(af))
+        master = stack.enter_context(a.sender(af))
+        with inside(a.ns):
+            push = stack.enter_context(mcast.udp_socket(af == 6))
+            mcast.set_sending(push, af == 6, GROUPS[af], socket.if_nametoindex(a.dev), 1, False)
+            assert bind_push_source(push, af == 6, PORT) == PORT
+        push.sendto(b"pushed", (GROUPS[af], PORT))
+        master.sendto(b"kernel", (GROUPS[af], PORT))
+        assert sorted(receive(peer, 2)) == [b"kernel", b"pushed"]  # both reached the peer
+        assert cap.recv(10) == (b"kernel", source(master))
+        assert empty(cap)
+        assert cap.counters() == sc.CaptureCounters(captured=1, own=1, kernel_packets=2)

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Lab diagnostics: replay a director's sync trace (tests/lab/sync_trace.py) into the table in
+memory and compare it, second by second, with what that director's kernel held.
+
+    sync_replay.py TRACE[.gz] [--udp 20] [--prefix 10.3.] [--show 5]
+
+For each template the table and the kernel disagree about at the end (or at any sample, with
+--any), it prints the first sample where they parted and the messages about that client up to
+then: when each came, from where (L: sent by this director, S: heard), its kind and timeout.
+"""
+
+import argparse
+import gzip
+import os
+import sys
+from collections import defaultdict
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from lvs_hooks.kernel.syncproto import IP_VS_CONN_F_TEMPLATE  # noqa: E402
+from lvs_hooks.table import TemplateTable, feed  # noqa: E402
+
+
+def _ip(v: int) -> str:
+    return ".".join(str((v >> s) & 255) for s in (24, 16, 8, 0))
+
+
+def records(path: str):
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        for line in f:
+            p = line.split()
+            if not p:
+                continue
+            if p[0] == "L":
+                yield "L", float(p[1]), bytes.fromhex(p[2]), None
+            elif p[0] == "S":
+                yield "S", float(p[1]), bytes.fromhex(p[3]), p[2]
+            elif p[0] == "K":
+                n = int(p[2])
+                rows = {}
+                for _ in range(n):
+                    line = next(f, None)
+                    if line is None:
+                        return  # the tracer was stopped while writing its last read
+                    q = line.split()
+                    caddr = _ip(int(q[1], 16))
+                    rows[(q[0], caddr)] = (_ip(int(q[3].split(":")[0], 16)), int(q[4]))
+                yield "K", float(p[1]), rows, None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("trace")
+    ap.add_argument("--udp", type=int, default=20)
+    ap.add_argument("--prefix", default="10.3.")
+    ap.add_argument("--show", type=int, default=5)
+    ap.add_argument("--tolerance", type=float, default=2.2)
+    ap.add_argument("--kind", default="", help="show only partings of this kind (end, real...)")
+    ap.add_argument("--skip", type=float, default=40.0,
+                    help="seconds after the first sample not looked at (the tracer starting)")
+    args = ap.parse_args()
+    t = TemplateTable()
+    t.use_timeouts(udp=args.udp)
+    history = defaultdict(list)  # caddr -> [(t, src, kind, timeout, daddr, flushed?)]
+    parted = {}  # caddr -> (t, what)
+    last = None
+    samples = 0
+    first = None
+    per_sample = []
+    bad_before = {}
+    for kind, ts, data, _src in records(args.trace):
+        if kind in ("L", "S"):
+            t.ingest(data, ts, "LOCAL" if kind == "L" else "SYNC")
+            dec = feed.decode(data)
+            for row in dec.rows:
+                if type(row) is not tuple:
+                    continue
+                caddr = _ip(row[10])
+                if caddr.startswith(args.prefix) or caddr.startswith("10.0.0."):
+                    tpl = "T" if row[3] & IP_VS_CONN_F_TEMPLATE else "C"
+                    history[caddr].append((ts, kind, tpl, row[9], _ip(row[12]), len(data)))
+            continue
+        t.expire(ts)
+        samples += 1
+        if first is None:
+            first = ts
+        if ts < first + args.skip:
+            continue
+        mine = {}
+        for e in t.templates(ts):
+            if e.caddr.startswith(args.prefix):
+                mine[(e.protocol, e.caddr)] = (e.daddr, e.expires)
+        kern = {k: v for k, v in data.items() if k[1].startswith(args.prefix)}
+        n_bad = 0
+        bad_now = {}
+        for k in set(mine) | set(kern):
+            a, b = mine.get(k), kern.get(k)
+            what = None
+            if a is None:
+                if b[1] > 0:  # /proc shows 0 while a due timer waits for the wheel
+                    what = f"only in the kernel ({b[0]}, {b[1]} s)"
+            elif b is None:
+                what = f"only in the table ({a[0]}, {a[1]} s)"
+            elif a[0] != b[0]:
+                what = f"real server: table {a[0]} ({a[1]} s), kernel {b[0]} ({b[1]} s)"
+            elif abs(a[1] - b[1]) > args.tolerance:
+                what = f"end: table {a[1]} s, kernel {b[1]} s"
+            if what:
+                n_bad += 1
+                bad_now[k[1]] = what
+            # a parting counts when it holds at two samples running: a message the kernel
+            # took just before a read and the tracer stamped just after is no parting
+            if what and k[1] in bad_before and k[1] not in parted:
+                parted[k[1]] = bad_before[k[1]]
+        bad_before = {c: (ts, w) for c, w in bad_now.items()}
+        per_sample.append((ts, n_bad))
+        last = (ts, mine, kern)
+    ts, mine, kern = last
+    end_bad = [k for k in set(mine) | set(kern)
+               if mine.get(k) is None or kern.get(k) is None or mine[k][0] != kern[k][0]
+               or abs(mine[k][1] - kern[k][1]) > args.tolerance]
+    print(f"{samples} samples; at the end {len(mine)} in the table, {len(kern)} in the kernel, "
+          f"{len(end_bad)} differ; {len(parted)} clients parted at some sample")
+    kinds = defaultdict(int)
+    for _c, (_, what) in parted.items():
+        kinds[what.split(":")[0].split(" (")[0]] += 1
+    print("first parting by kind:", dict(kinds))
+    print("differing per sample (every 10th):",
+          " ".join(f"{ts - first:.0f}:{n}" for ts, n in per_sample[::10]))
+    shown = 0
+    for c, (tp, what) in sorted(parted.items(), key=lambda kv: kv[1][0]):
+        if args.kind and not what.startswith(args.kind):
+            continue
+        if shown >= args.show:
+            break
+        shown += 1
+        print(f"\n{c}: parted at {tp - first:.1f}: {what}")
+        for h in history[c]:
+            if h[0] > tp + 1:
+                break
+            print(f"   {h[0] - first:.2f} {h[1]} {h[2]} timeout {h[3]} -> {h[4]} (datagram {h[5]} B)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
