@@ -33,7 +33,10 @@ def records(path: str):
             if not p:
                 continue
             if p[0] == "L":
-                yield "L", float(p[1]), bytes.fromhex(p[2]), None
+                if len(p) == 3:  # a trace without sources
+                    yield "L", float(p[1]), bytes.fromhex(p[2]), None
+                else:
+                    yield "L", float(p[1]), bytes.fromhex(p[3]), p[2]
             elif p[0] == "S":
                 yield "S", float(p[1]), bytes.fromhex(p[3]), p[2]
             elif p[0] == "K":
@@ -53,6 +56,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("trace")
     ap.add_argument("--udp", type=int, default=20)
+    ap.add_argument("--port", type=int, default=8848, help="the sync port")
     ap.add_argument("--prefix", default="10.3.")
     ap.add_argument("--show", type=int, default=5)
     ap.add_argument("--tolerance", type=float, default=2.2)
@@ -71,6 +75,8 @@ def main() -> int:
     bad_before = {}
     for kind, ts, data, _src in records(args.trace):
         if kind in ("L", "S"):
+            if kind == "L" and _src is not None and _src.endswith(f":{args.port}"):
+                continue  # a push of lvs-hooks: the agent's capture skips it
             t.ingest(data, ts, "LOCAL" if kind == "L" else "SYNC")
             dec = feed.decode(data)
             for row in dec.rows:

@@ -7,7 +7,8 @@ Run inside a director's network namespace (as root) until SIGTERM:
 
 writes to OUT, one record a line, each stamped with time.monotonic():
 
-    L <t> <hex>        a sync datagram this host sent (captured as it left, as the agent does)
+    L <t> <src> <hex>  a sync datagram this host sent (captured as it left, as the agent does;
+                       the agent skips those from the sync port: pushes of lvs-hooks)
     S <t> <src> <hex>  a sync datagram heard on the group (as the agent hears it)
     K <t> <n>          a read of /proc/net/ip_vs_conn (every second), its n template lines next:
     <proto> <caddr> <vaddr:vport> <daddr:dport> <expires>
@@ -59,7 +60,7 @@ def main() -> int:
                     got = cap.recv(0)
                     if got is None:
                         break
-                    out.write(f"L {time.monotonic():.3f} {got[0].hex()}\n")
+                    out.write(f"L {time.monotonic():.3f} {got[1]} {got[0].hex()}\n")
             if lis in ready:
                 while True:
                     got = lis.recv(0)
