@@ -60,6 +60,9 @@ def main() -> int:
     ap.add_argument("--prefix", default="10.3.")
     ap.add_argument("--show", type=int, default=5)
     ap.add_argument("--tolerance", type=float, default=2.2)
+    ap.add_argument("--after", type=float, default=0.0,
+                    help="show only partings this many seconds after the first sample or later")
+    ap.add_argument("--end", action="store_true", help="show the clients that differ at the end")
     ap.add_argument("--kind", default="", help="show only partings of this kind (end, real...)")
     ap.add_argument("--skip", type=float, default=40.0,
                     help="seconds after the first sample not looked at (the tracer starting)")
@@ -134,9 +137,14 @@ def main() -> int:
     print("first parting by kind:", dict(kinds))
     print("differing per sample (every 10th):",
           " ".join(f"{ts - first:.0f}:{n}" for ts, n in per_sample[::10]))
+    if args.end:
+        parted = {k[1]: (ts, f"at the end: table {mine.get(k)}, kernel {kern.get(k)}")
+                  for k in end_bad}
     shown = 0
     for c, (tp, what) in sorted(parted.items(), key=lambda kv: kv[1][0]):
         if args.kind and not what.startswith(args.kind):
+            continue
+        if tp - first < args.after:
             continue
         if shown >= args.show:
             break

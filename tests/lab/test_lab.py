@@ -303,9 +303,15 @@ def test_churn_tables_in_memory_match_the_kernels(request, lab):
     checks = {d: result(lab, "churn", f"table-check-{d}.json") for d in ("dir1", "dir2")}
     lines = [f"{d}: table {c['table']}, kernel {c['kernel']}, differ {c['mismatches']} "
              f"({c['examples']})" for d, c in checks.items()]
-    show(request, f"\n[lab tier] churn {r['churn_s']} s, {r['rounds']} rounds:\n  "
-         + "\n  ".join(lines))
+    show(request, f"\n[lab tier] churn {r['churn_s']} s, {r['rounds']} rounds of "
+         f"{r['round_ms']} ms, {r['late_rounds']} late, returns after {r['max_return_ms']} ms at "
+         "most:\n  " + "\n  ".join(lines))
     assert r["tracebacks"] == 0
+    # The scenario's premise: returning sources well inside the UDP timeout. Nearer to it no
+    # reader of the sync stream can tell a new connection from a live one (churn.sh).
+    assert r["max_return_ms"] <= (r["udp_timeout"] - 4) * 1000, (
+        f"the churn could not keep its pace on this machine: a range came back after "
+        f"{r['max_return_ms']} ms, within 4 s of the UDP timeout ({r['udp_timeout']} s)")
     for c in checks.values():
         # the same templates on the same real servers, ending within 2 s (plus the read's
         # time) of the kernel's: on the master too, whose own templates follow its kernel's

@@ -17,7 +17,13 @@ LAB_PROTOS=UDP
 LAB_PERSIST=${LAB_PERSIST_CHURN:-30}
 LAB_PUSH_INTERVAL=0
 CHURN_S=${LAB_CHURN_S:-300}
-BATCH=${LAB_CHURN_BATCH:-300}
+BATCH=${LAB_CHURN_BATCH:-150}
+# Rounds by the clock: a range comes back every 8 rounds, 12 s, well inside the UDP timeout
+# (20 s). A source that comes back near the timeout is one no reader of the sync stream can
+# judge (its kernel's datagrams leave up to 3 s after the packets, design.md 3.8): a new
+# connection restarts the template, a live one does not. Paced by rounds alone, the returns
+# came every 10 s on an idle machine and every 20 to 22 s under a CPU hog.
+ROUND_MS=${LAB_CHURN_ROUND_MS:-1500}
 UDP_TIMEOUT=20
 hooks() { local d=$1; shift; nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.yaml" "$@"; }
 
@@ -42,24 +48,44 @@ if [ "${LAB_CHURN_TRACE:-0}" = 1 ]; then
     done
 fi
 
-lab_step "$CHURN_S s of churn: $BATCH new sources a round, a handover half-way"
+lab_step "$CHURN_S s of churn: $BATCH new sources every $ROUND_MS ms, a handover half-way"
 t0=$EPOCHREALTIME
-round=0 handed=0 sent=0
-elapsed() { local now=$EPOCHREALTIME; echo $(( (${now/./} - ${t0/./}) / 1000000 )); }
+round=0 handed=0 sent=0 late=0 handover_pid=
+now_ms() { local now=$EPOCHREALTIME; echo $(( (${now/./} - ${t0/./}) / 1000 )); }
+elapsed() { echo $(( $(now_ms) / 1000 )); }
+declare -A last_at  # range -> ms of its last round
+max_return_ms=0
 while [ "$(elapsed)" -lt "$CHURN_S" ]; do
-    # ranges 10.3.0.0, 10.3.2.0, ... come round again every 8 rounds (about 10 s at the lab's
-    # pace: a returning source's connection, UDP 20 s, still lives; a master's kernel does not
-    # restart its template for it, and the table in memory must not either)
-    base="10.3.$(( (round % 8) * 2 )).0"
-    lab_bulk_templates "$BATCH" "$base" 400 > /dev/null || lab_die "bulk round $round"
+    # pace: round k starts at k * ROUND_MS; a round that starts more than one period late is
+    # counted, and so is the longest time between two rounds of a range
+    due=$((round * ROUND_MS)) at=$(now_ms)
+    if [ "$at" -lt "$due" ]; then
+        sleep "$(printf '%d.%03d' $(( (due - at) / 1000 )) $(( (due - at) % 1000 )))"
+        at=$(now_ms)
+    elif [ "$((at - due))" -gt "$ROUND_MS" ]; then
+        late=$((late + 1))
+    fi
+    # ranges 10.3.0.0, 10.3.1.0, ... come round again every 8 rounds: a returning source's
+    # connection still lives, its master's kernel does not restart its template, and the table
+    # in memory must not either
+    r=$((round % 8))
+    if [ -n "${last_at[$r]:-}" ] && [ "$((at - last_at[$r]))" -gt "$max_return_ms" ]; then
+        max_return_ms=$((at - last_at[$r]))
+    fi
+    last_at[$r]=$at
+    lab_bulk_templates "$BATCH" "10.3.$r.0" 400 > /dev/null || lab_die "bulk round $round"
     sent=$((sent + BATCH)); round=$((round + 1))
     if [ "$handed" = 0 ] && [ "$(elapsed)" -ge $((CHURN_S / 2)) ]; then
+        # beside the rounds, which go on at their pace through the handover
         lab_log "handover at $(elapsed) s (round $round)"
-        hooks dir1 handover --json --timeout 120 > "$LAB_OUT/handover.json" \
-            || lab_die "handover failed"
+        hooks dir1 handover --json --timeout 120 > "$LAB_OUT/handover.json" &
+        handover_pid=$!
         handed=1
     fi
 done
+[ -n "$handover_pid" ] && { wait "$handover_pid" || lab_die "handover failed"; }
+lab_log "churn: $late rounds started more than $ROUND_MS ms late; a range came back after" \
+    "$max_return_ms ms at most"
 lab_log "churn: $round rounds, $sent datagrams from new or returning sources in $(elapsed) s"
 lab_wait 30 "dir2 holds the VIP" lab_has_vip dir2 || lab_die "dir2 has no VIP"
 
@@ -95,5 +121,6 @@ fi
 tracebacks=$(grep -c Traceback "$LAB_TMP"/dir*/agent.log 2>/dev/null | awk -F: '{n += $NF} END {print n + 0}')
 lab_result_json result.json "scenario=\"churn\"" "churn_s=$CHURN_S" "rounds=$round" \
     "datagrams=$sent" "persist=$LAB_PERSIST" "udp_timeout=$UDP_TIMEOUT" \
+    "round_ms=$ROUND_MS" "late_rounds=$late" "max_return_ms=$max_return_ms" \
     "mismatches=$mismatches" "tracebacks=$tracebacks"
 lab_log "churn done: $mismatches templates differ in all; figures in $LAB_OUT/result.json"
