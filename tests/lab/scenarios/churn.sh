@@ -18,7 +18,7 @@ LAB_PERSIST=${LAB_PERSIST_CHURN:-30}
 LAB_PUSH_INTERVAL=0
 CHURN_S=${LAB_CHURN_S:-300}
 BATCH=${LAB_CHURN_BATCH:-150}
-# Rounds by the clock: a range comes back every 8 rounds, 12 s, well inside the UDP timeout
+# Rounds by the clock: a range comes back every 6 rounds, 9 s, well inside the UDP timeout
 # (20 s). A source that comes back near the timeout is one no reader of the sync stream can
 # judge (its kernel's datagrams leave up to 3 s after the packets, design.md 3.8): a new
 # connection restarts the template, a live one does not. Paced by rounds alone, the returns
@@ -53,7 +53,7 @@ t0=$EPOCHREALTIME
 round=0 handed=0 sent=0 late=0 handover_pid=
 now_ms() { local now=$EPOCHREALTIME; echo $(( (${now/./} - ${t0/./}) / 1000 )); }
 elapsed() { echo $(( $(now_ms) / 1000 )); }
-declare -A last_at  # range -> ms of its last round
+declare -A last_at  # range -> ms of its last round (a late round delays its range's return)
 max_return_ms=0
 while [ "$(elapsed)" -lt "$CHURN_S" ]; do
     # pace: round k starts at k * ROUND_MS; a round that starts more than one period late is
@@ -65,10 +65,10 @@ while [ "$(elapsed)" -lt "$CHURN_S" ]; do
     elif [ "$((at - due))" -gt "$ROUND_MS" ]; then
         late=$((late + 1))
     fi
-    # ranges 10.3.0.0, 10.3.1.0, ... come round again every 8 rounds: a returning source's
+    # ranges 10.3.0.0, 10.3.1.0, ... come round again every 6 rounds: a returning source's
     # connection still lives, its master's kernel does not restart its template, and the table
     # in memory must not either
-    r=$((round % 8))
+    r=$((round % 6))
     if [ -n "${last_at[$r]:-}" ] && [ "$((at - last_at[$r]))" -gt "$max_return_ms" ]; then
         max_return_ms=$((at - last_at[$r]))
     fi
