@@ -18,11 +18,13 @@ LAB_PERSIST=${LAB_PERSIST_CHURN:-30}
 LAB_PUSH_INTERVAL=0
 CHURN_S=${LAB_CHURN_S:-300}
 BATCH=${LAB_CHURN_BATCH:-150}
-# Rounds by the clock: a range comes back every 6 rounds, 9 s, well inside the UDP timeout
+# Rounds by the clock: a range comes back every 4 rounds, 6 s, well inside the UDP timeout
 # (20 s). A source that comes back near the timeout is one no reader of the sync stream can
 # judge (its kernel's datagrams leave up to 3 s after the packets, design.md 3.8): a new
 # connection restarts the template, a live one does not. Paced by rounds alone, the returns
-# came every 10 s on an idle machine and every 20 to 22 s under a CPU hog.
+# came every 10 s on an idle machine and every 20 to 22 s under a CPU hog. In the full suite
+# under a CPU hog a round takes about 2.1 s (its sender starting under emulation): four ranges
+# keep a return near 8 s even then.
 ROUND_MS=${LAB_CHURN_ROUND_MS:-1500}
 UDP_TIMEOUT=20
 hooks() { local d=$1; shift; nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.yaml" "$@"; }
@@ -65,10 +67,10 @@ while [ "$(elapsed)" -lt "$CHURN_S" ]; do
     elif [ "$((at - due))" -gt "$ROUND_MS" ]; then
         late=$((late + 1))
     fi
-    # ranges 10.3.0.0, 10.3.1.0, ... come round again every 6 rounds: a returning source's
+    # ranges 10.3.0.0 to 10.3.3.0 come round again every 4 rounds: a returning source's
     # connection still lives, its master's kernel does not restart its template, and the table
     # in memory must not either
-    r=$((round % 6))
+    r=$((round % 4))
     if [ -n "${last_at[$r]:-}" ] && [ "$((at - last_at[$r]))" -gt "$max_return_ms" ]; then
         max_return_ms=$((at - last_at[$r]))
     fi
