@@ -55,18 +55,11 @@ def main() -> int:
                 ready, _, _ = select.select([cap, lis], [], [], wait)
             except InterruptedError:
                 continue
-            if cap in ready:
-                while True:
-                    got = cap.recv(0)
-                    if got is None:
-                        break
-                    out.write(f"L {time.monotonic():.3f} {got[1]} {got[0].hex()}\n")
-            if lis in ready:
-                while True:
-                    got = lis.recv(0)
-                    if got is None:
-                        break
-                    out.write(f"S {time.monotonic():.3f} {got[1]} {got[0].hex()}\n")
+            for sock, tag in ((cap, "L"), (lis, "S")):
+                got = sock.recv(0) if sock in ready else None
+                while got is not None:
+                    out.write(f"{tag} {time.monotonic():.3f} {got[1]} {got[0].hex()}\n")
+                    got = sock.recv(0)
             if time.monotonic() >= next_read:
                 t = time.monotonic()
                 rows = templates()
