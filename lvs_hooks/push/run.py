@@ -36,8 +36,8 @@ def bind_push_source(sock: socket.socket, ipv6: bool, port: int) -> int:
         sock.bind((any_addr, port))
     except OSError as e:
         log.warning(
-            "push: cannot send from the sync port %d (%s): sending from another; this host's "
-            "agent takes the push for its kernel's own messages until the next reconciliation",
+            "push: cannot send from the sync port %d (%s): sending from another, and this "
+            "host's agent will take the push for its kernel's own messages",
             port, e.strerror or e,
         )
         sock.bind((any_addr, 0))
@@ -49,6 +49,7 @@ def bind_push_source(sock: socket.socket, ipv6: bool, port: int) -> int:
     with contextlib.suppress(OSError):
         sock.setsockopt(level, option, 0)
     return sock.getsockname()[1]
+
 
 def push_table(
     cfg: Config, ipvs: IPVS, channel: Optional["ControlPort"] = None,
