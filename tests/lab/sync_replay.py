@@ -4,9 +4,11 @@ memory and compare it, second by second, with what that director's kernel held.
 
     sync_replay.py TRACE[.gz] [--udp 20] [--prefix 10.3.] [--show 5]
 
-For each template the table and the kernel disagree about at the end (or at any sample, with
---any), it prints the first sample where they parted and the messages about that client up to
-then: when each came, from where (L: sent by this director, S: heard), its kind and timeout.
+For each client whose template the table and the kernel disagreed about at two samples
+running (or at the end, with --end), it prints the first such sample and the messages about
+that client up to then: when each came, from where (L: sent by this director, S: heard), its
+kind and timeout. The same judgement as table/compare.py (the one `lvs-hooks table-check`
+makes), client by client and over time, which compare's counts and few examples do not give.
 """
 
 import argparse
@@ -52,6 +54,21 @@ def records(path: str):
                 yield "K", float(p[1]), rows, None
 
 
+def differ(a, b, tolerance: float):
+    """How a template differs between the table (`a`) and the kernel (`b`), each (real server,
+    seconds left) or None; None if it does not."""
+    if a is None:
+        # /proc shows 0 while a due timer waits for the wheel: gone already, as in the table
+        return f"only in the kernel ({b[0]}, {b[1]} s)" if b[1] > 0 else None
+    if b is None:
+        return f"only in the table ({a[0]}, {a[1]} s)"
+    if a[0] != b[0]:
+        return f"real server: table {a[0]} ({a[1]} s), kernel {b[0]} ({b[1]} s)"
+    if abs(a[1] - b[1]) > tolerance:
+        return f"end: table {a[1]} s, kernel {b[1]} s"
+    return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("trace")
@@ -69,16 +86,17 @@ def main() -> int:
     args = ap.parse_args()
     t = TemplateTable()
     t.use_timeouts(udp=args.udp)
-    history = defaultdict(list)  # caddr -> [(t, src, kind, timeout, daddr, flushed?)]
+    # client -> [(time, L or S, T(emplate) or C(onnection), timeout, real server, bytes)]
+    history = defaultdict(list)
     parted = {}  # caddr -> (t, what)
     last = None
     samples = 0
     first = None
     per_sample = []
     bad_before = {}
-    for kind, ts, data, _src in records(args.trace):
+    for kind, ts, data, src in records(args.trace):
         if kind in ("L", "S"):
-            if kind == "L" and _src is not None and _src.endswith(f":{args.port}"):
+            if kind == "L" and src is not None and src.endswith(f":{args.port}"):
                 continue  # a push of lvs-hooks: the agent's capture skips it
             t.ingest(data, ts, "LOCAL" if kind == "L" else "SYNC")
             dec = feed.decode(data)
@@ -86,7 +104,7 @@ def main() -> int:
                 if type(row) is not tuple:
                     continue
                 caddr = _ip(row[10])
-                if caddr.startswith(args.prefix) or caddr.startswith("10.0.0."):
+                if caddr.startswith(args.prefix):
                     tpl = "T" if row[3] & IP_VS_CONN_F_TEMPLATE else "C"
                     history[caddr].append((ts, kind, tpl, row[9], _ip(row[12]), len(data)))
             continue
@@ -104,17 +122,7 @@ def main() -> int:
         n_bad = 0
         bad_now = {}
         for k in set(mine) | set(kern):
-            a, b = mine.get(k), kern.get(k)
-            what = None
-            if a is None:
-                if b[1] > 0:  # /proc shows 0 while a due timer waits for the wheel
-                    what = f"only in the kernel ({b[0]}, {b[1]} s)"
-            elif b is None:
-                what = f"only in the table ({a[0]}, {a[1]} s)"
-            elif a[0] != b[0]:
-                what = f"real server: table {a[0]} ({a[1]} s), kernel {b[0]} ({b[1]} s)"
-            elif abs(a[1] - b[1]) > args.tolerance:
-                what = f"end: table {a[1]} s, kernel {b[1]} s"
+            what = differ(mine.get(k), kern.get(k), args.tolerance)
             if what:
                 n_bad += 1
                 bad_now[k[1]] = what
@@ -126,9 +134,8 @@ def main() -> int:
         per_sample.append((ts, n_bad))
         last = (ts, mine, kern)
     ts, mine, kern = last
-    end_bad = [k for k in set(mine) | set(kern)
-               if mine.get(k) is None or kern.get(k) is None or mine[k][0] != kern[k][0]
-               or abs(mine[k][1] - kern[k][1]) > args.tolerance]
+    end_bad = {k[1]: (ts, f"at the end: {w}") for k in set(mine) | set(kern)
+               for w in [differ(mine.get(k), kern.get(k), args.tolerance)] if w}
     print(f"{samples} samples; at the end {len(mine)} in the table, {len(kern)} in the kernel, "
           f"{len(end_bad)} differ; {len(parted)} clients parted at some sample")
     kinds = defaultdict(int)
@@ -138,8 +145,7 @@ def main() -> int:
     print("differing per sample (every 10th):",
           " ".join(f"{ts - first:.0f}:{n}" for ts, n in per_sample[::10]))
     if args.end:
-        parted = {k[1]: (ts, f"at the end: table {mine.get(k)}, kernel {kern.get(k)}")
-                  for k in end_bad}
+        parted = end_bad
     shown = 0
     for c, (tp, what) in sorted(parted.items(), key=lambda kv: kv[1][0]):
         if args.kind and not what.startswith(args.kind):
