@@ -8,7 +8,7 @@ import logging
 import os
 import sys
 from collections import abc
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterable, Optional
 
 import click
 
@@ -88,6 +88,19 @@ def emit(report: Any, as_json: bool, render: Callable[[Any], str]) -> None:
         click.echo(json.dumps(report, indent=2, sort_keys=True, default=_jsonable))
     else:
         click.echo(render(report))
+
+
+def emit_lines(report: Any, as_json: bool, lines: Callable[[Any], Iterable[str]]) -> None:
+    """emit() for a report whose text can be a million lines: written a line at a time as it
+    is made, through stdout's buffer, never held whole."""
+    if as_json:
+        emit(report, True, lambda r: "")
+        return
+    out = sys.stdout
+    for line in lines(report):
+        out.write(line)
+        out.write("\n")
+    out.flush()
 
 
 class OperatorError(click.ClickException):

@@ -22,10 +22,11 @@ a template holds is not shown and is inferred here, saying so where it cannot be
 
 `explain` is pure (plain values in, a JSON-ready report out: `cli.emit` writes the one sequence
 in it that is not a list, ControlledConnections, as a list); `build_explanation` reads the
-kernel; `render_explanation` prints it.
+kernel; `explanation_lines` (or `render_explanation`, at once) writes it as text.
 """
 
 import contextlib
+import gc
 import gzip
 import math
 import os
@@ -633,47 +634,84 @@ def _service_text(t: ConnEntry) -> str:
     return f"{t.protocol} {host_port(t.vaddr, t.vport)}"
 
 
+# Templates per part of the pass over the connections (see _gather): a part's dict of clients
+# and its templates' _Controls, some 200 KB, stay in the CPU's caches while its connections
+# are read.
+TEMPLATES_PER_PART = 1024
+
+
+def _parts_for(n_templates: int) -> int:
+    """How many parts _gather splits a table of `n_templates` into: a power of two, 1 (no
+    split) for a table whose templates fit in the caches anyway."""
+    parts = 1
+    while parts * TEMPLATES_PER_PART < n_templates:
+        parts <<= 1
+    return parts
+
+
 def _gather(
     templates: Sequence[ConnEntry],
-    conns: Iterable[ConnEntry],
+    conns: Sequence[ConnEntry],
     by_key: Mapping[Tuple, Service],
     addr_keys: Set[Tuple],
     timeouts: Optional[Mapping[str, int]],
     now: float,
     clock: Optional[Clock],
 ) -> List[_Controls]:
-    """What each template controls (controlled_connections for all at once).
+    """What each template controls (controlled_connections for all at once), in the order of
+    `templates`.
 
-    The connections go to their templates in one pass in the table's order, each read once
-    where it lies, one after the other; gathering each template's connections first and
-    reading them template by template touched them at random, all out of the CPU's caches at
-    a million lines (the source tree's explain benchmark). Templates are found by their client
-    masked as their service masks: one lookup per connection and netmask.
+    Each connection finds its templates by its client, masked as their service masks: one
+    lookup per connection and netmask, linear in the table. At a million lines the lookups
+    themselves were the cost that grew: a dict of 100,000 clients and the templates it leads to
+    lie far out of the CPU's caches, and every connection read them at random (the dict lookup
+    alone 36x slower for 10x the lines; the source tree's explain benchmark). So the pass is a
+    partitioned join: templates and connections are first split by the hash of the client
+    (the same part for a client and its connections), then each part's templates are made and
+    looked up together, small enough to stay in the caches. Within a part the connections keep
+    the table's order, so each template lists its connections in that order, as before.
     """
-    by_mask: Dict[str, Dict[str, _Controls]] = {}
-    controls: List[_Controls] = []
     masks = {k: "" if netmask_is_full(s.netmask) else s.netmask for k, s in by_key.items()}
-    for t in templates:
-        x = _Controls(t)
-        controls.append(x)
-        by_client = by_mask.setdefault(masks.get(t.service_key(), ""), {})
-        x.next = by_client.get(t.caddr)
-        by_client[t.caddr] = x
-    for mask, by_client in by_mask.items():
-        masked: Dict[str, str] = {}  # masking parses an address: once per client
-        for c in conns:
-            a = c.caddr
+    by_mask: Dict[str, List[int]] = {}
+    for i, t in enumerate(templates):
+        by_mask.setdefault(masks.get(t.service_key(), ""), []).append(i)
+    controls: List[Optional[_Controls]] = [None] * len(templates)
+    for mask, chosen in by_mask.items():
+        parts = _parts_for(len(chosen))
+        low = parts - 1
+        t_parts: List[List[int]] = [[] for _ in range(parts)]
+        for i in chosen:
+            t_parts[hash(templates[i].caddr) & low].append(i)
+        masked: Dict[str, str] = {}  # the client as this mask masks it (parsed once each)
+        if mask:
+            for c in conns:
+                if c.caddr not in masked:
+                    masked[c.caddr] = template_client(c.caddr, mask)
+        c_parts: List[Sequence[ConnEntry]] = [conns]
+        if parts > 1:
+            c_parts = [[] for _ in range(parts)]
+            appends = [p.append for p in c_parts]  # type: ignore[attr-defined]
             if mask:
-                m = masked.get(a)
-                if m is None:
-                    m = masked[a] = template_client(a, mask)
-                a = m
-            y = by_client.get(a)
-            while y is not None:
-                if _serves(y, y.fwmark, c, addr_keys):
-                    y.add(c, timeouts, now, clock)
-                y = y.next
-    return controls
+                for c in conns:
+                    appends[hash(masked[c.caddr]) & low](c)
+            else:
+                for c in conns:
+                    appends[hash(c.caddr) & low](c)
+        for t_part, c_part in zip(t_parts, c_parts):
+            by_client: Dict[str, _Controls] = {}
+            for i in t_part:
+                t = templates[i]
+                x = controls[i] = _Controls(t)
+                x.next = by_client.get(t.caddr)
+                by_client[t.caddr] = x
+            get = by_client.get
+            for c in c_part:
+                y = get(masked[c.caddr] if mask else c.caddr)
+                while y is not None:
+                    if _serves(y, y.fwmark, c, addr_keys):
+                        y.add(c, timeouts, now, clock)
+                    y = y.next
+    return controls  # type: ignore[return-value]  # every index was filled above
 
 
 def explain(
@@ -688,10 +726,17 @@ def explain(
     client: Optional[str] = None,
     has_origin: bool = True,
     clock: Optional[Clock] = None,
+    frozen: bool = False,
 ) -> dict:
     """The report for every template (or the templates of `client`), JSON-ready (as above).
     `now` is when the table was read; `clock`, if known, places each timer in the kernel's
-    wheel."""
+    wheel.
+
+    `frozen`, for a process that prints the report and exits (the explain command): what the
+    report is made of is frozen out of the cyclic collector's sight (gc.freeze) at the end of
+    the pause. Otherwise the collector's first pass after the pause walks every object of it:
+    at a million lines some 500,000 of them, 0.3 s that grew faster than the table. Frozen
+    objects are still freed when nothing refers to them; a long-lived process does not freeze."""
     sysctls = sysctls or {}
     injections = injections or {}
     by_key = {s.key(): s for s in services}
@@ -739,6 +784,8 @@ def explain(
         ]
         reports = [reports[i] for i in sorted(range(len(chosen)), key=keys.__getitem__)]
         del keys
+        if frozen:
+            gc.freeze()
     return {
         "now": round(now, 1),
         "client": client,
@@ -812,8 +859,9 @@ def kernel_hz(release: str, proc_root: str = "/proc") -> Optional[int]:
     return min(COMMON_HZ, key=lambda hz: abs(hz - rate))
 
 
-def build_explanation(cfg: Config, client: Optional[str] = None) -> dict:
-    """Read the kernel (services, daemons, timeouts, the table with origins) and explain."""
+def build_explanation(cfg: Config, client: Optional[str] = None, frozen: bool = False) -> dict:
+    """Read the kernel (services, daemons, timeouts, the table with origins) and explain
+    (`frozen`: as explain's)."""
     proc_root = cfg.paths.proc_root
     with IPVS() as ipvs:
         services = ipvs.services()
@@ -843,52 +891,57 @@ def build_explanation(cfg: Config, client: Optional[str] = None) -> dict:
         client=client,
         has_origin=has_origin,
         clock=clock,
+        frozen=frozen,
     )
 
 
-def render_explanation(r: dict) -> str:
-    lines: List[str] = []
+def explanation_lines(r: dict) -> Iterator[str]:
+    """The report as text, a line at a time (a million lines' report is written as it is
+    made, not held whole as one string)."""
     t = r.get("timeouts")
     tm = f"tcp {t['tcp']} tcpfin {t['tcpfin']} udp {t['udp']}" if t else "unknown"
-    lines.append(
+    yield (
         f"{len(r['templates'])} of {r['templates_total']} templates"
         + (f" of client {r['client']}" if r.get("client") else "")
         + f"; {r['connections_total']} connections; timeouts {tm}; "
         f"sync daemons: {', '.join(r['sync_daemons']) or 'none'}"
     )
     for x in r["templates"]:
-        lines.append("")
-        lines.append(
+        yield ""
+        yield (
             f"{x['client']} -> {x['service']} -> {x['real_server']}  {x['state']}  {x['origin']}"
         )
-        lines.append(f"  origin:  {x['origin_text']}")
-        lines.append(f"  timeout: {x['timeout_text']}")
+        yield f"  origin:  {x['origin_text']}"
+        yield f"  timeout: {x['timeout_text']}"
         lo, hi = x["end_window"]
         at = (
             f"between {_when(lo)} and {_when(hi)}"
             if hi - lo >= 1
             else f"at {_when(x['predicted_end'])}"
         )
-        lines.append(f"  ends in {x['predicted_end_in_s']:.0f} s ({at}): {x['then_text']}")
+        yield f"  ends in {x['predicted_end_in_s']:.0f} s ({at}): {x['then_text']}"
         if x.get("timer_late_up_to_s") and x["timer_late_up_to_s"] >= 1:
-            lines.append(
+            yield (
                 f"  (the kernel's timer wheel runs this timer up to {x['timer_late_up_to_s']:.1f}"
                 f" s after its due time; /proc shows 0 s left meanwhile)"
             )
         if x["then"] == "re-armed":
-            lines.append(
+            yield (
                 f"  if no packet refreshes its connections: gone at {_when(x['end_if_idle'])}"
             )
         n = len(x["controls"])
-        lines.append(f"  controls {n} connection{'s' if n != 1 else ''}" + (":" if n else ""))
+        yield f"  controls {n} connection{'s' if n != 1 else ''}" + (":" if n else "")
         for c in x["controls"]:
             tmo = f"{c['timeout_s']} s" if c["timeout_s"] is not None else "?"
-            lines.append(
+            yield (
                 f"    {c['connection']} {c['state']}, {c['expires_s']} s left "
                 f"({c['timeout_source']} {tmo})"
             )
     if not r["templates"]:
-        lines.append("no templates" + (f" of client {r['client']}" if r.get("client") else ""))
-    lines.append("")
-    lines.extend(f"kernel: {n}" for n in r["kernel_notes"])
-    return "\n".join(lines)
+        yield "no templates" + (f" of client {r['client']}" if r.get("client") else "")
+    yield ""
+    yield from (f"kernel: {n}" for n in r["kernel_notes"])
+
+
+def render_explanation(r: dict) -> str:
+    return "\n".join(explanation_lines(r))

@@ -17,7 +17,7 @@ from typing import Optional
 import click
 
 from lvs_hooks.atomicfile import write_atomic
-from lvs_hooks.cli import AppContext, command, emit, json_option, pass_app
+from lvs_hooks.cli import AppContext, command, emit, emit_lines, json_option, pass_app
 from lvs_hooks.errors import UsageError
 
 
@@ -28,14 +28,16 @@ from lvs_hooks.errors import UsageError
 def explain_cmd(app: AppContext, client: Optional[str], as_json: bool) -> None:
     """Why each persistence template exists and when it ends (or only CLIENT's)."""
     # start-up: the CLI imports every command module; each loads its heavy parts when run
-    from lvs_hooks.explain import build_explanation, render_explanation
+    from lvs_hooks.explain import build_explanation, explanation_lines
 
     if client is not None:
         try:
             client = str(ipaddress.ip_address(client))
         except ValueError:
             raise UsageError(f"CLIENT must be an IP address, got {client!r}") from None
-    emit(build_explanation(app.config, client), as_json, render_explanation)
+    # This process prints the report and exits: its objects are frozen out of the collector's
+    # sight (explain's `frozen`).
+    emit_lines(build_explanation(app.config, client, frozen=True), as_json, explanation_lines)
 
 
 @command("doctor")

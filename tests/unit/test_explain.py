@@ -4,15 +4,17 @@ tests/lab/scenarios/explain.sh)."""
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
-from lvs_hooks.cli import cli, emit
+from lvs_hooks.cli import cli, emit, emit_lines
 from lvs_hooks.director.ledger import Injection
 from lvs_hooks.director.ledger import load as load_injections
 from lvs_hooks.director.ledger import record as record_injections
 from lvs_hooks.explain import (
     conn_timeout,
     explain,
+    explanation_lines,
     kernel_notes,
     parse_release,
     render_explanation,
@@ -89,6 +91,19 @@ def test_json_lists_the_connections_a_template_controls(capsys):
         "origin": "LOCAL",
         "predicted_end": NOW + 290.5,
     }
+
+
+def test_the_command_writes_the_text_a_line_at_a_time_and_json_whole(capsys):
+    """emit_lines, as `explain` writes: the same text render_explanation makes at once, and the
+    same JSON as emit."""
+    r = explain([tpl(expires=40), conn(expires=290), conn(expires=10, cport=40001)], [svc()],
+                TIMEOUTS, NOW)
+    emit_lines(r, False, explanation_lines)
+    assert capsys.readouterr().out == render_explanation(r) + "\n"
+    emit_lines(r, True, explanation_lines)
+    streamed = capsys.readouterr().out
+    emit(r, True, render_explanation)
+    assert streamed == capsys.readouterr().out and json.loads(streamed)["templates"]
 
 
 def test_connections_that_end_first_leave_it_to_its_timer():
@@ -322,12 +337,18 @@ def test_jiffies_and_hz_from_proc(tmp_path):
     assert kernel_hz("no-such-release", str(tmp_path)) == 300
 
 
-def test_one_pass_gives_each_template_the_connections_a_whole_scan_would():
+@pytest.mark.parametrize("per_part", [1024, 8, 1])
+def test_one_pass_gives_each_template_the_connections_a_whole_scan_would(per_part, monkeypatch):
     """explain reads each connection once per netmask in one pass over the table, not once per
     template: each template's report must be the one a whole scan gives (explain_template over
     every connection), on a mixed table (netmasks, fwmark, IPv6, synced and local, several real
-    servers, a client with two templates)."""
+    servers, a client with two templates). Split into parts (a big table's pass) or not, and
+    with each template's connections in the table's order."""
     import random
+
+    import lvs_hooks.explain
+
+    monkeypatch.setattr(lvs_hooks.explain, "TEMPLATES_PER_PART", per_part)
 
     from lvs_hooks.explain import controlled_connections, explain_template
     rnd = random.Random(7)
