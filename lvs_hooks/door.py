@@ -12,7 +12,8 @@ ACK_TIMEOUT, an agent that runs with another config file, arguments the door doe
 understand), goes to the full command line, which runs the transition in this process as it
 always did, with its own messages and exit codes.
 
-Wire format (one JSON object per line each way, at most MAX_MESSAGE bytes):
+Wire format (one JSON object per line each way; at most MAX_MESSAGE bytes to the agent, at most
+MAX_ANSWER from it):
     door:  {"v": 1, "config": "/abs/path.yaml", "event": Event.to_dict()}
            {"v": 1, "config": "/abs/path.yaml", "hello": "fifo"}      (no event: "are you there")
     agent: {"ok": true}  or  {"ok": false, "reason": "..."}
@@ -56,7 +57,11 @@ SOCKET_NAME = "agent.sock"
 WIRE_VERSION = 1
 # lvs_hooks.config's cap (a door cannot import it): a bigger file is the CLI's to refuse.
 MAX_CONFIG = 256 << 10
-MAX_MESSAGE = 8192  # bytes per line, either way; an event is about 150
+MAX_MESSAGE = 8192  # bytes per line to the agent; an event is about 150
+# An answer carries a report: table-check's mismatches, or a status of some fifty real servers
+# with its text, are more than MAX_MESSAGE. Capped at that, they fell back to a whole read of
+# the kernel's table in the asking command, the read the agent is there to spare.
+MAX_ANSWER = 256 << 20
 # From connecting to the acknowledgement. The agent only notes and queues an event (well under
 # a millisecond); one that takes this long is wedged, and the transition is better run here.
 ACK_TIMEOUT = 1.0
@@ -305,24 +310,28 @@ class AgentConnection:
         there is none."""
         deadline = time.monotonic() + self.timeout
         line = json.dumps(message, separators=(",", ":")).encode() + b"\n"
+        buf = bytearray(self._buf)  # grows in place: an answer may be megabytes
         try:
             self.sock.settimeout(self.timeout)
             self.sock.sendall(line)
-            while b"\n" not in self._buf:
+            searched = 0
+            while buf.find(b"\n", searched) < 0:
+                searched = len(buf)  # a newline can only be in what comes next
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise socket.timeout
                 self.sock.settimeout(left)
-                chunk = self.sock.recv(4096)
+                chunk = self.sock.recv(_CHUNK)
                 if not chunk:
                     raise NoAgent("the agent closed the connection without an answer")
-                self._buf += chunk
-                if len(self._buf) > MAX_MESSAGE:
-                    raise NoAgent("the agent's answer is too long")
+                buf += chunk
+                if len(buf) > MAX_ANSWER:
+                    raise NoAgent(f"the agent's answer is longer than {MAX_ANSWER} bytes")
         except socket.timeout:
             raise NoAgent(f"no acknowledgement within {self.timeout:g} s", silent=True) from None
         except OSError as e:
             raise NoAgent(f"connection lost: {e.strerror or e}") from None
+        self._buf = bytes(buf)
         answer, _, self._buf = self._buf.partition(b"\n")
         try:
             reply = json.loads(answer)

@@ -441,7 +441,7 @@ class Inbox:
                 running = False
                 self._request_running.release()
                 with contextlib.suppress(OSError):
-                    c.sock.settimeout(5.0)  # a few KB to a local socket
+                    c.sock.settimeout(5.0)  # per send: the asker reads the answer as it comes
                     c.sock.sendall(data)
             finally:
                 c.sock.close()

@@ -3,6 +3,7 @@ real inbox socket, answered from a thread of its own while the inbox keeps takin
 CLI takes the agent's report, or does the work itself when no agent answers. The request's
 handler is the one seam replaced (the snapshot itself has its own tests)."""
 
+import json
 import os
 import shutil
 import tempfile
@@ -12,7 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from lvs_hooks.cli import cli
-from lvs_hooks.door import SOCKET_NAME, AgentConnection, event_message, request_message
+from lvs_hooks.door import (
+    MAX_MESSAGE,
+    SOCKET_NAME,
+    AgentConnection,
+    event_message,
+    request_message,
+)
 from lvs_hooks.errors import SnapshotError
 from lvs_hooks.events.inbox import Inbox
 from lvs_hooks.events.journal import Journal
@@ -71,6 +78,22 @@ def test_a_request_is_answered_while_events_keep_coming(base):
         asker.close()
     finally:
         release.set()
+        inbox.stop()
+
+
+def test_an_answer_far_longer_than_an_event_line_comes_whole(base):
+    """A status of a few hundred real servers, a table-check of many mismatches: answers of
+    megabytes come through (capped at MAX_MESSAGE, the size of an event's line, they made the
+    asking command fall back to a whole read of the kernel's table)."""
+    rows = [{"real_server": f"10.1.{i >> 8}.{i & 255}:80", "templates": i} for i in range(20000)]
+    inbox, config, path = agent(base, {"status": lambda: {"real_servers": rows}})
+    try:
+        c = AgentConnection(path, timeout=10)
+        reply = c.exchange(request_message(config, "status"))
+        c.close()
+        assert reply["ok"] is True and reply["report"]["real_servers"] == rows
+        assert len(json.dumps(reply)) > 100 * MAX_MESSAGE
+    finally:
         inbox.stop()
 
 
