@@ -16,7 +16,10 @@ Wire format (one JSON object per line each way; at most MAX_MESSAGE bytes to the
 MAX_ANSWER from it):
     door:  {"v": 1, "config": "/abs/path.yaml", "event": Event.to_dict()}
            {"v": 1, "config": "/abs/path.yaml", "hello": "fifo"}      (no event: "are you there")
-    agent: {"ok": true}  or  {"ok": false, "reason": "..."}
+           {"v": 1, "config": "/abs/path.yaml", "request": "status", "text": true,
+            "args": {...}}                (a command run by hand: "status", "explain" ...)
+    agent: {"ok": true}  or  {"ok": false, "reason": "..."}; to a request, {"ok": true,
+           "report": {...}, "text": "..."}
 The agent acknowledges once it has noted the event as the newest of its instance and queued it.
 """
 
@@ -350,12 +353,16 @@ def hello_message(config: str, what: str) -> dict:
     return {"v": WIRE_VERSION, "config": config, "hello": what}
 
 
-def request_message(config: str, what: str, text: bool = False) -> dict:
-    """A command run by hand asking the agent for something by name (Inbox.requests); with
-    `text`, the report as the command prints it too."""
+def request_message(
+    config: str, what: str, text: bool = False, args: Optional[Dict[str, Any]] = None
+) -> dict:
+    """A command run by hand asking the agent for something by name (Inbox.requests), with its
+    `args`; with `text`, the report as the command prints it too."""
     msg: Dict[str, Any] = {"v": WIRE_VERSION, "config": config, "request": what}
     if text:
         msg["text"] = True
+    if args:
+        msg["args"] = args
     return msg
 
 

@@ -111,3 +111,10 @@ class UntrustedPath(LvsHooksError):
     The message names the path and what is wrong (design.md section 6.3)."""
 
     exit_code = 11
+
+
+class AgentError(LvsHooksError):
+    """The agent answered a command run by hand with something that is not an answer (an
+    agent of another version: restart it, or ask the kernel, e.g. `explain --from-kernel`)."""
+
+    exit_code = 12

@@ -28,28 +28,51 @@ kernel; `explanation_lines` (or `render_explanation`, at once) writes it as text
 import contextlib
 import gc
 import gzip
+import logging
 import math
 import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
 from lvs_hooks.director.ledger import Injection
+from lvs_hooks.errors import AgentError
 from lvs_hooks.kernel.conntable import gc_paused, read_conn_table
 from lvs_hooks.kernel.model import (
     ConnEntry,
     Service,
     TemplateKey,
     canonical_addr,
+    held_templates,
     host_port,
     netmask_is_full,
     template_client,
     template_key,
 )
 from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.snapshot import template_from_row, template_row
+
+if TYPE_CHECKING:  # the agent's, passed in by it
+    from lvs_hooks.director.live import LiveTable
+
+log = logging.getLogger(__name__)
 
 REARM_SECONDS = 60  # ip_vs_conn_expire: cp->timeout = 60*HZ
 SYNC_V0_TEMPLATE_SECONDS = 180  # ip_vs_proc_conn: a v0 message carries no timeout
@@ -351,7 +374,7 @@ class _Controls:
 
     __slots__ = (
         "daddr", "protocol", "vaddr", "vport", "af", "fwmark",
-        "conns", "last_end", "synced", "next",
+        "conns", "last_end", "synced", "next", "heard",
     )
 
     def __init__(self, t: ConnEntry) -> None:
@@ -361,6 +384,9 @@ class _Controls:
         self.last_end: Optional[float] = None
         self.synced = 0
         self.next: Optional[_Controls] = None
+        # From the table in memory, which keeps no connection one by one: when its client's
+        # last connection heard of ends if idle (None: none heard of, or read from /proc).
+        self.heard: Optional[float] = None
 
     def add(self, c: ConnEntry, timeouts: Optional[Mapping[str, int]], now: float,
             clock: Optional["Clock"]) -> None:
@@ -534,6 +560,14 @@ def _template_report(
     n_linked = len(controls.conns)
     n_synced = controls.synced
     last = controls.last_end
+    heard = controls.heard
+    if heard is not None:
+        held_by = f"its client's last connection heard of (it ends in {heard - now:.0f} s if idle)"
+    else:
+        held_by = (
+            f"{n_linked} connection{'s' if n_linked != 1 else ''} (the last one ends in "
+            f"{(last or now) - now:.0f} s if idle)"
+        )
     sched = svc.scheduler if svc is not None and svc.scheduler else "the scheduler"
 
     if t.is_invalidated:
@@ -549,11 +583,9 @@ def _template_report(
         rounds = math.ceil((last - end) / step)
         then = "re-armed"
         then_text = (
-            f"re-armed with {REARM_SECONDS} s: it still controls {n_linked} "
-            f"connection{'s' if n_linked != 1 else ''} then (the last one ends in "
-            f"{last - now:.0f} s if idle); from then on it keeps {REARM_SECONDS} s, and a new "
-            f"connection of this client restarts it at {REARM_SECONDS} s, not at "
-            "persistence_timeout"
+            f"re-armed with {REARM_SECONDS} s: it still controls {held_by} then; from then on "
+            f"it keeps {REARM_SECONDS} s, and a new connection of this client restarts it at "
+            f"{REARM_SECONDS} s, not at persistence_timeout"
         )
         if abs(last - end) < (latest - earliest) + 1:
             then_text += " (a close call: they end at about the same time)"
@@ -565,11 +597,16 @@ def _template_report(
             "removed: it controls no connection then; the client's next connection is "
             f"scheduled afresh ({sched}) and may go to another real server"
         )
-        if n_linked:
+        if n_linked or last is not None:
+            who = (
+                "its client's last connection heard of ends"
+                if heard is not None
+                else f"its {n_linked} connection{'s' if n_linked != 1 else ''} end"
+            )
             then_text += (
-                f" (its {n_linked} connection{'s' if n_linked != 1 else ''} end first if "
-                "no more packets come: a packet restarts a connection at its timeout, and one "
-                f"still alive when the template runs out re-arms it with {REARM_SECONDS} s)"
+                f" ({who} first if no more packets come: a packet restarts a connection at its "
+                "timeout, and one still alive when the template runs out re-arms it with "
+                f"{REARM_SECONDS} s)"
             )
         final_end = end
     if t.state != "ASSURED" and not t.is_invalidated:
@@ -581,6 +618,11 @@ def _template_report(
         then_text += (
             "; unless the master re-sends it first: a master sends the template with every "
             "packet of a connection it controls, which restarts it here"
+        )
+    if heard is not None and last is None:
+        then_text += (
+            "; the connections of its client heard of came by sync, and synced connections "
+            "are never linked: they do not hold it"
         )
     if origin == "SYNC" and role == "master" and n_synced:
         then_text += (
@@ -624,6 +666,7 @@ def _template_report(
         ),
         "controls": ControlledConnections(controls.conns, timeouts, now, clock),
         "synced_connections_not_linked": n_synced,
+        "client_connection_ends_in_s": round(heard - now, 1) if heard is not None else None,
         "key": list(template_key(t)),
     }
 
@@ -632,6 +675,25 @@ def _service_text(t: ConnEntry) -> str:
     if t.fwmark:
         return f"FWM {t.fwmark}" + (" IPv6" if t.af == 6 else "")
     return f"{t.protocol} {host_port(t.vaddr, t.vport)}"
+
+
+def canonical_addr_or_same(addr: str) -> str:
+    """The address as the table shows it (fd00:0::29 is fd00::29); as given if it is none."""
+    with contextlib.suppress(ValueError):
+        return canonical_addr(addr)
+    return addr
+
+
+def templates_of_client(
+    templates: Iterable[ConnEntry], by_key: Mapping[Tuple, Service], client: str
+) -> List[ConnEntry]:
+    """The templates of `client` (canonical_addr_or_same): its own address, or as its
+    template's service masks it (a persistence netmask)."""
+    return [
+        t
+        for t in templates
+        if t.caddr == client or t.caddr == _masked(client, by_key.get(t.service_key()))
+    ]
 
 
 # Templates per part of the pass over the connections (see _gather): a part's dict of clients
@@ -727,6 +789,7 @@ def explain(
     has_origin: bool = True,
     clock: Optional[Clock] = None,
     frozen: bool = False,
+    held: Optional[Mapping[Tuple[str, Tuple], float]] = None,
 ) -> dict:
     """The report for every template (or the templates of `client`), JSON-ready (as above).
     `now` is when the table was read; `clock`, if known, places each timer in the kernel's
@@ -736,7 +799,13 @@ def explain(
     report is made of is frozen out of the cyclic collector's sight (gc.freeze) at the end of
     the pause. Otherwise the collector's first pass after the pause walks every object of it:
     at a million lines some 500,000 of them, 0.3 s that grew faster than the table. Frozen
-    objects are still freed when nothing refers to them; a long-lived process does not freeze."""
+    objects are still freed when nothing refers to them; a long-lived process does not freeze.
+
+    `held`, for templates from the agent's table in memory (which keeps no connection one by
+    one; `entries` are then templates only): when the last connection heard of of each
+    (template client, service key) ends, as a wall time (keeper.connection_ends' rule). It
+    holds the template as a controlled connection would, except on a backup for a synced
+    template (synced connections are never linked)."""
     sysctls = sysctls or {}
     injections = injections or {}
     by_key = {s.key(): s for s in services}
@@ -751,17 +820,18 @@ def explain(
     role = _role(daemons)
     chosen = templates
     if client:
-        with contextlib.suppress(ValueError):
-            client = canonical_addr(client)  # as the table shows it (fd00:0::29 is fd00::29)
-        chosen = [
-            t
-            for t in templates
-            if t.caddr == client or t.caddr == _masked(client, by_key.get(t.service_key()))
-        ]
+        client = canonical_addr_or_same(client)
+        chosen = templates_of_client(templates, by_key, client)
     # Reports of a million connections and templates, none part of a cycle: the cyclic
     # collector, set off again and again by them, would make explain superlinear in the table.
     with gc_paused():
         controls = _gather(chosen, conns, by_key, addr_keys, timeouts, now, clock)
+        if held is not None:
+            unlinked = role in ("backup", "both")
+            for t, x in zip(chosen, controls):
+                x.heard = held.get((t.caddr, t.service_key()))
+                if x.heard is not None and not (unlinked and t.origin == "SYNC"):
+                    x.last_end = x.heard
         reports = []
         texts: Dict[str, str] = {}
         # In the table's order, then sorted: the entries lie in memory in the order they were
@@ -792,6 +862,7 @@ def explain(
         "templates": reports,
         "templates_total": len(templates),
         "connections_total": n_conns,
+        "source": "kernel" if held is None else "in memory",
         "timeouts": dict(timeouts) if timeouts else None,
         "sync_daemons": [getattr(d, "state", "?") for d in daemons],
         "role": role,
@@ -859,9 +930,19 @@ def kernel_hz(release: str, proc_root: str = "/proc") -> Optional[int]:
     return min(COMMON_HZ, key=lambda hz: abs(hz - rate))
 
 
-def build_explanation(cfg: Config, client: Optional[str] = None, frozen: bool = False) -> dict:
+def build_explanation(
+    cfg: Config,
+    client: Optional[str] = None,
+    frozen: bool = False,
+    ask: Optional[Callable[[], Optional[dict]]] = None,
+) -> dict:
     """Read the kernel (services, daemons, timeouts, the table with origins) and explain
-    (`frozen`: as explain's)."""
+    (`frozen`: as explain's).
+
+    `ask`: the agent's answer to an `explain` request (commands.agent), asked between the two
+    reads of the kernel's clock: its table in memory in place of a whole read of /proc
+    (`templates`, `held`: explain_input's), or `read_kernel` with the reason to read /proc
+    after all, or None (no agent)."""
     proc_root = cfg.paths.proc_root
     with IPVS() as ipvs:
         services = ipvs.services()
@@ -871,7 +952,17 @@ def build_explanation(cfg: Config, client: Optional[str] = None, frozen: bool = 
     release = os.uname().release
     hz = kernel_hz(release, proc_root)
     j_before = read_jiffies(proc_root)
-    table = read_conn_table(proc_root, sync=has_origin, reason="explain")
+    answer = ask() if ask is not None else None
+    table = TableInput.from_answer(answer) if answer is not None else None
+    if table is None:
+        if answer is not None:
+            log.info("explain: the agent says read the kernel's table: %s",
+                     answer.get("read_kernel") or "no reason given")
+        entries: Sequence[ConnEntry] = read_conn_table(
+            proc_root, sync=has_origin, reason="explain"
+        ).entries
+    else:
+        entries = table.templates
     j_after = read_jiffies(proc_root)
     now = time.time()  # Expires are counted from the moment the table was read
     clock = None
@@ -879,8 +970,8 @@ def build_explanation(cfg: Config, client: Optional[str] = None, frozen: bool = 
         version = parse_release(release)
         wheel = version is None or version >= TIMER_WHEEL_SINCE
         clock = Clock(hz, j_before, j_after, now, wheel)
-    return explain(
-        table.entries,
+    report = explain(
+        entries,
         services,
         {"tcp": timeouts.tcp, "tcpfin": timeouts.tcpfin, "udp": timeouts.udp},
         now,
@@ -889,10 +980,86 @@ def build_explanation(cfg: Config, client: Optional[str] = None, frozen: bool = 
         daemons=daemons,
         injections=load_injections(cfg.paths.run_dir),
         client=client,
-        has_origin=has_origin,
+        has_origin=has_origin if table is None else True,
         clock=clock,
         frozen=frozen,
+        held=table.held if table is not None else None,
     )
+    if table is not None:
+        # what the table does not hold, as the agent counted it
+        report["templates_total"] = table.templates_total
+        report["connections_total"] = table.connections_total
+    return report
+
+
+def table_answer(
+    live: Optional["LiveTable"], services: Sequence[Service], client: Optional[str]
+) -> dict:
+    """The agent's answer to `explain` (TableInput reads it): its table in memory, or the
+    reason to read the kernel's table instead (`read_kernel`): no table, a table that is not
+    the table (not reconciled yet, or a feed dropped datagrams since), or a kernel's table
+    within table.read_budget, whose own word costs little (as `status` decides).
+
+    Rows of snapshot.TEMPLATE_COLUMNS, all or those of `client`; `held`: when the last
+    connection heard of ends, in seconds from `at` (the table's moment, a wall time), for
+    each (template client, service key) sent. `connections_total`: the kernel's entries less
+    the templates (netlink's counts; the table keeps no connection one by one)."""
+    if live is None:
+        return {"read_kernel": "the agent keeps no table in memory"}
+    if not live.ready:
+        return {"read_kernel": "the table in memory is not the table yet (not reconciled with "
+                               "the kernel's since the agent started, or a feed dropped "
+                               "datagrams)"}
+    within, entries = live.within_budget()
+    if within:
+        return {"read_kernel": f"the kernel's table holds {entries} entries, within "
+                               "table.read_budget"}
+    templates, ends, at = live.explain_input()
+    total = len(templates)
+    if client:
+        by_key = {s.key(): s for s in services}
+        templates = templates_of_client(templates, by_key, canonical_addr_or_same(client))
+    held = held_templates(ends, services)
+    if client:
+        wanted = {(t.caddr, t.service_key()) for t in templates}
+        held = {k: v for k, v in held.items() if k in wanted}
+    return {
+        "at": at,
+        "templates": [template_row(t) for t in templates],
+        "held": [[c, list(k), round(secs, 3)] for (c, k), secs in held.items()],
+        "templates_total": total,
+        "connections_total": max(entries - total, 0),
+    }
+
+
+@dataclass(frozen=True)
+class TableInput:
+    """The agent's answer to `explain`, checked: the templates of its table in memory (all,
+    or those of the client asked about), when each (template client, service key)'s last
+    connection heard of ends, as wall times, and the kernel's counts."""
+
+    templates: List[ConnEntry]
+    held: Dict[Tuple[str, Tuple], float]
+    templates_total: int
+    connections_total: int
+
+    @classmethod
+    def from_answer(cls, answer: dict) -> Optional["TableInput"]:
+        """None when the answer says to read the kernel; AgentError when it is not an answer
+        (an agent of another version: the command says so rather than explain wrongly)."""
+        if "read_kernel" in answer:
+            return None
+        try:
+            at = float(answer["at"])
+            addrs: Dict[Any, bool] = {}
+            templates = [template_from_row(r, addrs) for r in answer["templates"]]
+            held = {(str(c), tuple(k)): at + float(secs) for c, k, secs in answer["held"]}
+            totals = int(answer["templates_total"]), int(answer["connections_total"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise AgentError(f"the agent's explain answer is not one ({e})") from None
+        if any(t is None for t in templates):
+            raise AgentError("the agent's explain answer holds a row that is not a template")
+        return cls(templates, held, *totals)  # type: ignore[arg-type]  # None ruled out
 
 
 def explanation_lines(r: dict) -> Iterator[str]:
@@ -905,6 +1072,7 @@ def explanation_lines(r: dict) -> Iterator[str]:
         + (f" of client {r['client']}" if r.get("client") else "")
         + f"; {r['connections_total']} connections; timeouts {tm}; "
         f"sync daemons: {', '.join(r['sync_daemons']) or 'none'}"
+        + ("; from the table in memory" if r.get("source") == "in memory" else "")
     )
     for x in r["templates"]:
         yield ""
@@ -929,6 +1097,14 @@ def explanation_lines(r: dict) -> Iterator[str]:
             yield (
                 f"  if no packet refreshes its connections: gone at {_when(x['end_if_idle'])}"
             )
+        if r.get("source") == "in memory":
+            ends = x.get("client_connection_ends_in_s")
+            yield (
+                f"  its client's last connection heard of ends in {ends:.0f} s if idle"
+                if ends is not None
+                else "  no connection of its client heard of"
+            ) + " (the table in memory keeps no connection one by one)"
+            continue
         n = len(x["controls"])
         yield f"  controls {n} connection{'s' if n != 1 else ''}" + (":" if n else "")
         for c in x["controls"]:

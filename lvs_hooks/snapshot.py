@@ -194,6 +194,11 @@ def _check_length(header: _Header, file_size: int) -> None:
         raise _Refused(f"{have - header.body_bytes} bytes of trailing data after the body")
 
 
+def template_row(e: ConnEntry) -> list:
+    """A template as a row of TEMPLATE_COLUMNS (all of ConnEntry's fields but cport)."""
+    return [e[0], e[1], *e[3:]]
+
+
 def encode(snapshot: Snapshot) -> bytes:
     """The file content for a snapshot."""
     rows = []
@@ -201,21 +206,7 @@ def encode(snapshot: Snapshot) -> bytes:
         if e.cport != 0:
             # A caller bug: a connection would come back as a template.
             raise ValueError(f"not a template (client port {e.cport}): {e}")
-        rows.append(
-            [
-                e.protocol,
-                e.caddr,
-                e.vaddr,
-                e.vport,
-                e.daddr,
-                e.dport,
-                e.state,
-                e.expires,
-                e.pe_name,
-                e.pe_data,
-                e.origin,
-            ]
-        )
+        rows.append(template_row(e))
     body = {
         "host": snapshot.host,
         "captured_at": snapshot.captured_at,
@@ -268,7 +259,7 @@ def _decode(data: bytes, source: Optional[str]) -> Snapshot:
     # rows is usable is no snapshot: the store falls back to the generation before it.
     services = [svc for svc in map(_service, services_in) if svc is not None]
     addrs: Dict[Any, bool] = {}
-    templates = [e for e in (_template(r, addrs) for r in rows) if e is not None]
+    templates = [e for e in (template_from_row(r, addrs) for r in rows) if e is not None]
     skipped = len(services_in) - len(services) + len(rows) - len(templates)
     if rows and not templates:
         raise _Refused(f"none of its {len(rows)} template rows is valid")
@@ -319,8 +310,9 @@ def _family(addr: Any, cache: Dict[Any, bool]) -> int:
     return 6 if known else 4
 
 
-def _template(r: Any, addrs: Dict[Any, bool]) -> Optional[ConnEntry]:
-    """A template from a row, or None when the row is not one."""
+def template_from_row(r: Any, addrs: Dict[Any, bool]) -> Optional[ConnEntry]:
+    """A template from a row (TEMPLATE_COLUMNS), or None when the row is not one. `addrs`: a
+    cache of the addresses' families, kept from row to row."""
     if type(r) is not list or len(r) != len(TEMPLATE_COLUMNS):
         return None
     proto, caddr, vaddr, vport, daddr, dport, state, expires, pe_name, pe_data, origin = r

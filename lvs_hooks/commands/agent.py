@@ -63,13 +63,16 @@ def agent_cmd(app: AppContext) -> None:
         cfg.paths.run_dir, app.config_path, parts.sequencer, parts.planner, parts.lock_timeout,
         requests={
             # `lvs-hooks snapshot` by hand: a dump of the table in memory, no whole read
-            "snapshot": lambda: take_snapshot(
+            "snapshot": lambda args: take_snapshot(
                 cfg, reason="snapshot command, through the agent", live=parts.director.live
             ),
             # `lvs-hooks status`: templates from the table in memory when it is the table
-            "status": lambda: _status(cfg, parts.director.live),
+            "status": lambda args: _status(cfg, parts.director.live),
             # `lvs-hooks table-check`: the table in memory against a read of the kernel's
-            "table-check": lambda: _table_check(live),
+            "table-check": lambda args: _table_check(live),
+            # `lvs-hooks explain [CLIENT]`: the table in memory when it is the table, else
+            # the command reads the kernel's
+            "explain": lambda args: _explain(parts.director.live, args),
         },
         # as the commands print them, for a door that asks (door.ask_door)
         renderers={
@@ -121,6 +124,15 @@ def _status(cfg: Config, live: Optional["LiveTable"]) -> dict:
     # the health part as `status` reads it, the agent being the one that answers
     report["health"] = gather(cfg, agent={"running": True, "detail": "this report is its own"})
     return report
+
+
+def _explain(live: Optional["LiveTable"], args: dict) -> dict:
+    from lvs_hooks.explain import table_answer  # start-up, as the agent's other parts
+
+    client = args.get("client")
+    if client is not None and not isinstance(client, str):
+        raise UsageError("explain: the client asked about is not an address")
+    return table_answer(live, _services() if live is not None else [], client)
 
 
 def _table_check(live: Optional["LiveTable"]) -> dict:

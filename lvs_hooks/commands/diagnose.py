@@ -1,7 +1,8 @@
 """`explain`, `doctor`, `init`: answers for the operator, from the live director and its
 configuration.
 
-    explain [CLIENT] [--json]       why each template exists, which timeout it holds, when it
+    explain [CLIENT] [--from-kernel] [--json]
+                                    why each template exists, which timeout it holds, when it
                                     ends and what happens then
     doctor [--keepalived-conf FILE] [--json]
                                     findings with severity, evidence and fix; exit 0 clean,
@@ -18,16 +19,27 @@ import click
 
 from lvs_hooks.atomicfile import write_atomic
 from lvs_hooks.cli import AppContext, command, emit, emit_lines, json_option, pass_app
-from lvs_hooks.errors import UsageError
+from lvs_hooks.errors import AgentError, UsageError
 
 
 @command("explain")
 @click.argument("client", required=False)
+@click.option(
+    "--from-kernel",
+    is_flag=True,
+    help="Read the kernel's table (/proc), not the agent's table in memory.",
+)
 @json_option
 @pass_app
-def explain_cmd(app: AppContext, client: Optional[str], as_json: bool) -> None:
-    """Why each persistence template exists and when it ends (or only CLIENT's)."""
+def explain_cmd(app: AppContext, client: Optional[str], from_kernel: bool, as_json: bool) -> None:
+    """Why each persistence template exists and when it ends (or only CLIENT's).
+
+    Asks the agent first: once its table in memory is the table and the kernel's is over
+    table.read_budget, the agent's table is read instead of /proc (whose whole read costs the
+    kernel time quadratic in its size). It keeps no connection one by one: each template then
+    says when its client's last connection heard of ends."""
     # start-up: the CLI imports every command module; each loads its heavy parts when run
+    from lvs_hooks.commands.templates import ask_agent
     from lvs_hooks.explain import build_explanation, explanation_lines
 
     if client is not None:
@@ -35,9 +47,12 @@ def explain_cmd(app: AppContext, client: Optional[str], as_json: bool) -> None:
             client = str(ipaddress.ip_address(client))
         except ValueError:
             raise UsageError(f"CLIENT must be an IP address, got {client!r}") from None
+    args = {"client": client} if client else None
+    ask = None if from_kernel else (lambda: ask_agent(app, "explain", AgentError, args))
     # This process prints the report and exits: its objects are frozen out of the collector's
     # sight (explain's `frozen`).
-    emit_lines(build_explanation(app.config, client, frozen=True), as_json, explanation_lines)
+    report = build_explanation(app.config, client, frozen=True, ask=ask)
+    emit_lines(report, as_json, explanation_lines)
 
 
 @command("doctor")

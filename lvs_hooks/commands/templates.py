@@ -3,7 +3,7 @@
 import logging
 import os
 import sys
-from typing import Optional, Type
+from typing import Any, Dict, Optional, Type
 
 import click
 
@@ -60,9 +60,15 @@ def snapshot_cmd(app: AppContext, list_: bool, from_kernel: bool, as_json: bool)
     emit(report, as_json, render_snapshot)
 
 
-def ask_agent(app: AppContext, request: str, error: Type[LvsHooksError]) -> Optional[dict]:
-    """The agent's report for `request` (events.inbox), None when no agent takes it (then the
-    caller does the work itself); `error` when the agent tried and failed."""
+def ask_agent(
+    app: AppContext,
+    request: str,
+    error: Type[LvsHooksError],
+    args: Optional[Dict[str, Any]] = None,
+) -> Optional[dict]:
+    """The agent's report for `request` with its `args` (events.inbox), None when no agent
+    takes it (then the caller does the work itself); `error` when the agent tried and
+    failed."""
     path = os.path.join(app.config.paths.run_dir, SOCKET_NAME)
     try:
         conn = AgentConnection(path, timeout=AGENT_REQUEST_TIMEOUT)
@@ -70,7 +76,9 @@ def ask_agent(app: AppContext, request: str, error: Type[LvsHooksError]) -> Opti
         log.info("%s: no agent on %s (%s): doing it in this process", request, path, e)
         return None
     try:
-        reply = conn.exchange(request_message(os.path.abspath(app.config_path), request))
+        reply = conn.exchange(
+            request_message(os.path.abspath(app.config_path), request, args=args)
+        )
     except NoAgent as e:
         log.warning("%s: the agent on %s did not answer (%s): doing it in this process",
                     request, path, e)

@@ -24,6 +24,7 @@ from typing import (
     Dict,
     Iterable,
     List,
+    Mapping,
     Optional,
     Sequence,
     Set,
@@ -33,7 +34,7 @@ from typing import (
 from lvs_hooks.director.inject import inject
 from lvs_hooks.director.lock import DUTY_LOCK_TIMEOUT
 from lvs_hooks.kernel.conntable import ClientKey
-from lvs_hooks.kernel.model import ConnEntry, Destination, Service, addr_family
+from lvs_hooks.kernel.model import ConnEntry, Destination, Service, held_templates
 from lvs_hooks.kernel.netlink import IPVS
 from lvs_hooks.reseed.planner import PlannedTemplate
 
@@ -63,34 +64,11 @@ class KeepPlan:
 
 
 def clients_in_use(
-    conn_counts: Dict[ClientKey, int], services: Sequence[Service]
+    conn_counts: Mapping[ClientKey, int], services: Sequence[Service]
 ) -> Set[Tuple[str, Tuple]]:
-    """(template client address, service key) pairs that still have a connection entry.
-
-    A connection of a port-zero service shows the packet's port, and one of a fwmark service
-    the packet's protocol, address and port, not the mark. A connection that belongs to no
-    address/port service (nor to the port-zero service of its address) is taken to be one of
-    a fwmark service of its family: its templates are kept (keeping one too many costs a
-    template that expires a little later; dropping one costs a client its real server).
-    """
-    by_key = {s.key(): s for s in services if not s.fwmark}
-    fwmark = [s for s in services if s.fwmark]
-    used: Set[Tuple[str, Tuple]] = set()
-    for (caddr, key), n in conn_counts.items():
-        if n <= 0:
-            continue
-        svc = by_key.get(key)
-        if svc is None and key[0] != "fwmark" and key[2]:
-            # a port-zero service forwards every port: its connections show the packet's
-            svc = by_key.get((key[0], key[1], 0))
-        if svc is not None:
-            used.add((svc.template_client(caddr), svc.key()))
-            continue
-        af = addr_family(caddr)
-        for f in fwmark:
-            if f.af == af:
-                used.add((f.template_client(caddr), f.key()))
-    return used
+    """(template client address, service key) pairs that still have a connection entry
+    (model.held_templates' rule)."""
+    return set(held_templates(conn_counts, services))
 
 
 def plan_renewals(

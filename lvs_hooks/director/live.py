@@ -20,7 +20,7 @@ import time
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lvs_hooks.config import Config
-from lvs_hooks.kernel.conntable import ConnTable, read_conn_table
+from lvs_hooks.kernel.conntable import ClientKey, ConnTable, read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.kernel.netlink import IPVS, Timeouts
 from lvs_hooks.reseed.planner import PlannedTemplate
@@ -189,6 +189,18 @@ class LiveTable:
         return ConnTable(
             entries=entries, total_lines=None, templates_only=True, client_counts=counts
         )
+
+    def explain_input(self) -> Tuple[List[ConnEntry], Dict[ClientKey, float], float]:
+        """What `lvs-hooks explain` reads instead of the kernel's table: the templates, and for
+        each client when its last connection heard of ends (TemplateTable.client_ends), both as
+        of one moment, and that moment's wall time."""
+        with self.lock:
+            now = self.clock()
+            self.table.expire(now)
+            templates = list(self.table.templates(now))
+            ends = self.table.client_ends(now)
+            at = time.time()
+        return templates, ends, at
 
     def template_counts(self) -> Dict[Tuple[Tuple, str, int, str], int]:
         """Live templates per (service key, real server, port, origin): for `status`."""

@@ -128,12 +128,13 @@ class Inbox:
         planner: Callable[[Event], Plan],
         lock_timeout: Callable[[Event], float],
         uid: Optional[int] = None,
-        requests: Optional[Dict[str, Callable[[], dict]]] = None,
+        requests: Optional[Dict[str, Callable[[Dict[str, Any]], dict]]] = None,
         renderers: Optional[Dict[str, Callable[[dict], str]]] = None,
     ):
         """`requests`: what a command run by hand may ask of the agent by name (`lvs-hooks
-        snapshot` asks for a dump of the table in memory), each answered with its report from
-        a thread of its own, one at a time, so that the inbox keeps taking events.
+        snapshot` asks for a dump of the table in memory), each called with the request's
+        `args` (a JSON object, {} when there are none) and answered with its report from a
+        thread of its own, one at a time, so that the inbox keeps taking events.
         `renderers`: the report as the command prints it, added as `text` when the request
         asks for it (a door, which imports nothing to render with)."""
         self.run_dir = run_dir
@@ -393,7 +394,10 @@ class Inbox:
                     "agent inbox: %s door (pid %d) connected", msg["hello"], c.pid)
             return {"ok": True}
         if "event" not in msg and "request" in msg:
-            return self._request(msg["request"], c, bool(msg.get("text")))
+            args = msg.get("args", {})
+            if not isinstance(args, dict):
+                return self._refuse(c, "the request's args are not a JSON object")
+            return self._request(msg["request"], c, bool(msg.get("text")), args)
         try:
             event = check_event(msg.get("event"))
         except ValueError as e:
@@ -414,7 +418,9 @@ class Inbox:
         )
         return {"ok": True}
 
-    def _request(self, name: Any, c: _Client, text: bool = False) -> Optional[dict]:
+    def _request(
+        self, name: Any, c: _Client, text: bool = False, args: Optional[Dict[str, Any]] = None
+    ) -> Optional[dict]:
         handler = self.requests.get(name) if isinstance(name, str) else None
         if handler is None:
             return self._refuse(c, f"no such request: {name!r}")
@@ -425,7 +431,7 @@ class Inbox:
             running = True
             try:
                 try:
-                    report = handler()
+                    report = handler(args or {})
                     answer: Dict[str, Any] = {"ok": True, "report": report}
                     render = self.renderers.get(name) if text else None
                     if render is not None:

@@ -9,7 +9,7 @@ import ipaddress
 import socket
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 # Protocol names as /proc/net/ip_vs_conn prints them (ip_vs_proto_name) and their numbers.
 PROTO_NUMBERS = {"IP": 0, "TCP": 6, "UDP": 17, "SCTP": 132}
@@ -247,3 +247,43 @@ class Service:
     def from_dict(cls, d: dict) -> "Service":
         dests = tuple(Destination(**x) for x in d.get("destinations", ()))
         return cls(**{**d, "destinations": dests})
+
+
+def held_templates(
+    conn_ends: Mapping[Tuple[str, Tuple], float], services: Sequence[Service]
+) -> Dict[Tuple[str, Tuple], float]:
+    """Which templates the connections hold: the greatest of `conn_ends` (a figure per
+    (client address, (protocol, vaddr, vport)) of connections, as conntable.ClientKey keys
+    them: a count, or when the last connection ends; 0 or less is no connection) for each
+    (template client address, service key) they may hold. The keeper's rule (clients_in_use)
+    and explain's for the table in memory.
+
+    A connection of a port-zero service shows the packet's port, and one of a fwmark service
+    the packet's protocol, address and port, not the mark. A connection that belongs to no
+    address/port service (nor to the port-zero service of its address) is taken to be one of
+    a fwmark service of its family: its templates are kept (keeping one too many costs a
+    template that expires a little later; dropping one costs a client its real server).
+    """
+    by_key = {s.key(): s for s in services if not s.fwmark}
+    fwmark = [s for s in services if s.fwmark]
+    out: Dict[Tuple[str, Tuple], float] = {}
+    get = out.get
+    for (caddr, key), end in conn_ends.items():
+        if end <= 0:
+            continue
+        svc = by_key.get(key)
+        if svc is None and key[0] != "fwmark" and key[2]:
+            # a port-zero service forwards every port: its connections show the packet's
+            svc = by_key.get((key[0], key[1], 0))
+        if svc is not None:
+            pair = (svc.template_client(caddr), svc.key())
+            if end > get(pair, 0):
+                out[pair] = end
+            continue
+        af = addr_family(caddr)
+        for f in fwmark:
+            if f.af == af:
+                pair = (f.template_client(caddr), f.key())
+                if end > get(pair, 0):
+                    out[pair] = end
+    return out

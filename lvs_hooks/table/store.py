@@ -1148,8 +1148,14 @@ class TemplateTable:
         knows that there is one, not how many). The client address is masked for address
         services with a persistence netmask (use_services); `keeper.clients_in_use` masks it
         again, to the same value."""
+        return dict.fromkeys(self.client_ends(now), 1)
+
+    def client_ends(self, now: float) -> Dict[ClientKey, float]:
+        """client_counts' clients, each with the seconds until the last of its connections heard
+        of ends if idle (whole seconds of the deadline, so up to 1 s late)."""
         now_ms = self._ms(now)
-        out: Dict[ClientKey, int] = {}
+        now_s = now_ms / 1000
+        out: Dict[ClientKey, float] = {}
         # The service part of each key once per virtual key, shared by its clients.
         services = [(name, vaddr, vport) for name, vaddr, vport, _, _ in self._virtuals]
         ntoa, pack, v6text = socket.inet_ntoa, _U32.pack, ipv6_text
@@ -1158,10 +1164,12 @@ class TemplateTable:
                 if ds * 1000 <= now_ms:
                     continue
                 if key >= 0:
-                    out[(ntoa(pack(key & _M32)), services[key >> 32])] = 1
+                    out[(ntoa(pack(key & _M32)), services[key >> 32])] = ds - now_s
                 else:
                     k = ~key
-                    out[(v6text((k & _M128).to_bytes(16, "big")), services[k >> 128])] = 1
+                    out[(v6text((k & _M128).to_bytes(16, "big")), services[k >> 128])] = (
+                        ds - now_s
+                    )
         return out
 
     def counts_by_dest(self, now: Optional[float] = None) -> Dict[Tuple[Tuple, str, int], int]:

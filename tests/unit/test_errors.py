@@ -28,6 +28,7 @@ EXIT_CODES = {
     errors.ControlError: 2,
     errors.HandoverFailed: 10,
     errors.UntrustedPath: 11,
+    errors.AgentError: 12,
 }
 
 
