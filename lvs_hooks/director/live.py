@@ -197,10 +197,12 @@ class LiveTable:
         with self.lock:
             now = self.clock()
             self.table.expire(now)
-            templates = list(self.table.templates(now))
+            # a copy under the lock, the entries built from it after (as a dump's): the feeds
+            # do not wait seconds for a million templates
+            copy = self.table.entries()
             ends = self.table.client_ends(now)
             at = time.time()
-        return templates, ends, at
+        return list(self.table.templates(now, entries=copy)), ends, at
 
     def template_counts(self) -> Dict[Tuple[Tuple, str, int, str], int]:
         """Live templates per (service key, real server, port, origin): for `status`."""

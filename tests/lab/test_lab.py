@@ -277,20 +277,27 @@ def test_table_scale_takeover_cost_is_flat_in_the_tables_size(request, lab):
     """Issue 13: with the table in memory, a takeover on a director holding 200,000 templates
     costs what it costs with 1,000 (the MASTER reseed's latency_ms, same VM, within 2x), the
     clients stay (existing flows through the takeover, new flows after twice the persistence:
-    the keeper renewed from the table), status and snapshot through the agent are timed, and
+    the keeper renewed from the table), status, snapshot and explain through the agent are
+    timed, and
     no whole read of the kernel's table happens after the agent's start-up."""
     for name in ("table-scale-1k", "table-scale"):
         assert lab["by_name"][name]["rc"] == 0, lab["output"][-3000:]
     small, big = result(lab, "table-scale-1k"), result(lab, "table-scale")
     show(request, f"\n[lab tier] table-scale: {big['size']} templates vs {small['size']}: "
          f"reseed latency {big['latency_ms']} ms vs {small['latency_ms']} ms; status "
-         f"{big['status_ms']} ms ({big['status_source']}), snapshot {big['snapshot_ms']} ms; "
+         f"{big['status_ms']} ms ({big['status_source']}), snapshot {big['snapshot_ms']} ms, "
+         f"explain of one client {big['explain_ms']} ms ({big['explain_source']}; "
+         f"{small['explain_ms']} ms from the {small['explain_source']} at {small['size']}); "
          f"whole reads after start {big['whole_reads_after_start']}")
     for r in (small, big):
         assert r["after_same"] == r["clients"] and r["tracebacks"] == 0, r
     assert big["new_same"] == big["clients"], big  # the keeper renewed from the table
     assert big["templates_dir2"] >= big["size"], big
     assert big["status_source"] == "in memory" and big["status_templates"] >= big["size"]
+    # one bulk client's template, from the table in memory at 200,000 (the whole reads below
+    # count this command's too), from the kernel's table at 1,000 (within the read budget)
+    assert (big["explain_source"], big["explain_templates"]) == ("in memory", 1), big
+    assert (small["explain_source"], small["explain_templates"]) == ("kernel", 1), small
     assert big["whole_reads_after_start"] == 0, big
     assert big["latency_ms"] <= 2 * max(small["latency_ms"], 100.0), (big, small)
 

@@ -10,8 +10,9 @@
 # made on dir1 by one datagram from each of N spoofed sources; the kernel's sync brings them to
 # dir2, whose agent hears them beside it. The directors' sync sockets get 16 MiB buffers
 # (net.ipv4.vs.sync_sock_size): the backup daemon must not drop the burst.
-#  1. `lvs-hooks status` and `lvs-hooks snapshot` on dir2 (through its agent), timed, with the
-#     templates the kernel counts (ipvsadm --persistent-conn: no read of the table);
+#  1. `lvs-hooks status`, `lvs-hooks snapshot` and `lvs-hooks explain` of one bulk client on
+#     dir2 (through its agent), timed, with the templates the kernel counts (ipvsadm
+#     --persistent-conn: no read of the table);
 #  2. hard failure of dir1: dir2's MASTER reseed latency (its journal's latency_ms), clients on
 #     their real server (existing flows);
 #  3. twice the persistence timeout later: new flows on their real server (the keeper renewed
@@ -105,7 +106,7 @@ sysctl -qw net.core.netdev_max_backlog="$backlog0"
 lab_log "templates: dir1 $on_dir1, dir2 $on_dir2 (bulk sent in $bulk_ms ms;" \
     "packets dropped by the kernel's backlogs meanwhile: $backlog_drops)"
 
-lab_step "size $N: status and snapshot on dir2, through its agent"
+lab_step "size $N: status, snapshot and explain on dir2, through its agent"
 CFG2="$LAB_TMP/dir2/lvs-hooks.yaml"
 # The agent takes the stream after the kernel's daemon does (a Python loop under emulation):
 # wait until its table holds what the kernel counts, then time the commands.
@@ -131,6 +132,17 @@ status_templates=$(py -c 'import json,sys; print(json.load(open(sys.argv[1]))["t
     "$LAB_OUT/status-$N.json")
 lab_log "status in $status_ms ms ($status_templates templates, from: $status_source)," \
     "snapshot in $snapshot_ms ms: $snap"
+# one bulk client's templates explained, from the agent's table in memory once it is the table
+# and the kernel's is over table.read_budget (else from the kernel's: the 1,000 run)
+t=$EPOCHREALTIME
+nsx dir2 lvs-hooks --config "$CFG2" explain --json 10.2.0.7 > "$LAB_OUT/explain-$N.json" \
+    || lab_die "explain failed"
+explain_ms=$(ms_since "$t")
+read -r explain_source explain_templates < <(py -c 'import json,sys
+r = json.load(open(sys.argv[1])); print(r["source"].replace(" ", "_"), len(r["templates"]))' \
+    "$LAB_OUT/explain-$N.json") || lab_die "explain's report"
+explain_source=${explain_source//_/ }
+lab_log "explain 10.2.0.7 in $explain_ms ms ($explain_templates templates, from: $explain_source)"
 
 lab_step "size $N: hard failure of dir1"
 lab_client probe before
@@ -194,6 +206,8 @@ lab_result_json result.json "scenario=\"table-scale\"" "size=$N" "clients=$LAB_C
     "backlog_drops=$backlog_drops" "templates_dir1=$on_dir1" \
     "templates_dir2=$on_dir2" "status_ms=$status_ms" "status_source=\"$status_source\"" \
     "status_templates=$status_templates" "snapshot_ms=$snapshot_ms" "snapshot=$snap" \
+    "explain_ms=$explain_ms" "explain_source=\"$explain_source\"" \
+    "explain_templates=$explain_templates" \
     "latency_ms=$lat" "after_same=$after_same" "new_same=$new_same" \
     "whole_reads_after_start=$reads" "tracebacks=$tracebacks"
 lab_log "table-scale ($N) done: figures in $LAB_OUT/result.json"
