@@ -562,11 +562,14 @@ def _template_report(
     last = controls.last_end
     heard = controls.heard
     if heard is not None:
-        held_by = f"its client's last connection heard of (it ends in {heard - now:.0f} s if idle)"
+        held_then = (
+            "its client's last connection heard of still runs then and holds it (it ends in "
+            f"{heard - now:.0f} s if idle)"
+        )
     else:
-        held_by = (
-            f"{n_linked} connection{'s' if n_linked != 1 else ''} (the last one ends in "
-            f"{(last or now) - now:.0f} s if idle)"
+        held_then = (
+            f"it still controls {n_linked} connection{'s' if n_linked != 1 else ''} then (the "
+            f"last one ends in {(last or now) - now:.0f} s if idle)"
         )
     sched = svc.scheduler if svc is not None and svc.scheduler else "the scheduler"
 
@@ -583,7 +586,7 @@ def _template_report(
         rounds = math.ceil((last - end) / step)
         then = "re-armed"
         then_text = (
-            f"re-armed with {REARM_SECONDS} s: it still controls {held_by} then; from then on "
+            f"re-armed with {REARM_SECONDS} s: {held_then}; from then on "
             f"it keeps {REARM_SECONDS} s, and a new connection of this client restarts it at "
             f"{REARM_SECONDS} s, not at persistence_timeout"
         )
