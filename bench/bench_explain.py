@@ -16,8 +16,8 @@ Tables from bench_core.generate_table (10% templates, IPv4, IPv6, fwmark, SIP). 
 
 Also, for information, explain from the agent's table in memory at the same numbers of
 templates (10,000 and 100,000, each client with a connection heard of: bench_table's master
-feed): the agent's answer (explain.table_answer, then its JSON as the inbox sends it), and the
-command's part (the JSON read back, TableInput, explain and its text).
+feed): the agent's answer (explain.table_answer, its answer line made as the inbox sends it),
+and the command's part (the line read back, TableInput, explain and its text).
 
 Run: python3 bench/bench_explain.py
 """
@@ -93,6 +93,7 @@ def measure_table(templates: int, seed: int, repeat: int) -> dict:
 
     from lvs_hooks.config import Config
     from lvs_hooks.director.live import LiveTable
+    from lvs_hooks.door import Streamed
     from lvs_hooks.explain import TableInput, table_answer
     from lvs_hooks.table import TemplateTable
 
@@ -105,7 +106,10 @@ def measure_table(templates: int, seed: int, repeat: int) -> dict:
     agent_s = command_s = float("inf")
     for _ in range(repeat):
         t0 = cpu()
-        wire = json.dumps({"ok": True, "report": table_answer(live, svcs, None)})
+        # the answer line as the inbox writes it, a piece at a time
+        answer_made = table_answer(live, svcs, None)
+        assert isinstance(answer_made, Streamed)
+        wire = b"".join(answer_made.answer_pieces())
         t1 = cpu()
         answer = json.loads(wire)["report"]
         given = TableInput.from_answer(answer)
@@ -119,7 +123,7 @@ def measure_table(templates: int, seed: int, repeat: int) -> dict:
         t2 = cpu()
         gc.unfreeze()
         agent_s, command_s = min(agent_s, t1 - t0), min(command_s, t2 - t1)
-        del wire, answer, given, report
+        del answer_made, wire, answer, given, report
     return {"templates": templates, "agent_s": agent_s, "command_s": command_s}
 
 

@@ -32,7 +32,7 @@ import socket
 import stat
 import sys
 import time
-from typing import Any, Dict, List, NoReturn, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NoReturn, Optional, Tuple
 
 from lvs_hooks import safeio, trust
 from lvs_hooks.events.clock import fifo_order, notify_order
@@ -343,6 +343,32 @@ class AgentConnection:
         if not isinstance(reply, dict):
             raise NoAgent("the agent's answer is not a JSON object")
         return reply
+
+
+class Streamed:
+    """A report too big to build whole in the agent (explain from a table of a million
+    templates): `head`, a JSON object, and lists each made as JSON text a piece at a time by
+    `lists[key]()` (a piece: items comma-joined, without brackets), written to the asker as they
+    are made. The asker reads one answer line as from any other request."""
+
+    def __init__(self, head: Dict[str, Any], lists: Dict[str, Callable[[], Iterable[str]]]):
+        self.head, self.lists = head, lists
+
+    def answer_pieces(self) -> Iterator[bytes]:
+        """The answer line ({"ok": true, "report": ...}) in pieces."""
+        head = json.dumps(self.head, separators=(",", ":"), default=str)
+        yield b'{"ok":true,"report":' + head[:-1].encode()
+        sep = "," if self.head else ""
+        for key, make in self.lists.items():
+            yield f"{sep}{json.dumps(key)}:[".encode()
+            first = True
+            for piece in make():
+                if piece:
+                    yield piece.encode() if first else b"," + piece.encode()
+                    first = False
+            yield b"]"
+            sep = ","
+        yield b"}}\n"
 
 
 def event_message(config: str, event: Event) -> dict:

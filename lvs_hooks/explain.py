@@ -28,12 +28,14 @@ kernel; `explanation_lines` (or `render_explanation`, at once) writes it as text
 import contextlib
 import gc
 import gzip
+import json
 import logging
 import math
 import os
 import re
 import time
 from dataclasses import dataclass
+from itertools import islice
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -53,6 +55,7 @@ from typing import (
 from lvs_hooks.config import Config
 from lvs_hooks.director import ledger
 from lvs_hooks.director.ledger import Injection
+from lvs_hooks.door import Streamed
 from lvs_hooks.errors import AgentError
 from lvs_hooks.kernel.conntable import gc_paused, read_conn_table
 from lvs_hooks.kernel.model import (
@@ -997,16 +1000,18 @@ def build_explanation(
 
 def table_answer(
     live: Optional["LiveTable"], services: Sequence[Service], client: Optional[str]
-) -> dict:
+) -> Union[dict, Streamed]:
     """The agent's answer to `explain` (TableInput reads it): its table in memory, or the
     reason to read the kernel's table instead (`read_kernel`): no table, a table that is not
     the table (not reconciled yet, or a feed dropped datagrams since), or a kernel's table
     within table.read_budget, whose own word costs little (as `status` decides).
 
-    Rows of snapshot.TEMPLATE_COLUMNS, all or those of `client`; `held`: when the last
-    connection heard of ends, in seconds from `at` (the table's moment, a wall time), for
-    each (template client, service key) sent. `connections_total`: the kernel's entries less
-    the templates (netlink's counts; the table keeps no connection one by one)."""
+    `templates`: rows of snapshot.TEMPLATE_COLUMNS, all (made as they are sent: a million
+    templates' rows are not held at once) or those of `client`; `held`: for each (template
+    client, service key) a connection heard of may hold (model.held_templates), in seconds from
+    `at` (the table's moment, a wall time) when the last one ends; `connections_total`: the
+    kernel's entries less the templates (netlink's counts: the table keeps no connection one by
+    one)."""
     if live is None:
         return {"read_kernel": "the agent keeps no table in memory"}
     if not live.ready:
@@ -1017,22 +1022,44 @@ def table_answer(
     if within:
         return {"read_kernel": f"the kernel's table holds {entries} entries, within "
                                "table.read_budget"}
-    templates, ends, at = live.explain_input()
-    total = len(templates)
-    if client:
-        by_key = {s.key(): s for s in services}
-        templates = templates_of_client(templates, by_key, canonical_addr_or_same(client))
-    held = held_templates(ends, services)
-    if client:
-        wanted = {(t.caddr, t.service_key()) for t in templates}
-        held = {k: v for k, v in held.items() if k in wanted}
-    return {
-        "at": at,
-        "templates": [template_row(t) for t in templates],
-        "held": [[c, list(k), round(secs, 3)] for (c, k), secs in held.items()],
-        "templates_total": total,
-        "connections_total": max(entries - total, 0),
+    copy, ends, now, at = live.explain_input()
+    total = len(copy[0]) + len(copy[1])
+    head: Dict[str, Any] = {
+        "at": at, "templates_total": total, "connections_total": max(entries - total, 0)
     }
+    held = held_templates(ends, services)
+    del ends
+    if client:
+        # the client's templates: its own address, or as a service's netmask masks it
+        client = canonical_addr_or_same(client)
+        addrs = {client} | {s.template_client(client) for s in services if _same_family(s, client)}
+        by_key = {s.key(): s for s in services}
+        chosen = templates_of_client(
+            live.table.templates_of_clients(now, addrs, copy), by_key, client
+        )
+        wanted = {(t.caddr, t.service_key()) for t in chosen}
+        head["templates"] = [template_row(t) for t in chosen]
+        head["held"] = [[c, list(k), round(e, 3)] for (c, k), e in held.items() if (c, k) in wanted]
+        return head
+    table = live.table
+
+    def rows() -> Iterator[str]:
+        for _, text in table.json_rows(now, copy):
+            yield text
+
+    def held_rows() -> Iterator[str]:
+        items = iter(held.items())
+        while True:
+            chunk = [[c, list(k), round(e, 3)] for (c, k), e in islice(items, 20000)]
+            if not chunk:
+                return
+            yield json.dumps(chunk, separators=(",", ":"))[1:-1]
+
+    return Streamed(head, {"templates": rows, "held": held_rows})
+
+
+def _same_family(svc: Service, addr: str) -> bool:
+    return svc.af == (6 if ":" in addr else 4)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@ director's one brain for keepalived's events, which the doors hand it (issue 12)
 
 import logging
 import signal
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Union
 
 import click
 
@@ -25,6 +25,7 @@ from lvs_hooks.status import build_status, render_status
 
 if TYPE_CHECKING:  # loaded when the agent runs (start-up of every other command)
     from lvs_hooks.director.live import LiveTable
+    from lvs_hooks.door import Streamed
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ def _status(cfg: Config, live: Optional["LiveTable"]) -> dict:
     return report
 
 
-def _explain(live: Optional["LiveTable"], args: dict) -> dict:
+def _explain(live: Optional["LiveTable"], args: dict) -> Union[dict, "Streamed"]:
     from lvs_hooks.explain import table_answer  # start-up, as the agent's other parts
 
     client = args.get("client")

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from lvs_hooks.config import Config
 from lvs_hooks.kernel.conntable import ClientKey, ConnTable, read_conn_table
@@ -190,19 +190,22 @@ class LiveTable:
             entries=entries, total_lines=None, templates_only=True, client_counts=counts
         )
 
-    def explain_input(self) -> Tuple[List[ConnEntry], Dict[ClientKey, float], float]:
-        """What `lvs-hooks explain` reads instead of the kernel's table: the templates, and for
-        each client when its last connection heard of ends (TemplateTable.client_ends), both as
-        of one moment, and that moment's wall time."""
+    def explain_input(
+        self,
+    ) -> Tuple[Tuple[List[Tuple[int, int]], List[Tuple[Any, int]]], Dict[ClientKey, float],
+               float, float]:
+        """What `lvs-hooks explain` reads instead of the kernel's table, as of one moment: a
+        copy of the templates (TemplateTable.entries, for its json_rows or
+        templates_of_clients, which read a copy without the lock), when each client's last
+        connection heard of ends (TemplateTable.client_ends), the moment on the table's clock
+        and as a wall time."""
         with self.lock:
             now = self.clock()
             self.table.expire(now)
-            # a copy under the lock, the entries built from it after (as a dump's): the feeds
-            # do not wait seconds for a million templates
             copy = self.table.entries()
             ends = self.table.client_ends(now)
             at = time.time()
-        return list(self.table.templates(now, entries=copy)), ends, at
+        return copy, ends, now, at
 
     def template_counts(self) -> Dict[Tuple[Tuple, str, int, str], int]:
         """Live templates per (service key, real server, port, origin): for `status`."""

@@ -29,7 +29,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional
 
-from lvs_hooks.door import MAX_MESSAGE, SOCKET_NAME, WIRE_VERSION
+from lvs_hooks.door import MAX_MESSAGE, SOCKET_NAME, WIRE_VERSION, Streamed
 from lvs_hooks.errors import LvsHooksError
 from lvs_hooks.events.clock import now_ns
 from lvs_hooks.events.eventqueue import EventQueue
@@ -128,13 +128,14 @@ class Inbox:
         planner: Callable[[Event], Plan],
         lock_timeout: Callable[[Event], float],
         uid: Optional[int] = None,
-        requests: Optional[Dict[str, Callable[[Dict[str, Any]], dict]]] = None,
+        requests: Optional[Dict[str, Callable[[Dict[str, Any]], Any]]] = None,
         renderers: Optional[Dict[str, Callable[[dict], str]]] = None,
     ):
         """`requests`: what a command run by hand may ask of the agent by name (`lvs-hooks
         snapshot` asks for a dump of the table in memory), each called with the request's
-        `args` (a JSON object, {} when there are none) and answered with its report from a
-        thread of its own, one at a time, so that the inbox keeps taking events.
+        `args` (a JSON object, {} when there are none) and answered with its report (a dict,
+        or a door.Streamed sent as it is made) from a thread of its own, one at a time, so that
+        the inbox keeps taking events.
         `renderers`: the report as the command prints it, added as `text` when the request
         asks for it (a door, which imports nothing to render with)."""
         self.run_dir = run_dir
@@ -430,17 +431,32 @@ class Inbox:
         def run() -> None:
             running = True
             try:
+                streamed: Optional[Streamed] = None
                 try:
                     report = handler(args or {})
                     answer: Dict[str, Any] = {"ok": True, "report": report}
+                    if isinstance(report, Streamed):
+                        streamed = report
                     render = self.renderers.get(name) if text else None
-                    if render is not None:
+                    if render is not None and streamed is None:
                         answer["text"] = render(report)
                 except LvsHooksError as e:
                     answer = {"ok": False, "reason": e.format_message(), "exit_code": e.exit_code}
                 except Exception as e:  # a bug: the traceback to the log, one line to the asker
                     log.exception("agent inbox: request %s (pid %d) failed", name, c.pid)
                     answer = {"ok": False, "reason": f"bug: {type(e).__name__}: {e}"}
+                if streamed is not None:
+                    # made as it is sent: the request runs until the last piece is out
+                    try:
+                        c.sock.settimeout(5.0)  # per send: the asker reads as it comes
+                        for piece in streamed.answer_pieces():
+                            c.sock.sendall(piece)
+                    except OSError:
+                        pass  # the asker left; it does the work itself if it still can
+                    except Exception:  # a bug: the asker sees the answer cut, and falls back
+                        log.exception("agent inbox: request %s (pid %d) failed while sent",
+                                      name, c.pid)
+                    return
                 data = json.dumps(answer, default=str).encode() + b"\n"
                 # Free before the answer leaves: an asker that got it may send its next request
                 # at once, and found this one still running it was refused ("try again").

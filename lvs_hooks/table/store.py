@@ -968,6 +968,35 @@ class TemplateTable:
             self._pe_entries(pes, now_ms),
         )
 
+    def templates_of_clients(
+        self, now: float, addrs: Iterable[str],
+        entries: Optional[Tuple[List[Tuple[int, int]], List[Tuple[Any, int]]]] = None,
+    ) -> List[ConnEntry]:
+        """The live templates whose client is one of `addrs` (canonical address texts; a
+        template of a service with a persistence netmask holds the masked one): one pass over
+        the keys, the entries built for those only. `entries`: as templates'."""
+        now_ms = self._ms(now)
+        v4: Set[int] = set()
+        v6: Set[int] = set()
+        for a in addrs:
+            af, value = _addr_int(a)
+            (v4 if af == 4 else v6).add(value)
+        tpl_items, pe_items = entries if entries is not None else (
+            list(self._tpl.items()), list(self._pe.items())
+        )
+
+        def wanted(k: int) -> bool:
+            return (k & _M32) in v4 if k >= 0 else ((~k) & _M128) in v6
+
+        found = [(k, v) for k, v in tpl_items if wanted(k)]
+        pes = [(k, v) for k, v in pe_items if wanted(k[0])]
+        return list(chain(
+            chain.from_iterable(
+                self._entry_chunks([k for k, _ in found], [v for _, v in found], now_ms)
+            ),
+            self._pe_entries(pes, now_ms),
+        ))
+
     def templates_of(self, now: float, protocol: str) -> Iterator[ConnEntry]:
         """The live templates of virtual services of one protocol as /proc names it ("IP":
         those of fwmark services, which the kernel's own sync leaves unbound): nothing to scan

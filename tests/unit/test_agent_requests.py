@@ -17,6 +17,7 @@ from lvs_hooks.door import (
     MAX_MESSAGE,
     SOCKET_NAME,
     AgentConnection,
+    Streamed,
     event_message,
     request_message,
 )
@@ -93,6 +94,29 @@ def test_an_answer_far_longer_than_an_event_line_comes_whole(base):
         c.close()
         assert reply["ok"] is True and reply["report"]["real_servers"] == rows
         assert len(json.dumps(reply)) > 100 * MAX_MESSAGE
+    finally:
+        inbox.stop()
+
+
+def test_a_streamed_report_is_sent_as_it_is_made_and_read_as_one_answer(base):
+    """door.Streamed: the lists of a report too big to build whole, made a piece at a time
+    while they are sent; the asker reads one answer line, as from any other request."""
+    made = []
+
+    def pieces():
+        for i in range(0, 30000, 1000):
+            made.append(i)
+            yield ",".join(str(n) for n in range(i, i + 1000))
+
+    inbox, config, path = agent(base, {"explain": lambda args: Streamed(
+        {"at": 1.5, "asked": args}, {"templates": pieces, "held": lambda: iter(())})})
+    try:
+        c = AgentConnection(path, timeout=10)
+        reply = c.exchange(request_message(config, "explain", args={"client": "10.0.0.7"}))
+        c.close()
+        assert reply == {"ok": True, "report": {"at": 1.5, "asked": {"client": "10.0.0.7"},
+                                                "templates": list(range(30000)), "held": []}}
+        assert len(made) == 30
     finally:
         inbox.stop()
 

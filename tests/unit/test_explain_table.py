@@ -11,6 +11,7 @@ from test_live_table import Clock, cfg_for, proc_table
 from test_table import conn, tpl_conn
 
 from lvs_hooks.director.live import LiveTable
+from lvs_hooks.door import Streamed
 from lvs_hooks.errors import AgentError
 from lvs_hooks.explain import TableInput, explain, render_explanation, table_answer
 from lvs_hooks.kernel.conntable import parse_conn_table
@@ -46,9 +47,16 @@ def reconciled(tmp_path, kernel_entries=1000):
     return live
 
 
+def wire(answer):
+    """The report as the asker reads it from the agent's answer line (events.inbox)."""
+    if isinstance(answer, Streamed):
+        return json.loads(b"".join(answer.answer_pieces()))["report"]
+    return json.loads(json.dumps({"ok": True, "report": answer}))["report"]
+
+
 def from_table(answer, daemons, client=None):
     """What the command does with the agent's answer (build_explanation without the kernel)."""
-    answer = json.loads(json.dumps(answer))  # as it crosses the socket
+    answer = wire(answer)
     table = TableInput.from_answer(answer)
     assert table is not None
     return explain(table.templates, [SVC], TIMEOUTS, answer["at"], daemons=daemons,
@@ -58,9 +66,11 @@ def from_table(answer, daemons, client=None):
 def test_a_masters_table_explains_as_its_proc_does(tmp_path):
     live = reconciled(tmp_path)
     answer = table_answer(live, [SVC], None)
+    assert isinstance(answer, Streamed)  # the whole table: made as it is sent
     table = from_table(answer, MASTER)
-    kernel = explain(parse_conn_table(H + b"".join(LINES)).entries, [SVC], TIMEOUTS,
-                     answer["at"], daemons=MASTER)
+    at = wire(answer)["at"]
+    kernel = explain(parse_conn_table(H + b"".join(LINES)).entries, [SVC], TIMEOUTS, at,
+                     daemons=MASTER)
     assert table["source"] == "in memory" and kernel["source"] == "kernel"
     assert [x["client"] for x in table["templates"]] == ["10.0.0.1", "10.0.0.2", "10.0.0.3"]
     for t, k in zip(table["templates"], kernel["templates"]):
@@ -72,7 +82,7 @@ def test_a_masters_table_explains_as_its_proc_does(tmp_path):
     assert 249 <= by_client["10.0.0.1"]["client_connection_ends_in_s"] <= 251
     assert by_client["10.0.0.2"]["then"] == "removed"
     assert by_client["10.0.0.3"]["client_connection_ends_in_s"] is None
-    assert answer["templates_total"] == 3 and answer["connections_total"] == 997
+    assert wire(answer)["templates_total"] == 3 and wire(answer)["connections_total"] == 997
 
 
 def test_a_backups_synced_connection_does_not_hold_a_synced_template(tmp_path):
@@ -95,6 +105,7 @@ def test_a_backups_synced_connection_does_not_hold_a_synced_template(tmp_path):
 def test_one_clients_templates_and_nothing_else_cross_the_socket(tmp_path):
     live = reconciled(tmp_path)
     answer = table_answer(live, [SVC], "10.0.0.1")
+    assert isinstance(answer, dict)  # a few templates: built whole
     assert [r[1] for r in answer["templates"]] == ["10.0.0.1"]
     assert [h[0] for h in answer["held"]] == ["10.0.0.1"]
     assert answer["templates_total"] == 3
@@ -104,6 +115,20 @@ def test_one_clients_templates_and_nothing_else_cross_the_socket(tmp_path):
     assert "from the table in memory" in text
     assert "its client's last connection heard of ends in 2" in text  # 250 s less the read
     assert "controls 0 connections" not in text  # the table does not know them one by one
+
+
+def test_a_client_is_found_as_its_services_netmask_masks_it(tmp_path):
+    masked = Service(4, "UDP", "10.0.0.100", 5000, persistent=True, timeout=360,
+                     netmask="255.255.255.0", destinations=(Destination("10.1.0.11", 5000),))
+    live = LiveTable(cfg_for(tmp_path), clock=Clock(), counts=lambda: 1000)
+    live.tick(services=[masked])
+    live.ready = True
+    for d in encode_datagrams([tpl_conn("10.0.5.0"), tpl_conn("10.0.6.0"),
+                               conn("10.0.5.9", proto=17, state=0, timeout=300)], syncid=0):
+        live.ingest(d, "SYNC")
+    answer = table_answer(live, [masked], "10.0.5.9")
+    assert [r[1] for r in answer["templates"]] == ["10.0.5.0"]
+    assert [h[:2] for h in answer["held"]] == [["10.0.5.0", ["UDP", "10.0.0.100", 5000]]]
 
 
 def test_the_agent_says_read_the_kernel_when_its_table_is_not_the_word(tmp_path):
