@@ -94,7 +94,7 @@ def measure_table(templates: int, seed: int, repeat: int) -> dict:
     from lvs_hooks.config import Config
     from lvs_hooks.director.live import LiveTable
     from lvs_hooks.door import Streamed
-    from lvs_hooks.explain import TableInput, table_answer
+    from lvs_hooks.explain_table import TableInput, table_answer
     from lvs_hooks.table import TemplateTable
 
     svcs = table_services()

@@ -128,7 +128,7 @@ def _status(cfg: Config, live: Optional["LiveTable"]) -> dict:
 
 
 def _explain(live: Optional["LiveTable"], args: dict) -> Union[dict, "Streamed"]:
-    from lvs_hooks.explain import table_answer  # start-up, as the agent's other parts
+    from lvs_hooks.explain_table import table_answer  # start-up, as the agent's other parts
 
     client = args.get("client")
     if client is not None and not isinstance(client, str):

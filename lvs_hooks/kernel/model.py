@@ -9,7 +9,7 @@ import ipaddress
 import socket
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Dict, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 # Protocol names as /proc/net/ip_vs_conn prints them (ip_vs_proto_name) and their numbers.
 PROTO_NUMBERS = {"IP": 0, "TCP": 6, "UDP": 17, "SCTP": 132}
@@ -286,4 +286,29 @@ def held_templates(
                 pair = (f.template_client(caddr), f.key())
                 if end > get(pair, 0):
                     out[pair] = end
+    return out
+
+
+def canonical_addr_or_same(addr: str) -> str:
+    """The address as the kernel's table shows it (fd00:0::29 is fd00::29); as given if it is
+    none."""
+    try:
+        return canonical_addr(addr)
+    except ValueError:
+        return addr
+
+
+def templates_of_client(
+    templates: Iterable[ConnEntry], by_key: Mapping[Tuple, Service], client: str
+) -> List[ConnEntry]:
+    """The templates of `client` (canonical_addr_or_same): its own address, or as its
+    template's service (`by_key`: Service.key() to Service) masks it (a persistence netmask)."""
+    out = []
+    for t in templates:
+        if t.caddr == client:
+            out.append(t)
+            continue
+        svc = by_key.get(t.service_key())
+        if svc is not None and t.caddr == svc.template_client(client):
+            out.append(t)
     return out

@@ -13,7 +13,8 @@ from test_table import conn, tpl_conn
 from lvs_hooks.director.live import LiveTable
 from lvs_hooks.door import Streamed
 from lvs_hooks.errors import AgentError
-from lvs_hooks.explain import TableInput, explain, render_explanation, table_answer
+from lvs_hooks.explain import explain, render_explanation
+from lvs_hooks.explain_table import TableInput, table_answer
 from lvs_hooks.kernel.conntable import parse_conn_table
 from lvs_hooks.kernel.model import Destination, Service
 from lvs_hooks.kernel.netlink import SyncDaemon
