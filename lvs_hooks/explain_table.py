@@ -60,10 +60,9 @@ def table_answer(
     head: Dict[str, Any] = {
         "at": at, "templates_total": total, "connections_total": max(entries - total, 0)
     }
-    held = held_templates(ends, services)
-    del ends
     if client:
-        # the client's templates: its own address, or as a service's netmask masks it
+        # the client's templates: its own address, or as a service's netmask masks it (the
+        # clients' ends are keyed so too: TemplateTable.use_services)
         client = canonical_addr_or_same(client)
         addrs = {client} | {s.template_client(client) for s in services if _same_family(s, client)}
         by_key = {s.key(): s for s in services}
@@ -71,9 +70,12 @@ def table_answer(
             live.table.templates_of_clients(now, addrs, copy), by_key, client
         )
         wanted = {(t.caddr, t.service_key()) for t in chosen}
+        held = held_templates({k: e for k, e in ends.items() if k[0] in addrs}, services)
         head["templates"] = [template_row(t) for t in chosen]
         head["held"] = [[c, list(k), round(e, 3)] for (c, k), e in held.items() if (c, k) in wanted]
         return head
+    held = held_templates(ends, services)
+    del ends
     table = live.table
 
     def rows() -> Iterator[str]:

@@ -1,6 +1,7 @@
 """`lvs-hooks agent`, `push` and `handover`: what needs a peer (issue 6); and the agent as the
 director's one brain for keepalived's events, which the doors hand it (issue 12)."""
 
+import ipaddress
 import logging
 import signal
 from typing import TYPE_CHECKING, List, Optional, Union
@@ -131,8 +132,13 @@ def _explain(live: Optional["LiveTable"], args: dict) -> Union[dict, "Streamed"]
     from lvs_hooks.explain_table import table_answer  # start-up, as the agent's other parts
 
     client = args.get("client")
-    if client is not None and not isinstance(client, str):
-        raise UsageError("explain: the client asked about is not an address")
+    if client is not None:
+        try:
+            if not isinstance(client, str):
+                raise ValueError(client)
+            ipaddress.ip_address(client)
+        except ValueError:
+            raise UsageError("explain: the client asked about is not an IP address") from None
     return table_answer(live, _services() if live is not None else [], client)
 
 
