@@ -28,6 +28,7 @@ from lvs_hooks.events.keepalived import Event
 from lvs_hooks.events.sequencer import Plan, Step, StepFailed, StepResult
 from lvs_hooks.kernel import tunables
 from lvs_hooks.kernel.netlink import IPVS
+from lvs_hooks.reseed.runner import daemon_options
 from lvs_hooks.rules.manager import transition_step
 
 log = logging.getLogger(__name__)
@@ -72,14 +73,15 @@ def plan_transition(event: Event, director: Director) -> Plan:
         )
     if state in ("BACKUP", "FAULT"):
         role = cfg.backup
-        return Plan(
-            [
-                Step("firewall", lambda: firewall_step("backup", cfg)),
-                Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
-                Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
-                Step("snapshot", lambda: snapshot_step(director, may_defer=True)),
-            ]
-        )
+        steps = [
+            Step("firewall", lambda: firewall_step("backup", cfg)),
+            Step("sysctls", lambda: sysctl_step(role.sysctls, cfg.paths.proc_root)),
+            Step("timeouts", lambda: timeouts_step(role, settings.keepalived_lvs_timeouts)),
+        ]
+        if state == "BACKUP":
+            steps.append(Step("sync daemon", lambda: backup_daemon_step(cfg)))
+        steps.append(Step("snapshot", lambda: snapshot_step(director, may_defer=True)))
+        return Plan(steps)
     if state == "STOP":
         return Plan([Step("snapshot", lambda: snapshot_step(director))])
     return Plan(note=f"keepalived reports {state}: nothing to do")
@@ -128,6 +130,31 @@ def timeouts_step(role: RoleConfig, keepalived_lvs_timeouts: bool) -> StepResult
         return f"already {_show_timeouts(old)}", figures
     changes = ", ".join(f"{k} {old[k]}->{v}" for k, v in report.changed.items())
     return f"set {changes}", figures
+
+
+def backup_daemon_step(cfg: Config) -> StepResult:
+    """A backup runs a backup sync daemon, or it takes no sync and loses every template at its
+    timer. keepalived starts its own on entering BACKUP, but the kernel refuses it (EEXIST)
+    while an injection of this director runs the temporary one it starts to receive (the
+    keeper's, as master a moment before: lab, churn, a handover at the keeper's round), and
+    the injection stops that one when it ends. This step runs under the transition lock, so
+    after any injection: it starts one when none runs, as the injections do (sync.interface,
+    syncid, group, port)."""
+    sync = cfg.sync
+    with IPVS() as ipvs:
+        if any(d.state == "backup" for d in ipvs.daemons()):
+            return "a backup sync daemon runs", {"started": False}
+        if not sync.interface:
+            log.warning("no backup sync daemon runs, and sync.interface is not set to start "
+                        "one: this director takes no sync")
+            return "none runs, and sync.interface is not set to start one", {"started": False}
+        ipvs.start_daemon("backup", sync.interface, sync.syncid,
+                          **daemon_options(sync.group, sync.port))
+    log.warning("no backup sync daemon ran on entering BACKUP (keepalived's start refused while "
+                "an injection ran its own?): started one on %s syncid %d",
+                sync.interface, sync.syncid)
+    return (f"started on {sync.interface} syncid {sync.syncid}: none ran",
+            {"started": True, "interface": sync.interface, "syncid": sync.syncid})
 
 
 def _show_timeouts(t: Dict[str, int]) -> str:

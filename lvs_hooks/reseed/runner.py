@@ -66,6 +66,17 @@ def to_sync_conn(p: PlannedTemplate) -> "syncproto.SyncConn":
     )
 
 
+def daemon_options(group: str, port: int) -> Dict[str, Any]:
+    """start_daemon's optional arguments for a sync group and port: the kernel's defaults are
+    left out (kernels before 4.6 know no others)."""
+    optional: Dict[str, Any] = {}
+    if group != syncproto.IP_VS_SYNC_GROUP:
+        optional["group"] = group
+    if port != syncproto.IP_VS_SYNC_PORT:
+        optional["port"] = port
+    return optional
+
+
 @contextlib.contextmanager
 def receiving_backup_daemon(
     ipvs: IPVS, interface: Optional[str], syncid: int, group: str, port: int
@@ -84,12 +95,7 @@ def receiving_backup_daemon(
                 "sync.interface is not set and no sync daemon runs to take it from"
             )
         ifname = master.ifname
-    optional: Dict[str, Any] = {}
-    if group != syncproto.IP_VS_SYNC_GROUP:
-        optional["group"] = group
-    if port != syncproto.IP_VS_SYNC_PORT:
-        optional["port"] = port
-    ipvs.start_daemon("backup", ifname, syncid, **optional)
+    ipvs.start_daemon("backup", ifname, syncid, **daemon_options(group, port))
     try:
         started = next((d for d in ipvs.daemons() if d.state == "backup"), None)
         if started is None:

@@ -37,7 +37,7 @@ def ev(state, name="VI_1"):
     "state, steps",
     [
         ("MASTER", ["firewall", "sysctls", "timeouts", "reseed"]),
-        ("BACKUP", ["firewall", "sysctls", "timeouts", "snapshot"]),
+        ("BACKUP", ["firewall", "sysctls", "timeouts", "sync daemon", "snapshot"]),
         ("FAULT", ["firewall", "sysctls", "timeouts", "snapshot"]),
         ("STOP", ["snapshot"]),
         ("DELETED", []),
@@ -68,6 +68,54 @@ def test_stop_waits_briefly_for_the_lock():
 def test_firewall_placeholder():
     summary, figures = transitions.firewall_step("master", Config())
     assert summary == "no firewall rules configured"
+
+
+# -- the backup sync daemon
+
+
+class DaemonIPVS:
+    """The netlink seam: the daemons the kernel runs, and the starts asked of it."""
+
+    running = []
+    started = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def daemons(self):
+        return list(DaemonIPVS.running)
+
+    def start_daemon(self, state, ifname, syncid, **optional):
+        DaemonIPVS.started.append((state, ifname, syncid, optional))
+
+
+@pytest.fixture
+def daemon_ipvs(monkeypatch):
+    DaemonIPVS.running, DaemonIPVS.started = [], []
+    monkeypatch.setattr(transitions, "IPVS", DaemonIPVS)
+    return DaemonIPVS
+
+
+def test_a_backup_without_a_backup_daemon_starts_one(daemon_ipvs, caplog):
+    """keepalived's own start is refused while an injection runs its temporary daemon, which
+    the injection then stops: the BACKUP transition, under the lock after it, starts one."""
+    from lvs_hooks.config import SyncConfig
+    from lvs_hooks.kernel.netlink import SyncDaemon
+
+    cfg = Config(sync=SyncConfig(interface="sync0", syncid=51, port=8849))
+    with caplog.at_level(logging.WARNING):
+        summary, figures = transitions.backup_daemon_step(cfg)
+    assert daemon_ipvs.started == [("backup", "sync0", 51, {"port": 8849})]
+    assert figures["started"] and "none ran" in summary and "started one on sync0" in caplog.text
+    daemon_ipvs.started.clear()
+    daemon_ipvs.running = [SyncDaemon("backup", "sync0", 51)]
+    assert transitions.backup_daemon_step(cfg) == ("a backup sync daemon runs", {"started": False})
+    daemon_ipvs.running = []
+    assert not transitions.backup_daemon_step(Config())[1]["started"]  # no interface to use
+    assert daemon_ipvs.started == []
 
 
 # -- sysctls
