@@ -1185,8 +1185,25 @@ class TemplateTable:
         them: (client address, (protocol, vaddr, vport)) of the connection, 1 each (the table
         knows that there is one, not how many). The client address is masked for address
         services with a persistence netmask (use_services); `keeper.clients_in_use` masks it
-        again, to the same value."""
-        return dict.fromkeys(self.client_ends(now), 1)
+        again, to the same value.
+
+        client_ends' loop, with 1 for the time left: the keeper asks this every interval, and
+        made through client_ends it took half as long again (the source tree's table bench,
+        200,000 clients: 189 ms against 126)."""
+        now_ms = self._ms(now)
+        out: Dict[ClientKey, int] = {}
+        services = [(name, vaddr, vport) for name, vaddr, vport, _, _ in self._virtuals]
+        ntoa, pack, v6text = socket.inet_ntoa, _U32.pack, ipv6_text
+        with _gc_paused():
+            for key, ds in self._clients.items():
+                if ds * 1000 <= now_ms:
+                    continue
+                if key >= 0:
+                    out[(ntoa(pack(key & _M32)), services[key >> 32])] = 1
+                else:
+                    k = ~key
+                    out[(v6text((k & _M128).to_bytes(16, "big")), services[k >> 128])] = 1
+        return out
 
     def client_ends(self, now: float) -> Dict[ClientKey, float]:
         """client_counts' clients, each with the seconds until the last of its connections heard
