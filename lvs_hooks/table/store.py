@@ -937,28 +937,19 @@ class TemplateTable:
         """Client keys held (same caveat as len())."""
         return len(self._clients)
 
-    def templates(
-        self, now: float, below: Optional[float] = None,
-        entries: Optional[Tuple[List[Tuple[int, int]], List[Tuple[Any, int]]]] = None,
-    ) -> Iterator[ConnEntry]:
+    def templates(self, now: float, below: Optional[float] = None) -> Iterator[ConnEntry]:
         """The live templates as conntable parses them from /proc: `expires` the whole seconds
         left (rounded down), `origin` "SYNC" or "LOCAL" when known, else None. Templates without
         PE data first, in the order they came, then those with.
 
         `below`: only those with less than `below` seconds left (what the keeper acts on), found
         through the wheel without a scan of the whole table. The table must not change while the
-        iterator runs, unless they are built from `entries`, a copy taken by `entries()` (as
-        json_rows' `entries`; without `below`).
+        iterator runs.
         """
         now_ms = self._ms(now)
-        if entries is not None:
-            main: Tuple[Iterable[int], Iterable[int]] = (
-                [k for k, _ in entries[0]], [v for _, v in entries[0]]
-            )
-            pes: Iterable[Tuple[Tuple[int, str, str], int]] = entries[1]
-        elif below is None:
-            main = (self._tpl.keys(), self._tpl.values())
-            pes = self._pe.items()
+        if below is None:
+            main: Tuple[Iterable[int], Iterable[int]] = (self._tpl.keys(), self._tpl.values())
+            pes: Iterable[Tuple[Tuple[int, str, str], int]] = self._pe.items()
         else:
             found, pes = self._expiring(now_ms, int(below * 1000))
             main = ([k for k, _ in found], [v for _, v in found])
