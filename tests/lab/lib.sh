@@ -42,6 +42,7 @@
 #   lab_view DIR / lab_in DIR CMD...    DIR as a machine of its own: its own /etc/lvs-hooks,
 #                                       /etc/keepalived, /run, /var/lib/lvs-hooks, hostname
 #   lab_keepalived_start DIR PRIO [STATE]  render keepalived.conf from the template, start it
+#   lab_keepalived_first DIR PRIO [STATE]  the same, then wait for DIR to hold the VIP alone
 #   lab_keepalived_conf DIR PRIO STATE  (the template; prints the config)
 #   lab_hooks_config DIR                (lvs-hooks config of one director; prints the path)
 #   lab_hooks_state DIR STATE           DIR's newest journal record: a finished STATE transition
@@ -526,6 +527,18 @@ lab_keepalived_start() {
     fi
     lab_log "keepalived started in $d (priority $prio, $state, LVS_HOOKS=$LVS_HOOKS," \
         "agent=$LVS_HOOKS_AGENT)"
+}
+
+# lab_keepalived_first DIR PRIO [STATE]: lab_keepalived_start, then wait until DIR holds the VIP,
+# before its peers start. Two keepalived started together on a slow guest can both time out into
+# MASTER at once; the one that yields stops the master sync daemon it has just started. If the
+# kernel stops that thread before it has ever run, the stop request gets no netlink answer (see
+# docs/design.md 4.3, "a sync daemon stopped before its thread ran"), and keepalived 2.2.7 waits
+# for one forever: it never enters BACKUP, and the lab has two masters.
+lab_keepalived_first() {
+    lab_keepalived_start "$@"
+    lab_wait 60 "$1 holds the VIP before its peers start" lab_has_vip "$1" \
+        || lab_die "$1 never took the VIP alone"
 }
 
 # lab_fwmark_rules DIR: mark UDP to the VIP with LAB_FWMARK (mangle PREROUTING; TCP stays on

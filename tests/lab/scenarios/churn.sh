@@ -31,7 +31,7 @@ hooks() { local d=$1; shift; nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.
 
 lab_step "two directors, the table in memory on, $LAB_CLIENTS clients"
 lab_topology 2
-lab_keepalived_start dir1 150 MASTER
+lab_keepalived_first dir1 150 MASTER
 lab_keepalived_start dir2 100 BACKUP
 lab_client_start
 lab_wait 90 "dir1 is master" lab_master_is dir1 || lab_die "no master"

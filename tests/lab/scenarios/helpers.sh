@@ -9,7 +9,7 @@ LAB_CLIENTS=5
 
 lab_step "three directors; keepalived on all, dir1 master"
 lab_topology 3
-lab_keepalived_start dir1 150 MASTER
+lab_keepalived_first dir1 150 MASTER
 lab_keepalived_start dir2 100 BACKUP
 lab_keepalived_start dir3 50 BACKUP
 lab_client_start

@@ -116,7 +116,11 @@ lab_step "topology (IPv6 VIP $LAB_VIP6); keepalived + lvs-hooks (fifo, agent $ag
 lab_topology 2
 first_state=MASTER
 [ "$agent" = true ] && first_state=BACKUP  # the gate decides (as in failback3)
-lab_keepalived_start dir1 150 "$first_state"
+if [ "$first_state" = MASTER ]; then
+    lab_keepalived_first dir1 150 MASTER
+else
+    lab_keepalived_start dir1 150 "$first_state"  # the gate holds it: dir2 must run
+fi
 lab_keepalived_start dir2 100 BACKUP
 lab_client_start
 t=$EPOCHREALTIME

@@ -298,7 +298,7 @@ for d in dir1 dir2; do
                      echo '$LAB_SYNC_THRESHOLD' > /proc/sys/net/ipv4/vs/sync_threshold" \
         || lab_die "$d: UDP timeout / sync_threshold"
 done
-lab_keepalived_start dir1 150 MASTER
+lab_keepalived_first dir1 150 MASTER
 lab_keepalived_start dir2 100 BACKUP
 lab_client_start
 t=$EPOCHREALTIME

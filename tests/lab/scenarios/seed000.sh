@@ -27,7 +27,7 @@ count_dir2() { tpl_dir2[$1]=$(lab_tpl_count dir2); lab_log "templates on dir2 at
 
 lab_step "topology + keepalived on dir1 (MASTER, 150) and dir2 (BACKUP, 100); mode: $mode"
 lab_topology 2
-lab_keepalived_start dir1 150 MASTER
+lab_keepalived_first dir1 150 MASTER
 lab_keepalived_start dir2 100 BACKUP
 lab_client_start          # its python start overlaps keepalived's election
 t=$EPOCHREALTIME

@@ -71,7 +71,7 @@ softnet_drops() {
     while read -r -a f; do n=$(( n + 16#${f[1]} )); done < /proc/net/softnet_stat
     echo "$n"
 }
-lab_keepalived_start dir1 150 MASTER
+lab_keepalived_first dir1 150 MASTER
 lab_keepalived_start dir2 100 BACKUP
 lab_client_start
 lab_wait 90 "dir1 is master" lab_master_is dir1 || lab_die "no master"

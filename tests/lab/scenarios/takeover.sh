@@ -27,7 +27,7 @@ for d in dir1 dir2; do
         || lab_die "sync_persist_mode on $d"
     lab_fwmark_rules "$d"
 done
-lab_keepalived_start dir1 150 MASTER
+lab_keepalived_first dir1 150 MASTER
 lab_keepalived_start dir2 100 BACKUP
 lab_client_start
 lab_wait 60 "dir1 is master" lab_master_is dir1 || lab_die "no master"
