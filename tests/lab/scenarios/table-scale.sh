@@ -21,7 +21,9 @@
 #     counted from its log lines (a read is logged at INFO from 100 ms: any read of a table this
 #     size is).
 # N is LAB_SCALE_N (200,000); table-scale-1k.sh runs it with 1,000 in the same VM, and the tier
-# compares the two latencies. Results: $LAB_OUT/result.json
+# compares the two latencies. LAB_SCALE_CAT=1 also times `cat /proc/net/ip_vs_conn` on dir2
+# after step 1 (by hand: `tests/lab/run -e LAB_SCALE_N=159960 -e LAB_SCALE_CAT=1 table-scale`
+# gives the 160,001 lines of the issue's measurements). Results: $LAB_OUT/result.json
 set -u
 . "$LAB_DIR/lib.sh"
 export LVS_HOOKS=1 LVS_HOOKS_AGENT=1 LAB_TABLE=1
@@ -143,6 +145,15 @@ r = json.load(open(sys.argv[1])); print(r["source"].replace(" ", "_"), len(r["te
     "$LAB_OUT/explain-$N.json") || lab_die "explain's report"
 explain_source=${explain_source//_/ }
 lab_log "explain 10.2.0.7 in $explain_ms ms ($explain_templates templates, from: $explain_source)"
+cat_ms=null cat_lines=null
+if [ "${LAB_SCALE_CAT:-0}" = 1 ]; then
+    # beside (a run by hand, not the tier: a minute or two of the guest's kernel at this size):
+    # the whole read the commands above no longer make, as `cat` of the same table
+    t=$EPOCHREALTIME
+    cat_lines=$(nsx dir2 cat /proc/net/ip_vs_conn | wc -l) || lab_die "cat"
+    cat_ms=$(ms_since "$t")
+    lab_log "cat /proc/net/ip_vs_conn on dir2: $cat_lines lines in $cat_ms ms"
+fi
 
 lab_step "size $N: hard failure of dir1"
 lab_client probe before
@@ -208,6 +219,7 @@ lab_result_json result.json "scenario=\"table-scale\"" "size=$N" "clients=$LAB_C
     "status_templates=$status_templates" "snapshot_ms=$snapshot_ms" "snapshot=$snap" \
     "explain_ms=$explain_ms" "explain_source=\"$explain_source\"" \
     "explain_templates=$explain_templates" \
+    "cat_ms=$cat_ms" "cat_lines=$cat_lines" \
     "latency_ms=$lat" "after_same=$after_same" "new_same=$new_same" \
     "whole_reads_after_start=$reads" "tracebacks=$tracebacks"
 lab_log "table-scale ($N) done: figures in $LAB_OUT/result.json"
