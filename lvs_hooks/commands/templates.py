@@ -97,6 +97,8 @@ def ask_agent(
 def render_snapshot(r: dict) -> str:
     if "ms_dump" in r:
         how = f"dumped from the agent's table in memory in {r['ms_dump']:.0f} ms"
+        if r.get("joined"):
+            how += f", by the dump under way for the {r.get('reason', 'periodic snapshot')}"
     else:
         how = f"table read {r['ms_read_table']:.0f} ms"
     return (

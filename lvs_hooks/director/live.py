@@ -24,6 +24,7 @@ from lvs_hooks.kernel.conntable import ClientKey, ConnTable, read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.kernel.netlink import IPVS, Timeouts
 from lvs_hooks.reseed.planner import PlannedTemplate
+from lvs_hooks.singleflight import SingleFlight
 from lvs_hooks.table import ReconcileReport, TemplateTable
 from lvs_hooks.table.compare import compare
 
@@ -76,6 +77,8 @@ class LiveTable:
         self.reconciled_at: Optional[float] = None
         self.lost_at: Optional[float] = None  # a feed last dropped datagrams (note_loss)
         self.losses = 0  # datagrams the feeds dropped, all told
+        # snapshots dumped from the table: one at a time (director.snapshot)
+        self.dumps: SingleFlight[Dict[str, Any]] = SingleFlight()
 
     # -- feeds
 

@@ -27,8 +27,15 @@ def take_snapshot(
     with IPVS() as ipvs:
         services = ipvs.services()
     if live is not None and live.ready and not live.within_budget()[0]:
-        # a dump where a whole read would be expensive; the kernel's word where it is cheap
-        return _dump(cfg, live, services, t0)
+        # a dump where a whole read would be expensive; the kernel's word where it is cheap.
+        # One dump at a time: a second caller (the periodic duty, the command) gets the one
+        # under way, not a second that would halve the speed of both.
+        report, joined = live.dumps.run(lambda: _dump(cfg, live, services, t0, reason))
+        if joined:
+            log.info("%s: a dump of the table in memory was under way for the %s; its snapshot "
+                     "%s is the answer", reason, report["reason"], report["path"])
+            report = dict(report, joined=True)
+        return report
     t1 = time.monotonic()
     # Read and parse timed apart: reading is the kernel's walk of its table (compare with cat).
     data = read_proc_file(os.path.join(cfg.paths.proc_root, "net", "ip_vs_conn"), reason)
@@ -63,7 +70,9 @@ def take_snapshot(
     return report
 
 
-def _dump(cfg: Config, live: LiveTable, services: List[Service], t0: float) -> Dict[str, Any]:
+def _dump(
+    cfg: Config, live: LiveTable, services: List[Service], t0: float, reason: str
+) -> Dict[str, Any]:
     t1 = time.monotonic()
     captured_at = time.time()
     with live.lock:
@@ -82,6 +91,7 @@ def _dump(cfg: Config, live: LiveTable, services: List[Service], t0: float) -> D
         "templates": templates,
         "services": len(services),
         "source": "table in memory",
+        "reason": reason,
         "ms_netlink": round((t1 - t0) * 1000, 1),
         "ms_dump": round((t2 - t1) * 1000, 1),
         "ms_write": round((t3 - t2) * 1000, 1),

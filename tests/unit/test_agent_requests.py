@@ -155,6 +155,11 @@ def test_the_snapshot_command_takes_the_agents_report(base):
         # --from-kernel reads here (this host has no IPVS: IPVS's own error, exit 4)
         r = CliRunner().invoke(cli, ["--config", config, "snapshot", "--from-kernel"])
         assert r.exit_code == 4, r.output
+        # a snapshot that was the dump under way for the periodic duty says so
+        from lvs_hooks.commands.templates import render_snapshot
+        assert render_snapshot(dict(report, joined=True, reason="periodic snapshot")).endswith(
+            "(dumped from the agent's table in memory in 410 ms, by the dump under way for the "
+            "periodic snapshot, total 455 ms)")
     finally:
         inbox.stop()
 

@@ -263,3 +263,69 @@ def test_a_loss_during_a_reconciliation_is_not_made_good_by_it(tmp_path, monkeyp
     monkeypatch.setattr(live_module, "read_conn_table", real)
     live.reconcile("test")  # the upkeep's next read, with no loss during it
     assert live.ready and live.lost_at is None
+
+
+class OneServiceIPVS:
+    """The netlink seam of director.snapshot: the services, as the kernel would list them."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+    def services(self):
+        return [SVC]
+
+
+def test_a_snapshot_asked_during_a_dump_of_the_table_gets_that_dump(tmp_path, monkeypatch):
+    """The periodic duty and `lvs-hooks snapshot` at once: one dump, one file, both answered
+    (two dumps share the interpreter and each takes twice as long)."""
+    import threading
+
+    from lvs_hooks.director import snapshot as snapshot_module
+    from lvs_hooks.snapshot import decode
+
+    cfg = cfg_for(tmp_path)
+    live = LiveTable(cfg, clock=Clock(), counts=lambda: 1000)  # over the budget: a dump
+    for d in datagrams("10.0.0.2", "10.0.0.3"):
+        live.ingest(d, "SYNC")
+    live.ready = True
+    monkeypatch.setattr(snapshot_module, "IPVS", OneServiceIPVS)
+    real_encode, dumping, release, dumps = snapshot_module.encode_dump, threading.Event(), \
+        threading.Event(), []
+
+    def encode_held(*args, **kwargs):  # the real encoder, held until the second caller waits
+        dumps.append(1)
+        dumping.set()
+        assert release.wait(30), "never released"
+        return real_encode(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot_module, "encode_dump", encode_held)
+    out = {}
+    periodic = threading.Thread(target=lambda: out.setdefault("periodic", snapshot_module.
+                                take_snapshot(cfg, "periodic snapshot", live)), daemon=True)
+    periodic.start()
+    assert dumping.wait(30)
+    command = threading.Thread(target=lambda: out.setdefault("command", snapshot_module.
+                               take_snapshot(cfg, "snapshot command", live)), daemon=True)
+    command.start()
+    command.join(0.2)
+    assert command.is_alive()  # waiting for the dump under way, not dumping beside it
+    release.set()
+    for t in (periodic, command):
+        t.join(30)
+        assert not t.is_alive()
+    assert dumps == [1]
+    p, c = out["periodic"], out["command"]
+    assert c["path"] == p["path"] and c["joined"] is True and "joined" not in p
+    assert c["reason"] == p["reason"] == "periodic snapshot"
+    where = os.path.dirname(p["path"])
+    assert [f for f in os.listdir(where) if f.startswith("snapshot-")] == [
+        os.path.basename(p["path"])]
+    with open(p["path"], "rb") as f:
+        snap = decode(f.read())
+    assert sorted(t.caddr for t in snap.templates) == ["10.0.0.2", "10.0.0.3"]
+    # the next one dumps again
+    again = snapshot_module.take_snapshot(cfg, "snapshot command", live)
+    assert dumps == [1, 1] and "joined" not in again
