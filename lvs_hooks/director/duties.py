@@ -38,6 +38,15 @@ log = logging.getLogger(__name__)
 Task = Tuple[str, str, float]  # name, the role it runs in, interval in seconds
 
 DUTIES_FILE = "duties.json"
+# This process's own code. keepalived's FIFO reader outlives a removal of the package (its
+# modules are loaded; keepalived still runs it): its next periodic snapshot would create the
+# state directory that `apt purge` had just removed, with client addresses in it (lab: the
+# quick start's purge found /var/lib/lvs-hooks again). With the code gone, the duties stop.
+_OWN_CODE = os.path.abspath(__file__)
+
+
+def _installed() -> bool:
+    return os.path.exists(_OWN_CODE)
 
 
 class Duties:
@@ -46,12 +55,15 @@ class Duties:
         director: Director,
         role_now: Callable[[], Optional[str]],
         clock: Callable[[], float] = time.monotonic,
+        installed: Callable[[], bool] = _installed,
     ):
         """`role_now()`: the director's role as the last transition left it (asked again under
-        the lock before anything is sent)."""
+        the lock before anything is sent). `installed()`: lvs-hooks' code is still on disk."""
         self.director = director
         self.role_now = role_now
         self.clock = clock
+        self.installed = installed
+        self.removed = False  # found removed: no more duties in this process
         self.tasks = _tasks(director)
         self.last: Dict[str, float] = {}
         self.failures: Dict[str, int] = {}  # since this process started
@@ -84,7 +96,14 @@ class Duties:
         self, role: Optional[str], should_yield: Callable[[], bool] = lambda: False
     ) -> None:
         """Run the tasks due in `role`. A failing task is counted, logged with its count of
-        failures (a bug's traceback once per streak) and does not keep the others from running."""
+        failures (a bug's traceback once per streak) and does not keep the others from running.
+        None at all once lvs-hooks has been removed from the machine (`installed`)."""
+        if self.removed or not self.installed():
+            if not self.removed:
+                self.removed = True
+                log.warning("lvs-hooks has been removed from this machine (%s is gone): this "
+                            "process runs no more periodic duties", _OWN_CODE)
+            return
         if role != "BACKUP":
             # Repairs belong to one stretch as backup; the MASTER reseed took what it needed.
             self.director.repair.pending.clear()

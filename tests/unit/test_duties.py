@@ -141,3 +141,31 @@ def test_a_failing_duty_is_counted_where_status_can_read_it(tmp_path, caplog):
         "failures": 4, "in_a_row": 0, "last_error": "IPVS is not available"}
     assert "ran again after 4 failures in a row" in caplog.text
     assert caplog.text.count("Traceback") == 1
+
+
+def test_no_duty_runs_once_lvs_hooks_is_removed(tmp_path, caplog):
+    """keepalived's FIFO reader outlives `apt purge`: its next snapshot must not bring back the
+    state directory the purge removed."""
+    d, ran, _ = duties_for(tmp_path, "keeper:\n  fwmark_repair_interval: 1\n")
+    on_disk = [True]
+    d.installed = lambda: on_disk[0]
+    d.run_due("BACKUP")
+    assert [n for n, _ in ran] == ["fwmark-repair", "snapshot"]
+    on_disk[0] = False
+    d.director.snapshot_wanted = True  # even the snapshot a transition left to the duties
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            d.run_due("BACKUP")
+            d.run_due("MASTER")
+    assert len(ran) == 2
+    removed = [r for r in caplog.records if "has been removed" in r.getMessage()]
+    assert len(removed) == 1  # said once
+    on_disk[0] = True  # a reinstall does not revive a process that saw its code go
+    d.run_due("BACKUP")
+    assert len(ran) == 2
+
+
+def test_the_default_check_looks_at_this_modules_own_file():
+    from lvs_hooks.director import duties
+
+    assert duties._installed() and duties._OWN_CODE.endswith("duties.py")
