@@ -859,7 +859,8 @@ class KeeperConfig:
     snapshot_interval: float = setting(
         30.0,
         "While backup, `lvs-hooks fifo` also takes a snapshot this often (seconds; 0: never), "
-        "so a takeover finds a recent one even without the systemd timer.",
+        "so a takeover finds a recent one even without the systemd timer; or, when the last "
+        "one took longer than a tenth of this, ten times as long as it took.",
         ge=0,
     )
     fwmark_repair_interval: float = setting(

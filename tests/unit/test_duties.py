@@ -169,3 +169,38 @@ def test_the_default_check_looks_at_this_modules_own_file():
     from lvs_hooks.director import duties
 
     assert duties._installed() and duties._OWN_CODE.endswith("duties.py")
+
+
+def test_a_costly_snapshot_waits_ten_times_its_own_length(tmp_path):
+    # a backup dumping 200,000 templates while it ingests them took 4 to 23 s per dump (lab):
+    # every 30 s that is over half a core; the next one waits 10x the last one's length
+    now = [1000.0]
+    d, ran, _ = duties_for(tmp_path, "keeper:\n  snapshot_interval: 30\n",
+                           clock=lambda: now[0])
+    took = {"snapshot": 12.0}
+
+    def run(name, proceed):
+        ran.append((name, proceed()))
+        now[0] += took.get(name, 0.0)
+
+    d._run = run
+    d.run_due("BACKUP")  # 1000 -> 1012
+    assert [n for n, _ in ran].count("snapshot") == 1
+    now[0] = 1000 + 119  # 30 s is long past; 10 x 12 s is not
+    d.run_due("BACKUP")
+    assert [n for n, _ in ran].count("snapshot") == 1
+    now[0] = 1000 + 120
+    took["snapshot"] = 1.0
+    d.run_due("BACKUP")
+    assert [n for n, _ in ran].count("snapshot") == 2
+    now[0] = 1000 + 120 + 30  # a cheap one: the configured interval again
+    d.run_due("BACKUP")
+    assert [n for n, _ in ran].count("snapshot") == 3
+    # the snapshot a transition to backup asks for is never stretched
+    took["snapshot"] = 50.0
+    now[0] += 1
+    d.run_due("BACKUP")
+    d.director.snapshot_wanted = True
+    now[0] += 1
+    d.run_due("BACKUP")
+    assert [n for n, _ in ran].count("snapshot") == 4
