@@ -437,7 +437,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                      "timed_out": rc == RC_TIMEOUT, "out": os.path.join(run_dir, "results", name)})
     # slow: LAB_SLOW, by which the guest stretched lab_wait's deadlines and each scenario's
     # limit (limit_s is the written one); calib: the measured ratio to the idle reference
-    summary = {"accel": accel, "kernel": a.kernel, "boot_s": con.boot_s,
+    summary = {"accel": accel, "kernel": a.kernel, "smp": int(smp(a, accel)), "boot_s": con.boot_s,
                "slow": con.slow, "calib": con.calib, "total_s": round(total, 2),
                "run_timed_out": timed_out, "completed": con.done, "env": env,
                "scenarios": rows}

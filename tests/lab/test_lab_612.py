@@ -1,7 +1,7 @@
 """Lab tier, the 6.12 VM: the core set on Debian's 6.12 kernel (EL10's kernel line), issue 16.
 
 The `lab612` fixture (tests/lab/conftest.py) is one runner call with `--kernel 6.12` (one virtual
-CPU under TCG, labrun.smp), started with the 6.1 VM and running beside it. Each scenario is
+CPU), in the tier's second lane beside the 6.1 VM of the first (conftest.py). Each scenario is
 held to the same checks as on 6.1 (labchecks.py). What differs between the kernels is in
 docs/design.md §2 and tests/lab/README.md.
 """

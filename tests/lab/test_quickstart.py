@@ -6,8 +6,8 @@ then seed000's story on that pair, 20 of 20 clients on their real server at ever
 `lvs-hooks status --check` OK on both directors, and CRITICAL on the one whose agent was killed.
 
 The scenario runs last in the tier's 6.12 VM (the session fixture `lab612`, tests/lab/conftest.py,
-which builds the .deb and passes it as LAB_DEB): the kernel EL10 directors run, and off the
-6.1 VM's longer path; these tests read its result.json.
+which builds the .deb and passes it as LAB_DEB): the kernel EL10 directors run; these tests read
+its result.json.
 """
 
 import json
