@@ -66,11 +66,11 @@ SCENARIOS_61_LANE2 = ["reload", "reseed_scale"]
 # yardstick, and the churn, whose pace one CPU cannot keep.
 SCENARIOS_61_ALONE = ["busy-keeper", "handover", "table-scale-1k", "table-scale", "churn"]
 # busy-keeper: the MASTER line right after a keeper read twice with the large table (each flap
-# waits for a read of its 100,000 lines; the scenario's default is 3). The churn for 3
-# minutes, a handover half-way: six persistence timeouts (30 s) and nine UDP timeouts (20 s) of
-# sources arriving, leaving and expiring; the scenario's default, 5 minutes, is the length
-# issue 13's acceptance was measured at (LAB_CHURN_S=300, by hand).
-ENV_61_ALONE = ["-e", "LAB_BUSY_FLAPS=2", "-e", "LAB_CHURN_S=180"]
+# waits for a read of its 100,000 lines; the scenario's default is 3). churn keeps its 300 s:
+# at 180 s one run in two found 20 client templates in the former master's table that its
+# kernel no longer had, 90 s after the handover (a defect of the table, open; at 300 s they
+# have expired on both sides before the check).
+ENV_61_ALONE = ["-e", "LAB_BUSY_FLAPS=2"]
 QUICKSTART = os.path.join(HERE, "scenarios", "quickstart.sh")
 
 EXIT7 = """#!/bin/bash
