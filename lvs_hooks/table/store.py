@@ -54,9 +54,12 @@ Simplifications, each on the side of the planners' safety:
   template whose last packet's connection still lives is re-armed here too (`expire`): a
   director that was master re-arms its own templates without a word, and goes on doing so while
   the next master's messages about that connection restart it there: a connection heard for a
-  template it keeps that for moves the connection's end later too (lab, churn under a CPU hog:
-  285 templates of the former master kept their old real server in its kernel and took the new
-  master's here). Left: a client that opens
+  template it keeps that for, while that connection still lives, moves the connection's end
+  later too (lab, churn under a CPU hog: 285 templates of the former master kept their old real
+  server in its kernel and took the new master's here); one heard after it ended is a new
+  connection in the kernel, attached to no template (lab, churn: the next master synced a UDP
+  connection every 50 packets, its old copy here had ended 20 s after the handover, and 5 to 20
+  templates were re-armed here 60 s longer than in the kernel). Left: a client that opens
   a second connection while its first still lives restarts the kernel's timer and not the
   table's (the table ends early, and takes the template again with its next packet: the
   planners err by a renewal or a re-injection that the kernel takes as a timeout update,
@@ -595,10 +598,12 @@ class TemplateTable:
                     touched.add(key)
                 if inbound:
                     a = inbound.get(key)
-                    if a is not None and ds > a:
+                    if a is not None and ds > a and a * 1000 > now_ms:
                         # The connection behind a template this director made as master, heard
-                        # from the next master: its kernel restarts that (linked) connection, so
-                        # it goes on re-arming the template (the module docstring).
+                        # from the next master while it still lives: its kernel restarts that
+                        # (linked) connection, so it goes on re-arming the template (the module
+                        # docstring). Once that connection has ended, a message makes a new
+                        # one, which no template controls (design.md 2.7): it re-arms nothing.
                         inbound[key] = seconds.get(ds) or self._second(ds)
                 old = clients.get(key)
                 if old is None or old * 1000 <= now_ms:

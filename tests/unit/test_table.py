@@ -184,6 +184,33 @@ def test_a_former_masters_template_lives_on_while_the_next_master_syncs_its_conn
     assert b._inbound == {} and b.expire(NOW + 30) == (1, 0)
 
 
+def test_a_connection_heard_after_the_former_masters_own_one_ended_re_arms_nothing():
+    # ip_vs_proc_conn makes a new connection when its own copy has ended, and attaches it to no
+    # template (design.md 2.7): the kernel lets the template go at its next end. Lab, churn: the
+    # next master synced each UDP connection every 50 packets, the former master's own copy had
+    # ended 20 s after the handover, and the table re-armed 5 to 20 templates 60 s longer.
+    t = TemplateTable()
+    t.use_timeouts(udp=20)
+    for at in (0, 15):  # the last packet while master: its connection lives to 35
+        ingest(t, [tpl_conn("10.0.0.20", timeout=30)], NOW + at, origin="LOCAL")
+    assert t.expire(NOW + 30) == (0, 0) and ends(t, NOW + 30) == [60]  # re-armed to 90
+    ingest(t, [conn("10.0.0.20", proto=17, state=0, timeout=20)], NOW + 75)  # heard: a new one
+    assert ends(t, NOW + 89) == [1]
+    assert t.expire(NOW + 90) == (1, 0) and t._inbound == {}
+    # heard each time while its own still lived (35, then 54, 70, 88): its own lives to 105,
+    # re-armed at 90 as before
+    u = TemplateTable()
+    u.use_timeouts(udp=20)
+    for at in (0, 15):
+        ingest(u, [tpl_conn("10.0.0.20", timeout=30)], NOW + at, origin="LOCAL")
+    for at in (34, 50, 68, 85):
+        ingest(u, [conn("10.0.0.20", proto=17, state=0, timeout=20)], NOW + at)
+    assert u.expire(NOW + 90) == (0, 0) and ends(u, NOW + 90) == [60]
+    # one more after it ended (at 120, it lived to 105) re-arms nothing: gone at 150
+    ingest(u, [conn("10.0.0.20", proto=17, state=0, timeout=20)], NOW + 120)
+    assert u.expire(NOW + 150).templates == 1 and ends(u, NOW + 150) == []
+
+
 def test_tcp_connections_live_idle_as_long_as_the_longest_of_their_states():
     t = TemplateTable()
     t.use_timeouts(tcp=60, tcpfin=30)  # TIME_WAIT and others: 120 s, fixed
