@@ -312,8 +312,8 @@ def test_table_scale_takeover_cost_is_flat_in_the_tables_size(request, lab):
 
 
 def test_churn_tables_in_memory_match_the_kernels(request, lab):
-    """Issue 13's accuracy: after 5 minutes of churn with a handover half-way, the table in
-    memory of the master and of the backup against their kernels' tables."""
+    """Issue 13's accuracy: after minutes of churn (3 in the tier) with a handover half-way, the
+    table in memory of the master and of the backup against their kernels' tables."""
     assert lab["by_name"]["churn"]["rc"] == 0, lab["output"][-3000:]
     r = result(lab, "churn")
     checks = {d: result(lab, "churn", f"table-check-{d}.json") for d in ("dir1", "dir2")}
