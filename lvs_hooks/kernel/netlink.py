@@ -16,13 +16,18 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Iterator, List, Optional, Tuple
 
-from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, genlmsg, nla
-from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.generic import GenericNetlinkSocket
-from pyroute2.netlink.generic import ipvs as p2ipvs
-
 from lvs_hooks.errors import KernelError, SyncDaemonError
 from lvs_hooks.kernel.model import FWD_NAMES, PROTO_NAMES, Destination, Service
+from lvs_hooks.kernel.pyroute2_netlink import (
+    NLM_F_ACK,
+    NLM_F_DUMP,
+    NLM_F_REQUEST,
+    GenericNetlinkSocket,
+    NetlinkError,
+    genlmsg,
+    nla,
+)
+from lvs_hooks.kernel.pyroute2_netlink import ipvs as p2ipvs
 
 log = logging.getLogger(__name__)
 
