@@ -2,7 +2,7 @@
 
 `import pyroute2.netlink` runs pyroute2's package `__init__` first, and that imports everything
 the library has: IPRoute, NDB and IPDB, conntrack, asyncio, 163 modules in all (pyroute2 0.9.7,
-the bundled one: packaging/vendor.lock). kernel/netlink.py needs 17 of them. Measured on the
+the release the packages bundle). kernel/netlink.py needs 17 of them. Measured on the
 development host: 307 ms for the whole package, 103 ms for the 17; under the lab's emulation,
 with the modules read over 9p, the difference is seconds at the start of every command.
 
