@@ -1,12 +1,14 @@
 """The lab tier's session fixtures: four VM runs (tests/lab/run) in two lanes, then one alone,
-which every lab test module reads.
+which every lab test module reads. They start when the collection ends, and the lab's tests run
+last: the other tiers run while the lanes do (`pytest_collection_modifyitems`).
 
 The host has 2 cores. Two lanes run side by side, each VM with one virtual CPU (`--smp 1`), so
 no VM shares its core with another (a 2-CPU 6.1 VM beside the 6.12 VM made 3 virtual CPUs on 2
 cores: its scenarios took 1.2 to 2.1 times their alone walls):
 
 - lane 1, a 6.1 VM (Debian 12's kernel): `SCENARIOS_61`, then two scenarios from outside the
-  repository (exit7, hang) that check the runner itself;
+  repository (exit7, hang) that check the runner itself; then a run of exit7 alone (a
+  one-scenario run's exit code is its scenario's);
 - lane 2, the 6.12 VM (EL10's kernel line): the core set (`SCENARIOS_612`), then the README's
   quick start with the .deb (`quickstart`); then a second 6.1 VM with `SCENARIOS_61_LANE2`.
 
@@ -90,14 +92,6 @@ def runner_env():
     # the host's switches would change what the scenarios measure: each scenario sets its own
     return {k: v for k, v in os.environ.items()
             if k not in ("LVS_HOOKS", "LVS_HOOKS_MODE", "LVS_HOOKS_AGENT")}
-
-
-def _run_lab(args, timeout):
-    """One runner call to its end: (CompletedProcess, wall seconds)."""
-    t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, RUN, "--quiet", *args], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, timeout=timeout, env=runner_env())
-    return proc, time.monotonic() - t0
 
 
 def build_deb(dest_dir):
@@ -210,6 +204,7 @@ class LabRuns:
 
     def __init__(self, tmp_path_factory, ext_dir):
         self.t0 = time.monotonic()
+        self.ext_dir = ext_dir
         self.stopping = threading.Event()
         out61 = tmp_path_factory.mktemp("lab-run")
         out612 = tmp_path_factory.mktemp("lab-run-612")
@@ -233,9 +228,12 @@ class LabRuns:
                                                             str(ext_dir / "hang.sh")], self.t0)
         self.vm612 = VMRun("6.12", out612, env612, SCENARIOS_612 + quick, self.t0)
         self.vm61b = VMRun("6.1 (lane 2)", out61b, [], SCENARIOS_61_LANE2, self.t0)
+        # the runner with one scenario: its exit code is the scenario's (lane 1 ends first)
+        self.single = VMRun("6.1 (one scenario)", tmp_path_factory.mktemp("lab-run-single"), [],
+                            [str(ext_dir / "exit7.sh")], self.t0)
         self.vm61s = VMRun("6.1 (alone)", out61s, ENV_61_ALONE, SCENARIOS_61_ALONE, self.t0,
                            smp=2)
-        self.all = (self.vm61, self.vm612, self.vm61b, self.vm61s)
+        self.all = (self.vm61, self.single, self.vm612, self.vm61b, self.vm61s)
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run_lane(self, vms):
@@ -244,7 +242,7 @@ class LabRuns:
 
     def _run(self):
         lanes = [threading.Thread(target=self._run_lane, args=(lane,), daemon=True)
-                 for lane in ([self.vm61], [self.vm612, self.vm61b])]
+                 for lane in ([self.vm61, self.single], [self.vm612, self.vm61b])]
         for t in lanes:
             t.start()
         for t in lanes:
@@ -270,19 +268,45 @@ def union(runs):
             "output": "\n".join(r["output"] for r in runs)}
 
 
-@pytest.fixture(scope="session")
-def ext_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("outside-repo")
+RUNS = pytest.StashKey()  # the LabRuns started at the end of the collection
+
+
+def _write_ext_dir(factory):
+    d = factory.mktemp("outside-repo")
     (d / "exit7.sh").write_text(EXIT7)
     (d / "hang.sh").write_text(HANG)
     return d
 
 
+@pytest.hookimpl(trylast=True)  # after -m and -k have deselected what they deselect
+def pytest_collection_modifyitems(session, config, items):
+    """The lab tier runs last and its VMs start now, so that the other tiers (about 3.5 min on
+    an idle host) run while the lanes do instead of after the whole tier. Where the lab cannot
+    run (no root, no QEMU), nothing starts: its tests fail or skip in tests/conftest.py."""
+    lab = [i for i in items if i.get_closest_marker("lab")]
+    if not lab or config.option.collectonly:
+        return
+    items[:] = [i for i in items if not i.get_closest_marker("lab")] + lab
+    if os.geteuid() == 0 and shutil.which("qemu-system-x86_64"):
+        factory = config._tmp_path_factory  # what the tmp_path_factory fixture returns
+        runs = LabRuns(factory, _write_ext_dir(factory))
+        config.stash[RUNS] = runs
+        config.add_cleanup(runs.stop)
+
+
 @pytest.fixture(scope="session")
-def lab_runs(request, tmp_path_factory, ext_dir):
-    runs = LabRuns(tmp_path_factory, ext_dir)
-    request.addfinalizer(runs.stop)
+def lab_runs(request, tmp_path_factory):
+    runs = request.config.stash.get(RUNS, None)
+    if runs is None:  # not started at the collection's end (a lab test asked for by itself)
+        runs = request.config.stash[RUNS] = LabRuns(tmp_path_factory,
+                                                    _write_ext_dir(tmp_path_factory))
+        request.addfinalizer(runs.stop)
     return runs
+
+
+@pytest.fixture(scope="session")
+def ext_dir(lab_runs):
+    return lab_runs.ext_dir
 
 
 @pytest.fixture(scope="session")
@@ -298,9 +322,3 @@ def lab612(request, lab_runs):
     r = lab_runs.vm612.load(request)
     r["deb"], r["deb_s"], r["deb_error"] = lab_runs.deb, lab_runs.deb_s, lab_runs.deb_error
     return r
-
-
-@pytest.fixture(scope="session")
-def run_lab():
-    """One more runner call, to its end: run_lab(args, timeout) -> (CompletedProcess, wall)."""
-    return _run_lab

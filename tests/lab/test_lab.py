@@ -69,18 +69,20 @@ def test_run_reports_every_scenario(lab):
         assert s["kernel"] == "6.1" and s["slow"] >= 1.0 and s["calib"] is not None, s
 
 
-def test_no_vm_shares_a_core_with_another(lab, lab612):
+def test_no_vm_shares_a_core_with_another(request, lab, lab612, lab_runs):
     """The lanes (conftest.py): one virtual CPU per VM in each lane, lane 2's 6.1 VM started
     once the 6.12 VM had ended, and the 2-CPU VM of the large tables (table-scale-1k and
     table-scale among them) once both lanes had: the host's 2 cores never carried more than 2 virtual CPUs, and the latencies
     compared (1,000 against 200,000 templates) were measured in one VM with the host to itself."""
     lane1, lane2, alone = lab["runs"]
-    for run in (lane1, lane2, lab612):
+    single = lab_runs.single.load(request)
+    for run in (lane1, single, lane2, lab612):
         assert run["summary"]["smp"] == 1, run["summary"]
     assert alone["summary"]["smp"] == 2, alone["summary"]
+    assert single["t0"] >= lane1["t_end"], (single["t0"], lane1["t_end"])
     assert lane2["t0"] >= lab612["t_end"], (lane2["t0"], lab612["t_end"])
-    assert alone["t0"] >= max(lane1["t_end"], lane2["t_end"]), (alone["t0"], lane1["t_end"],
-                                                                lane2["t_end"])
+    ends = (single["t_end"], lane2["t_end"])
+    assert alone["t0"] >= max(ends), (alone["t0"], ends)
     assert {"table-scale-1k", "table-scale"} <= set(alone["names"])
 
 
@@ -113,10 +115,11 @@ def test_scenario_time_limit_and_cleanup(lab):
     assert x["limit_s"] == 3 and x["wall_s"] < 15
 
 
-def test_single_scenario_exit_code_is_runner_exit_code(request, run_lab, ext_dir, tmp_path):
-    proc, wall = run_lab(["--out", str(tmp_path / "run"), str(ext_dir / "exit7.sh")], 300)
-    show(request, f"\n[lab tier] single-scenario run: rc={proc.returncode} in {wall:.1f}s")
-    assert proc.returncode == 7, proc.stdout[-3000:]
+def test_single_scenario_exit_code_is_runner_exit_code(request, lab_runs):
+    """A run of one scenario (lane 1's last, conftest.py) ends with that scenario's code."""
+    r = lab_runs.single.load(request)
+    assert r["names"] == ["exit7"] and r["by_name"]["exit7"]["rc"] == 7
+    assert r["rc"] == 7, r["output"][-3000:]
 
 
 def test_kernel_master_datagrams_decode(lab):
