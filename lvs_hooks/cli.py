@@ -3,12 +3,13 @@
 Every option shared by several commands is defined once here. Commands that report take --json.
 """
 
+import importlib
 import json
 import logging
 import os
 import sys
 from collections import abc
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, List, Optional
 
 import click
 
@@ -112,8 +113,35 @@ class OperatorError(click.ClickException):
         self.exit_code = error.exit_code
 
 
+# The module of lvs_hooks/commands that registers each subcommand. A command line imports the
+# one module it runs, not all six: keepalived starts a hook for every event, and the heaviest
+# of them (the director's inject path, the agent, the table) cost about 0.1 s on a director and
+# seconds in the lab's emulated guest. `--help` imports them all.
+# tests/unit/test_cli_commands.py holds this table to what the modules register.
+COMMAND_MODULES = {
+    "agent": "agent", "push": "agent", "handover": "agent",
+    "explain": "diagnose", "doctor": "diagnose", "init": "diagnose",
+    "notify": "notify", "master": "notify", "backup": "notify", "fault": "notify",
+    "stop": "notify", "fifo": "notify", "history": "notify",
+    "ready": "ready",
+    "rules": "rules",
+    "snapshot": "templates", "reseed": "templates", "status": "templates",
+    "table-check": "templates",
+}
+
+
 class _Group(click.Group):
-    """Turns operator-actionable errors into one line (traceback only with --debug)."""
+    """Loads a subcommand's module when it is asked for (COMMAND_MODULES); turns
+    operator-actionable errors into one line (traceback only with --debug)."""
+
+    def list_commands(self, ctx: click.Context) -> List[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> Optional[click.Command]:
+        module = COMMAND_MODULES.get(cmd_name)
+        if module is not None and cmd_name not in self.commands:
+            importlib.import_module(f"lvs_hooks.commands.{module}")  # registers it on `cli`
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context):
         try:
@@ -155,9 +183,6 @@ def command(*args, **kwargs):
 def main(argv: Optional[list] = None) -> None:
     cli.main(args=argv, prog_name="lvs-hooks")
 
-
-# The command modules register themselves on `cli` when imported.
-from lvs_hooks import commands  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])

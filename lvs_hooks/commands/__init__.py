@@ -1,10 +1,2 @@
-"""Subcommands; each module registers its commands on the main group when imported."""
-
-from lvs_hooks.commands import (  # noqa: F401
-    agent,
-    diagnose,
-    notify,
-    ready,
-    rules,
-    templates,
-)
+"""Subcommands: each module registers its commands on the main group when imported, and the main
+group imports a module when one of its commands is asked for (lvs_hooks.cli.COMMAND_MODULES)."""
