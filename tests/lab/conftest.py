@@ -1,4 +1,4 @@
-"""The lab tier's session fixtures: four VM runs (tests/lab/run) in two lanes, then one alone,
+"""The lab tier's session fixtures: five VM runs (tests/lab/run) in two lanes, then one alone,
 which every lab test module reads. They start when the collection ends, and the lab's tests run
 last: the other tiers run while the lanes do (`pytest_collection_modifyitems`).
 
