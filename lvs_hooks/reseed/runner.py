@@ -238,6 +238,7 @@ def _expire_first(
     proc_root: str,
     clock: Callable[[], float],
     blind: bool = False,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Expire templates that must be replaced (timeout 1 s), and wait until they are gone.
 
@@ -247,15 +248,21 @@ def _expire_first(
     are in no real server's count, so nothing shows them go; the wait is then the kernel's own
     timer, 1 s from the drain and its firing slack, and the replacements' verification says
     whether it was enough.
+
+    The wait counts from when the daemon has taken the messages, not from the send: the 1 s
+    starts there. Counted from the send, a slow drain (a loaded director) left one read before
+    the timers fired; the replacements then reached the old templates, which the kernel only
+    re-armed with the old real server. In the lab under a CPU hog, 2 of 5 re-pointed templates
+    stayed stale that way through every resend round.
     """
     send([dataclasses.replace(p, timeout=1) for p in replace])
     keys = {template_id(p) for p in replace}
-    deadline = clock() + EXPIRE_WAIT
     taken(EXPIRE_WAIT)
+    deadline = clock() + EXPIRE_WAIT
     if blind:
         gone_at = clock() + 1.0 + TIMER_SLACK
         while clock() < gone_at:
-            time.sleep(max(0.0, gone_at - clock()))
+            sleep(max(0.0, gone_at - clock()))
         return len(replace)
     delay = 0.2
     while True:
@@ -265,7 +272,7 @@ def _expire_first(
             if left:
                 log.warning("%d templates to replace did not expire in time", left)
             return len(replace) - left
-        time.sleep(delay)
+        sleep(delay)
 
 
 def _wait_for_arrival(

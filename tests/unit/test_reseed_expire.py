@@ -1,0 +1,68 @@
+"""_expire_first's wait for the templates it gave 1 s: it counts from the daemon's drain."""
+
+from lvs_hooks.kernel.conntable import CONN_HEADER
+from lvs_hooks.reseed import runner
+from lvs_hooks.reseed.planner import PlannedTemplate
+
+# the old template (10.0.0.10 -> 10.0.0.100:5000 on 10.1.0.11), in the kernel's format
+TPL = b"%-3s %s %04X %s %04X %s %04X %-11s %7u\n" % (
+    b"UDP", b"0A00000A", 0, b"0A000064", 5000, b"0A01000B", 5000, b"ASSURED", 1)
+
+
+class SlowKernel:
+    """A fake clock and a fake ip_vs_conn: the template goes 1 s after the daemon took the
+    expiry message, and the daemon takes `drain_s` to take it."""
+
+    def __init__(self, proc_root, drain_s):
+        self.now = 0.0
+        self.drain_s = drain_s
+        self.gone_at = None
+        self.path = proc_root / "net" / "ip_vs_conn"
+        self.path.parent.mkdir(parents=True)
+        self._write(True)
+
+    def _write(self, present):
+        self.path.write_bytes(CONN_HEADER + b"\n" + (TPL if present else b""))
+
+    def clock(self):
+        return self.now
+
+    def taken(self, timeout):
+        self.now += min(self.drain_s, timeout)
+        self.gone_at = self.now + 1.0 + runner.TIMER_SLACK
+        return self.drain_s <= timeout
+
+    def sleep(self, s):
+        self.now += s
+        if self.gone_at is not None and self.now >= self.gone_at:
+            self._write(False)
+
+
+def planned():
+    return [PlannedTemplate("UDP", "10.0.0.10", "10.0.0.100", 5000, "10.1.0.12", 5000, 0, "masq", 300,
+                            replace=True)]
+
+
+def expire(tmp_path, drain_s):
+    k = SlowKernel(tmp_path, drain_s)
+    sent = []
+    done = runner._expire_first(planned(), sent.append, k.taken, str(tmp_path), k.clock, sleep=k.sleep)
+    return done, sent, k
+
+
+def test_a_drain_as_long_as_the_wait_still_sees_the_templates_go(tmp_path):
+    # The daemon took the expiry message only after 2.4 s of the 2.5 s: counted from the
+    # send, the wait ended before the timer could fire, and the replacement then reached the
+    # old template (re-armed with the old real server).
+    done, sent, k = expire(tmp_path, drain_s=2.4)
+    assert done == 1
+    assert k.now >= k.gone_at
+    assert [p.timeout for p in sent[0]] == [1]
+
+
+def test_a_template_that_never_goes_is_given_up_after_the_wait(tmp_path):
+    k = SlowKernel(tmp_path, drain_s=0.1)
+    k.sleep = lambda s: setattr(k, "now", k.now + s)  # a template re-armed by a connection
+    done = runner._expire_first(planned(), lambda batch: None, k.taken, str(tmp_path), k.clock, sleep=k.sleep)
+    assert done == 0
+    assert runner.EXPIRE_WAIT < k.now <= 0.1 + runner.EXPIRE_WAIT + 0.2
