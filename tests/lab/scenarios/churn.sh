@@ -73,17 +73,18 @@ while [ "$(elapsed)" -lt "$CHURN_S" ]; do
     elif [ "$((at - due))" -gt "$ROUND_MS" ]; then
         late=$((late + 1))
     fi
-    # ranges 10.3.0.0 to 10.3.3.0 come round again every 4 rounds: a returning source's
-    # connection still lives, its master's kernel does not restart its template, and the table
-    # in memory must not either
+    # ranges 10.3.0.0 to 10.3.3.0 (10.3.(r + 4 x generation).0 once renewed) come round again
+    # every 4 rounds: a returning source's connection still lives, its master's kernel does not
+    # restart its template, and the table in memory must not either
     r=$((round % 4))
     if [ -n "${last_at[$r]:-}" ]; then
-        if [ "$((at - last_at[$r]))" -gt "$RETURN_MAX_MS" ]; then
+        away=$((at - last_at[$r]))
+        if [ "$away" -gt "$RETURN_MAX_MS" ]; then
             gen[$r]=$(( ${gen[$r]:-0} + 1 )) renewed=$((renewed + 1))
-            lab_log "range $r came back after $((at - last_at[$r])) ms: renewed (generation ${gen[$r]})"
+            lab_log "range $r came back after $away ms: renewed (generation ${gen[$r]})"
         else
             returns=$((returns + 1))
-            [ "$((at - last_at[$r]))" -gt "$max_return_ms" ] && max_return_ms=$((at - last_at[$r]))
+            [ "$away" -gt "$max_return_ms" ] && max_return_ms=$away
         fi
     fi
     last_at[$r]=$at
