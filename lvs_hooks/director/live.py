@@ -230,9 +230,14 @@ class LiveTable:
         return n <= self.cfg.table.read_budget, n
 
 
+def _timeouts_text(t: Timeouts) -> str:
+    return f"{t.tcp} {t.tcpfin} {t.udp}"
+
+
 class TableUpkeep:
-    """The table's upkeep, on a thread of its own at the lowest CPU priority: it lets ended
-    entries go every second, learns the services' netmasks, and reconciles the table with
+    """The table's upkeep, on a thread of its own at the lowest CPU priority: every second it
+    lets ended entries go and takes the director's connection timeouts, every 10 s the services'
+    netmasks, and it reconciles the table with
     the kernel's at start and every table.reconcile_interval, but only while the kernel's
     per-real-server counters (one netlink message) say a whole read is within
     table.read_budget.
@@ -268,6 +273,7 @@ class TableUpkeep:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self.longest = self.REARM
+        self.known_timeouts: Optional[Timeouts] = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="table", daemon=True)
@@ -311,9 +317,21 @@ class TableUpkeep:
         if now >= self.next_services:
             services = self.services()
             self.longest = max([self.REARM] + [s.timeout for s in services if s.persistent])
-            if self.timeouts is not None:
-                timeouts = self.timeouts()
             self.next_services = now + 10.0
+        if self.timeouts is not None:
+            # every second (one small netlink message): a master's own templates are timed by
+            # how long their connections live idle, and each one captured under a stale
+            # timeout keeps that estimate until its client's next packet (lab, churn: UDP set
+            # to 20 s while the table still counted 300 s; 150 templates the kernel let go
+            # 30 s later were re-armed here for 300 s)
+            timeouts = self.timeouts()
+            if timeouts != self.known_timeouts:
+                if self.known_timeouts is not None:
+                    log.info("table in memory: the director's connection timeouts changed from "
+                             "%s to %s (tcp tcpfin udp, s); connections heard from now on are "
+                             "timed by them", _timeouts_text(self.known_timeouts),
+                             _timeouts_text(timeouts))
+                self.known_timeouts = timeouts
         self.live.tick(services, timeouts)
         lost = self.live.lost_at
         if lost is not None and lost != self.seen_loss:

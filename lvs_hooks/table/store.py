@@ -47,7 +47,9 @@ Simplifications, each on the side of the planners' safety:
   backup's kernel restarts its copy with every message, and so does the table for what it hears
   (exact on a backup). For what it captures from its own kernel (origin LOCAL) it keeps, per
   template, until when the connection behind its last packet lives at least (the packet's time
-  plus the longest a connection of that protocol lives idle: `use_timeouts`); a message while
+  plus the longest a connection of that protocol lives idle: `use_timeouts`, which the agent
+  calls every second, so a packet heard within a second of an `ipvsadm --set` is timed by the
+  old timeouts until its client's next one); a message while
   that connection may still live leaves the deadline alone (a packet of a connection the kernel
   already had), one after it restarts the deadline (a new connection), and one with timeout 60
   within the sync thread's flush delay of the deadline is the re-arm. At its deadline such a

@@ -129,6 +129,34 @@ def test_expiry_and_injections(tmp_path):
     assert len(live) == 0
 
 
+def test_upkeep_takes_a_change_of_the_connection_timeouts_within_a_second(tmp_path, caplog):
+    """A master times its own templates by how long their connections live idle: a template
+    captured under a stale UDP timeout (300 s where the director now says 20) would be re-armed
+    here for minutes after its kernel let it go. The seam: the netlink timeouts."""
+    import logging
+
+    from lvs_hooks.kernel.netlink import Timeouts
+
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path), clock=clock, counts=lambda: 1000)
+    live.ready = True
+    now = [Timeouts(900, 120, 300)]
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict,
+                         timeouts=lambda: now[0])
+    upkeep.once()
+    now[0] = Timeouts(900, 120, 20)  # ipvsadm --set 0 0 20
+    clock.t += 1
+    with caplog.at_level(logging.INFO, logger="lvs_hooks.director.live"):
+        upkeep.once()
+    # the director's own kernel schedules a client and sends its template (30 s) as master
+    for d in datagrams("10.0.0.7", timeout=30):
+        live.ingest(d, "LOCAL")
+    clock.t += 31  # the template's timer fired; its connection ended 11 s before
+    upkeep.once()
+    assert [t.caddr for t in live.view().templates] == []
+    assert "connection timeouts changed from 900 120 300 to 900 120 20" in caplog.text
+
+
 class _Capture:
     def __init__(self, items):
         self.items = list(items)
