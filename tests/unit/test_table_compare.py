@@ -32,6 +32,17 @@ def test_each_kind_of_difference_is_counted_and_shown():
     assert compare(mine, mine).mismatches == 0
 
 
+def test_a_template_ending_now_on_one_side_only_is_no_difference():
+    """Both sides say it ends within the tolerance; one has already let it go."""
+    mine = templates(line("10.0.0.1", expires=2), line("10.0.0.3", expires=3))
+    kernel = templates(line("10.0.0.2", expires=0), line("10.0.0.4", expires=3))
+    c = compare(mine, kernel, tolerance=2.1)
+    assert (c.ending, c.only_table, c.only_kernel, c.mismatches) == (2, 1, 1, 2)
+    assert "10.0.0.1" in c.examples["ending"][0] and "10.0.0.2" in c.examples["ending"][1]
+    assert "10.0.0.3" in c.examples["only_table"][0] and "10.0.0.4" in c.examples["only_kernel"][0]
+    assert render(c).splitlines()[0].endswith("2 on one side only, ending within it")
+
+
 def test_the_agents_table_against_the_kernels_file(tmp_path):
     proc_table(tmp_path, line("10.0.0.1", expires=300), line("10.0.0.9"))
     clock = Clock()
