@@ -19,7 +19,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+import filelock
+
 from lvs_hooks.config import Config
+from lvs_hooks.director.lock import lock_path, transition_lock
+from lvs_hooks.errors import LockTimeout
 from lvs_hooks.kernel.conntable import ClientKey, ConnTable, read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.kernel.netlink import IPVS, Timeouts
@@ -158,18 +162,35 @@ class LiveTable:
         )
         return report
 
-    def check(self, tolerance: float = 2.0) -> dict:
+    def check(self, tolerance: float = 2.0, lock_timeout: Optional[float] = None) -> dict:
         """The table against a whole read of the kernel's table, asked for by hand (`lvs-hooks
         table-check`): every template that differs (table.compare). The read's own duration is
-        added to the tolerance: the kernel's lines are taken one page at a time."""
-        t0 = time.monotonic()
-        read = read_conn_table(self.cfg.paths.proc_root, templates_only=True,
-                               reason="table check, asked for by hand")
-        read_s = time.monotonic() - t0
-        with self.lock:
-            now = self.clock()
-            self.table.expire(now)  # a re-arm due shows now, not at the next tick
-            mine = list(self.table.templates(now))
+        added to the tolerance: the kernel's lines are taken one page at a time.
+
+        Under the transition lock (`lock_timeout`, default transitions.lock_timeout; LockTimeout
+        past it): the inject path tells the table what it sent once the kernel has taken it, so
+        a read in the middle of an injection is older than the table (lab, churn: the keeper's
+        104 renewals during a check showed as 29 templates ending 22 s apart)."""
+        timeout = self.cfg.transitions.lock_timeout if lock_timeout is None else lock_timeout
+        lock = transition_lock(self.cfg.paths.run_dir)
+        try:
+            lock.acquire(timeout=timeout)
+        except filelock.Timeout:
+            raise LockTimeout(
+                f"table check: {lock_path(self.cfg.paths.run_dir)} held for more than "
+                f"{timeout:g} s; try again"
+            ) from None
+        try:
+            t0 = time.monotonic()
+            read = read_conn_table(self.cfg.paths.proc_root, templates_only=True,
+                                   reason="table check, asked for by hand")
+            read_s = time.monotonic() - t0
+            with self.lock:
+                now = self.clock()
+                self.table.expire(now)  # a re-arm due shows now, not at the next tick
+                mine = list(self.table.templates(now))
+        finally:
+            lock.release()
         result = compare(mine, read.entries, tolerance + read_s).to_dict()
         result.update(ready=self.ready, read_ms=round(read_s * 1000, 1),
                       losses=self.losses)

@@ -45,6 +45,7 @@ def test_a_template_ending_now_on_one_side_only_is_no_difference():
 
 def test_the_agents_table_against_the_kernels_file(tmp_path):
     proc_table(tmp_path, line("10.0.0.1", expires=300), line("10.0.0.9"))
+    (tmp_path / "run").mkdir()
     clock = Clock()
     live = LiveTable(cfg_for(tmp_path), clock=clock, counts=lambda: 2)
     for d in datagrams("10.0.0.1", "10.0.0.2", timeout=300):
@@ -52,3 +53,39 @@ def test_the_agents_table_against_the_kernels_file(tmp_path):
     r = live.check()
     assert (r["same"], r["only_table"], r["only_kernel"], r["mismatches"]) == (1, 1, 1, 2)
     assert r["ready"] is False and r["read_ms"] >= 0
+
+
+def test_the_check_waits_for_an_injection_under_way(tmp_path):
+    """The inject path notes what it sent once the kernel took it: a read of the kernel's table
+    in the middle of it would be older than the table. The check takes the transition lock."""
+    import threading
+
+    import pytest
+
+    from lvs_hooks.director.lock import transition_lock
+    from lvs_hooks.errors import LockTimeout
+
+    proc_table(tmp_path, line("10.0.0.1", expires=300))
+    (tmp_path / "run").mkdir()
+    live = LiveTable(cfg_for(tmp_path), clock=Clock(), counts=lambda: 1)
+    for d in datagrams("10.0.0.1", timeout=300):
+        live.ingest(d, "SYNC")
+    held, done = threading.Event(), threading.Event()
+
+    def inject_under_way():
+        lock = transition_lock(str(tmp_path / "run"))
+        lock.acquire(timeout=5)
+        held.set()
+        done.wait(timeout=30)
+        lock.release()
+
+    t = threading.Thread(target=inject_under_way)
+    t.start()
+    try:
+        assert held.wait(timeout=30)
+        with pytest.raises(LockTimeout, match="transition.lock held for more than 0.1 s"):
+            live.check(lock_timeout=0.1)
+    finally:
+        done.set()
+        t.join(timeout=30)
+    assert live.check(lock_timeout=5)["mismatches"] == 0
