@@ -1,35 +1,40 @@
-"""_expire_first's wait for the templates it gave 1 s: it counts from the daemon's drain."""
+"""_expire_first's wait for the templates it gave 1 s: it counts from the daemon's drain, and
+goes on past EXPIRE_WAIT only while what is left shows the 1 s taken (a late timer)."""
 
 from lvs_hooks.kernel.conntable import CONN_HEADER
 from lvs_hooks.reseed import runner
 from lvs_hooks.reseed.planner import PlannedTemplate
 
-# the old template (10.0.0.10 -> 10.0.0.100:5000 on 10.1.0.11), in the kernel's format
-TPL = b"%-3s %s %04X %s %04X %s %04X %-11s %7u\n" % (
-    b"UDP", b"0A00000A", 0, b"0A000064", 5000, b"0A01000B", 5000, b"ASSURED", 1)
+
+def tpl(expires):
+    """The old template (10.0.0.10 -> 10.0.0.100:5000 on 10.1.0.11), in the kernel's format."""
+    return b"%-3s %s %04X %s %04X %s %04X %-11s %7u\n" % (
+        b"UDP", b"0A00000A", 0, b"0A000064", 5000, b"0A01000B", 5000, b"ASSURED", expires)
 
 
 class SlowKernel:
     """A fake clock and a fake ip_vs_conn: the template goes 1 s after the daemon took the
     expiry message, and the daemon takes `drain_s` to take it."""
 
-    def __init__(self, proc_root, drain_s):
+    def __init__(self, proc_root, drain_s, expires=1, late_s=0.0):
         self.now = 0.0
         self.drain_s = drain_s
+        self.expires = expires  # what /proc shows left while the template is there
+        self.late_s = late_s  # how late its timer fires
         self.gone_at = None
         self.path = proc_root / "net" / "ip_vs_conn"
         self.path.parent.mkdir(parents=True)
         self._write(True)
 
     def _write(self, present):
-        self.path.write_bytes(CONN_HEADER + b"\n" + (TPL if present else b""))
+        self.path.write_bytes(CONN_HEADER + b"\n" + (tpl(self.expires) if present else b""))
 
     def clock(self):
         return self.now
 
     def taken(self, timeout):
         self.now += min(self.drain_s, timeout)
-        self.gone_at = self.now + 1.0 + runner.TIMER_SLACK
+        self.gone_at = self.now + 1.0 + runner.TIMER_SLACK + self.late_s
         return self.drain_s <= timeout
 
     def sleep(self, s):
@@ -60,9 +65,31 @@ def test_a_drain_as_long_as_the_wait_still_sees_the_templates_go(tmp_path):
     assert [p.timeout for p in sent[0]] == [1]
 
 
-def test_a_template_that_never_goes_is_given_up_after_the_wait(tmp_path):
-    k = SlowKernel(tmp_path, drain_s=0.1)
-    k.sleep = lambda s: setattr(k, "now", k.now + s)  # a template re-armed by a connection
-    done = runner._expire_first(planned(), lambda batch: None, k.taken, str(tmp_path), k.clock, sleep=k.sleep)
+def never_goes(tmp_path, expires):
+    k = SlowKernel(tmp_path, drain_s=0.1, expires=expires)
+    k.sleep = lambda s: setattr(k, "now", k.now + s)
+    done = runner._expire_first(planned(), lambda batch: None, k.taken, str(tmp_path), k.clock,
+                                sleep=k.sleep)
+    return done, k
+
+
+def test_a_template_that_did_not_take_the_expiry_is_given_up_after_the_wait(tmp_path, caplog):
+    done, k = never_goes(tmp_path, expires=60)  # re-armed for a connection: 60 s left
     assert done == 0
     assert runner.EXPIRE_WAIT < k.now <= 0.1 + runner.EXPIRE_WAIT + 0.2
+    assert "1 templates to replace did not expire" in caplog.text and "left: 60" in caplog.text
+
+
+def test_a_late_timer_is_waited_for(tmp_path):
+    # the 1 s was taken (0 s left in /proc), and the loaded kernel fires the timer 4 s late
+    k = SlowKernel(tmp_path, drain_s=0.1, expires=0, late_s=4.0)
+    done = runner._expire_first(planned(), lambda batch: None, k.taken, str(tmp_path), k.clock,
+                                sleep=k.sleep)
+    assert done == 1
+    assert k.now > runner.EXPIRE_WAIT + 0.1
+
+
+def test_a_timer_that_never_fires_is_given_up_after_the_late_wait(tmp_path):
+    done, k = never_goes(tmp_path, expires=0)
+    assert done == 0
+    assert runner.EXPIRE_WAIT_LATE < k.now <= 0.1 + runner.EXPIRE_WAIT_LATE + 0.2
