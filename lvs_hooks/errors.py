@@ -37,6 +37,11 @@ class KernelError(LvsHooksError):
     exit_code = 4
 
 
+class ReadAbandoned(KernelError):
+    """A read of the connection table stopped past the lines its caller could afford: the table
+    grew during the read (the kernel serves it in quadratic time, design.md 2.4)."""
+
+
 class SyncDaemonError(KernelError):
     """A sync daemon could not be found, started or stopped as needed."""
 

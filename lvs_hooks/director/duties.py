@@ -190,7 +190,7 @@ class Duties:
             wanted = self.director.snapshot_wanted
             self.director.snapshot_wanted = False
             reason = "snapshot of the transition to backup" if wanted else "periodic snapshot"
-            take_snapshot(cfg, reason=reason, live=self.director.live)
+            take_snapshot(cfg, reason=reason, live=self.director.live, within_budget_only=True)
         elif name == "keeper":
             keep_once(self.director, proceed)
         else:

@@ -33,7 +33,7 @@ from operator import itemgetter
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from lvs_hooks import safeio
-from lvs_hooks.errors import KernelError
+from lvs_hooks.errors import KernelError, ReadAbandoned
 from lvs_hooks.kernel.model import ConnEntry, ipv6_text
 
 log = logging.getLogger(__name__)
@@ -183,9 +183,10 @@ def read_conn_table(
 SLOW_READ_MS = 100.0
 
 
-def read_proc_file(path: str, reason: str = "") -> bytes:
+def read_proc_file(path: str, reason: str = "", max_lines: Optional[int] = None) -> bytes:
     """The whole file, read with few large read() calls (see READ_CHUNK); the read is logged
-    with `reason`, its size and its time."""
+    with `reason`, its size and its time. `max_lines`: ReadAbandoned past that many lines (a
+    caller that judged the read cheap by the kernel's counters, while the table grows)."""
     t0 = time.monotonic()
     try:
         # A FIFO or /dev/zero put where the table belongs must not hang or fill memory:
@@ -198,12 +199,23 @@ def read_proc_file(path: str, reason: str = "") -> bytes:
     buf = bytearray(READ_CHUNK)
     view = memoryview(buf)
     data = bytearray()
+    lines = 0
     try:
         while True:
             n = os.readv(fd, [buf])
             if not n:
                 break
             data += view[:n]
+            if max_lines is not None:
+                lines += buf.count(b"\n", 0, n)
+                if lines > max_lines:
+                    ms = (time.monotonic() - t0) * 1000
+                    log.info("read of %s for %s abandoned after %d lines (more than %d), %d "
+                             "bytes in %.0f ms", path, reason or "an unnamed caller", lines,
+                             max_lines, len(data), ms)
+                    raise ReadAbandoned(
+                        f"{path}: more than {max_lines} lines, read abandoned after {ms:.0f} ms"
+                    )
     except OSError as e:
         raise KernelError(f"cannot read {path}: {e.strerror}") from None
     finally:

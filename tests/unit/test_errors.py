@@ -17,6 +17,7 @@ EXIT_CODES = {
     errors.SnapshotError: 3,
     errors.KernelError: 4,
     errors.SyncDaemonError: 4,
+    errors.ReadAbandoned: 4,
     errors.ReseedIncomplete: 5,
     errors.UsageError: 2,
     errors.TransitionIncomplete: 6,

@@ -357,3 +357,51 @@ def test_a_snapshot_asked_during_a_dump_of_the_table_gets_that_dump(tmp_path, mo
     # the next one dumps again
     again = snapshot_module.take_snapshot(cfg, "snapshot command", live)
     assert dumps == [1, 1] and "joined" not in again
+
+
+def test_the_periodic_snapshot_reads_nothing_over_the_budget_before_the_table_is_ready(
+        tmp_path, monkeypatch, caplog):
+    """A backup whose table fills from the stream: the kernel over table.read_budget, the table
+    in memory not the table yet. The periodic snapshot is skipped (the last one stands); by
+    hand, or at a transition, it is still taken from the kernel's table."""
+    import logging
+
+    from lvs_hooks.director import snapshot as snapshot_module
+
+    proc_table(tmp_path, line_of("10.0.0.1"))
+    cfg = cfg_for(tmp_path, budget=10)
+    live = LiveTable(cfg, clock=Clock(), counts=lambda: 1000)
+    monkeypatch.setattr(snapshot_module, "IPVS", OneServiceIPVS)
+    with caplog.at_level(logging.INFO):
+        r = snapshot_module.take_snapshot(cfg, "periodic snapshot", live, within_budget_only=True)
+    assert "over table.read_budget 10" in r["skipped"]
+    assert "whole read" not in caplog.text and "the last snapshot stands" in caplog.text
+    assert not os.path.exists(tmp_path / "state")
+    by_hand = snapshot_module.take_snapshot(cfg, "snapshot command", live)
+    assert by_hand["templates"] == 1
+
+
+def test_a_periodic_snapshot_stops_reading_a_table_that_grew_past_twice_the_budget(
+        tmp_path, monkeypatch, caplog):
+    """Within the budget by the counters when it starts, then the table grows during the read
+    (here: it is already larger than the counters said)."""
+    import logging
+
+    from lvs_hooks.director import snapshot as snapshot_module
+
+    proc_table(tmp_path, *[line_of(f"10.0.{i // 250}.{i % 250 + 1}") for i in range(21)])
+    cfg = cfg_for(tmp_path, budget=10)
+    live = LiveTable(cfg, clock=Clock(), counts=lambda: 5)
+    monkeypatch.setattr(snapshot_module, "IPVS", OneServiceIPVS)
+    with caplog.at_level(logging.INFO):
+        r = snapshot_module.take_snapshot(cfg, "periodic snapshot", live, within_budget_only=True)
+    assert "more than 21 lines" in r["skipped"]
+    assert "abandoned after 22 lines (more than 21)" in caplog.text
+    # 20 lines and the header are within twice the budget: read
+    proc_table(tmp_path, *[line_of(f"10.0.0.{i + 1}") for i in range(20)])
+    r = snapshot_module.take_snapshot(cfg, "periodic snapshot", live, within_budget_only=True)
+    assert r["templates"] == 20
+
+
+def line_of(client):
+    return kline("UDP", client, 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 200)
