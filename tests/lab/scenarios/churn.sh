@@ -22,9 +22,8 @@ BATCH=${LAB_CHURN_BATCH:-150}
 # (20 s). A source that comes back near the timeout is one no reader of the sync stream can
 # judge (its kernel's datagrams leave up to 3 s after the packets, design.md 3.8): a new
 # connection restarts the template, a live one does not. Paced by rounds alone, the returns
-# came every 10 s on an idle machine and every 20 to 22 s under a CPU hog. In the full suite
-# under a CPU hog a round takes about 2.1 s (its sender starting under emulation): four ranges
-# keep a return near 8 s even then.
+# came every 10 s on an idle machine and every 20 to 22 s under a CPU hog; rounds by the clock,
+# in one sender process (churn_sender.py), keep a return near 6 s.
 ROUND_MS=${LAB_CHURN_ROUND_MS:-1500}
 UDP_TIMEOUT=20
 hooks() { local d=$1; shift; nsx "$d" lvs-hooks --config "$LAB_TMP/$d/lvs-hooks.yaml" "$@"; }
@@ -54,58 +53,34 @@ if [ "${LAB_CHURN_TRACE:-0}" = 1 ]; then
 fi
 
 lab_step "$CHURN_S s of churn: $BATCH new sources every $ROUND_MS ms, a handover half-way"
-t0=$EPOCHREALTIME
-round=0 handed=0 sent=0 late=0 handover_pid=
-now_ms() { local now=$EPOCHREALTIME; echo $(( (${now/./} - ${t0/./}) / 1000 )); }
-elapsed() { echo $(( $(now_ms) / 1000 )); }
-declare -A last_at  # range -> ms of its last round (a late round delays its range's return)
-declare -A gen      # range -> its generation: a range whose return would come late is renewed
-max_return_ms=0 returns=0 renewed=0
 # The longest a range may stay away and still come back: its sources return well inside the UDP
-# timeout, with 2 s more than the test's margin for the sender's start under emulation. Later
-# than that, the range is renewed (new sources, its old templates left to expire): one stalled
-# round under a CPU hog (a return after 19.6 s in the full suite) no longer breaks the premise.
+# timeout, with 2 s more than the test's margin for a stalled round under emulation. Later than
+# that, the range is renewed (new sources, its old templates left to expire): one stalled round
+# under a CPU hog (a return after 19.6 s in the full suite) no longer breaks the premise. The
+# rounds run in one sender process (churn_sender.py): a sender started per round fell behind
+# under a CPU hog (40 rounds of 120), and most ranges came back too late to count as returns.
 RETURN_MAX_MS=$(( (UDP_TIMEOUT - 6) * 1000 ))
-while [ "$(elapsed)" -lt "$CHURN_S" ]; do
-    # pace: round k starts at k * ROUND_MS; a round that starts more than one period late is
-    # counted, and so is the longest time between two rounds of a range
-    due=$((round * ROUND_MS)) at=$(now_ms)
-    if [ "$at" -lt "$due" ]; then
-        sleep "$(printf '%d.%03d' $(( (due - at) / 1000 )) $(( (due - at) % 1000 )))"
-        at=$(now_ms)
-    elif [ "$((at - due))" -gt "$ROUND_MS" ]; then
-        late=$((late + 1))
-    fi
-    # ranges 10.3.0.0 to 10.3.3.0 (10.3.(r + 4 x generation).0 once renewed) come round again
-    # every 4 rounds: a returning source's connection still lives, its master's kernel does not
-    # restart its template, and the table in memory must not either
-    r=$((round % 4))
-    if [ -n "${last_at[$r]:-}" ]; then
-        away=$((at - last_at[$r]))
-        if [ "$away" -gt "$RETURN_MAX_MS" ]; then
-            gen[$r]=$(( ${gen[$r]:-0} + 1 )) renewed=$((renewed + 1))
-            lab_log "range $r came back after $away ms: renewed (generation ${gen[$r]})"
-        else
-            returns=$((returns + 1))
-            [ "$away" -gt "$max_return_ms" ] && max_return_ms=$away
-        fi
-    fi
-    last_at[$r]=$at
-    lab_bulk_templates "$BATCH" "10.3.$((r + 4 * ${gen[$r]:-0})).0" 400 > /dev/null \
-        || lab_die "bulk round $round"
-    sent=$((sent + BATCH)); round=$((round + 1))
-    if [ "$handed" = 0 ] && [ "$(elapsed)" -ge $((CHURN_S / 2)) ]; then
-        # beside the rounds, which go on at their pace through the handover
-        lab_log "handover at $(elapsed) s (round $round)"
-        hooks dir1 handover --json --timeout 120 > "$LAB_OUT/handover.json" &
-        handover_pid=$!
-        handed=1
-    fi
-done
-[ -n "$handover_pid" ] && { wait "$handover_pid" || lab_die "handover failed"; }
+rm -f "$LAB_TMP/churn-half" "$LAB_TMP/churn-sender.json"
+nsx client "$LAB_PYTHON" "$LAB_DIR/churn_sender.py" --vip "$LAB_VIP" --port "$LAB_VPORT" \
+    --duration "$CHURN_S" --round-ms "$ROUND_MS" --batch "$BATCH" --rate 400 \
+    --return-max-ms "$RETURN_MAX_MS" --half-file "$LAB_TMP/churn-half" \
+    --out "$LAB_TMP/churn-sender.json" &
+sender_pid=$!
+# the handover once half the churn has passed, beside the rounds, which go on at their pace
+lab_wait $((CHURN_S + 60)) "half the churn" test -e "$LAB_TMP/churn-half" \
+    || lab_die "the churn sender did not reach half-way"
+lab_log "handover after round $(< "$LAB_TMP/churn-half")"
+hooks dir1 handover --json --timeout 120 > "$LAB_OUT/handover.json" &
+handover_pid=$!
+wait "$sender_pid" || lab_die "the churn sender failed"
+wait "$handover_pid" || lab_die "handover failed"
+fig() { "$LAB_PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' \
+    "$LAB_TMP/churn-sender.json" "$1"; }
+round=$(fig rounds) sent=$(fig datagrams) late=$(fig late_rounds) returns=$(fig returns)
+renewed=$(fig renewed) max_return_ms=$(fig max_return_ms)
 lab_log "churn: $late rounds started more than $ROUND_MS ms late; $returns returns, a range came" \
     "back after $max_return_ms ms at most; $renewed ranges renewed (their return would have been late)"
-lab_log "churn: $round rounds, $sent datagrams from new or returning sources in $(elapsed) s"
+lab_log "churn: $round rounds, $sent datagrams from new or returning sources in $(fig elapsed_ms) ms"
 lab_wait 30 "dir2 holds the VIP" lab_has_vip dir2 || lab_die "dir2 has no VIP"
 
 lab_step "the tables in memory against the kernels' tables"
