@@ -50,6 +50,28 @@ def sources(base: str, n: int):
         a += 1
 
 
+def raw_socket() -> socket.socket:
+    """A raw IPv4 socket that sends the headers built here (IP_HDRINCL), with room to queue."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+    s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    return s
+
+
+def send_one(s: socket.socket, pkt: bytes, vip: str) -> None:
+    """Send one datagram; a full queue (EAGAIN, ENOBUFS) is waited out, not lost."""
+    while True:
+        try:
+            s.sendto(pkt, (vip, 0))
+            return
+        except BlockingIOError:
+            time.sleep(0.001)
+        except OSError as e:
+            if e.errno != 105:  # ENOBUFS
+                raise
+            time.sleep(0.001)
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--vip", required=True)
@@ -59,24 +81,12 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=0, help="datagrams per second (0: as fast as possible)")
     p.add_argument("count", type=int)
     a = p.parse_args()
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    s = raw_socket()
     dst = socket.inet_aton(a.vip)
     t0 = time.monotonic()
     sent = 0
     for i, src in enumerate(sources(a.base, a.count)):
-        pkt = packet(src, dst, a.sport, a.port, b"bulk", i)
-        while True:
-            try:
-                s.sendto(pkt, (a.vip, 0))
-                break
-            except BlockingIOError:
-                time.sleep(0.001)
-            except OSError as e:
-                if e.errno != 105:  # ENOBUFS: the queue is full, retry
-                    raise
-                time.sleep(0.001)
+        send_one(s, packet(src, dst, a.sport, a.port, b"bulk", i), a.vip)
         sent += 1
         if a.rate:
             ahead = sent / a.rate - (time.monotonic() - t0)

@@ -26,20 +26,13 @@ import socket
 import sys
 import time
 
-from bulk_templates import packet, sources
+from bulk_templates import packet, raw_socket, send_one, sources
 
 
 def send(s: socket.socket, pkts: list, vip: str, rate: float) -> None:
     t0 = time.monotonic()
     for sent, pkt in enumerate(pkts, 1):
-        while True:
-            try:
-                s.sendto(pkt, (vip, 0))
-                break
-            except OSError as e:  # ENOBUFS or EAGAIN: the queue is full, retry
-                if e.errno not in (105, 11):
-                    raise
-                time.sleep(0.001)
+        send_one(s, pkt, vip)
         if rate:
             ahead = sent / rate - (time.monotonic() - t0)
             if ahead > 0:
@@ -59,9 +52,7 @@ def main() -> int:
     p.add_argument("--half-file", required=True)
     p.add_argument("--out", required=True)
     a = p.parse_args()
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
-    s.setsockopt(socket.IPPROTO_IP, socket.IP_HDRINCL, 1)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    s = raw_socket()
     dst = socket.inet_aton(a.vip)
     t0 = time.monotonic()
 
