@@ -5,7 +5,8 @@ receiving. If none runs (keepalived with `lvs_sync_daemon IF INSTANCE` stops it 
 becomes master), one is started for the reseed and stopped afterwards; a running master daemon
 is never touched. Datagrams go out with multicast loop on and TTL 0, so only this host's kernel
 gets them, paced on the backup socket's queue. Then the table is read again; what is missing is
-sent again, a bounded number of times.
+sent again, a bounded number of times. A template to replace is expired again before each of
+its resends (IPVS never re-points one).
 """
 
 import contextlib
@@ -163,8 +164,10 @@ def run_reseed(
                 res.bytes += st.bytes
                 res.pacing_waits += st.waits
 
-            def deliver(batch: List[PlannedTemplate]) -> List[PlannedTemplate]:
-                """Send `batch`; what is still missing after the verify rounds."""
+            def deliver(
+                batch: List[PlannedTemplate], rounds: int = resend_rounds
+            ) -> List[PlannedTemplate]:
+                """Send `batch`; what is still missing after 1 + `rounds` verify rounds."""
                 if not batch:  # (checking an empty batch would still read the table)
                     return []
                 if not verify:
@@ -172,14 +175,14 @@ def run_reseed(
                     taken(verify_timeout)
                     return []
                 before = _bound_counts(ipvs) if by_counts else None
-                for round_no in range(resend_rounds + 1):
+                for round_no in range(rounds + 1):
                     res.rounds += 1
                     send(batch)
                     if before is not None:
                         batch = _wait_for_counts(batch, before, ipvs, taken, verify_timeout, clock)
                     else:
                         batch = _wait_for_arrival(batch, taken, proc_root, verify_timeout, clock)
-                    if not batch:
+                    if not batch or round_no == rounds:
                         break
                     log.warning(
                         "reseed round %d: %d of %d templates not in the table yet; resending",
@@ -194,8 +197,14 @@ def run_reseed(
             pending = deliver([p for p in pending if not p.replace])
             replace = [p for p in planned if p.replace]
             if replace:
-                res.replaced = _expire_first(replace, send, taken, proc_root, clock, by_counts)
-                pending += deliver(replace)
+                left = _replace(
+                    replace,
+                    lambda batch: _expire_first(batch, send, taken, proc_root, clock, by_counts),
+                    lambda batch: deliver(batch, 0),
+                    resend_rounds if verify else 0,
+                )
+                res.replaced = len(replace) - len(left)
+                pending += left
         res.receiver_drops = max(0, probe.drops() - drops0)
     res.missing = len(pending)
     res.verified = len(planned) - len(pending)
@@ -221,6 +230,37 @@ def run_reseed_configured(
     )
     settings.update(overrides)
     return run_reseed(planned, ipvs, **settings)
+
+
+def _replace(
+    replace: List[PlannedTemplate],
+    expire: Callable[[List[PlannedTemplate]], int],
+    deliver: Callable[[List[PlannedTemplate]], List[PlannedTemplate]],
+    resend_rounds: int,
+) -> List[PlannedTemplate]:
+    """Replace templates: expire them, then send them anew; what is still not replaced after
+    1 + `resend_rounds` rounds.
+
+    A replacement that reaches the old template (its expiry lost, or its timer later than the
+    wait) only re-arms it with the old real server, and sending the replacement again cannot
+    change that: every round expires what is left first. In the lab under a CPU hog, a second
+    push filled the backup daemon's receive queue while the expiry of 5 templates was sent: 3 of
+    them never took it, and resending only their replacements left them stale through every
+    round. A template already gone is harmless to expire again: the message makes it for 1 s
+    with the new real server, and the replacement follows.
+    """
+    total = len(replace)
+    for round_no in range(resend_rounds + 1):
+        if round_no:
+            log.warning(
+                "replacement round %d: %d of %d templates still stale or missing; expiring "
+                "them again", round_no, len(replace), total,
+            )
+        expire(replace)
+        replace = deliver(replace)
+        if not replace:
+            break
+    return replace
 
 
 # How long to wait for templates given 1 s to expire: the timer fires within a few tens of

@@ -93,3 +93,55 @@ def test_a_timer_that_never_fires_is_given_up_after_the_late_wait(tmp_path):
     done, k = never_goes(tmp_path, expires=0)
     assert done == 0
     assert runner.EXPIRE_WAIT_LATE < k.now <= 0.1 + runner.EXPIRE_WAIT_LATE + 0.2
+
+
+class LossyKernel:
+    """The table as the sync messages leave it: a message for a key the table holds only
+    re-arms it (the old real server stays); the first `lost` expiry messages never arrive (a
+    receive queue filled by another push)."""
+
+    def __init__(self, stale, lost):
+        self.table = {p: "10.1.0.11" for p in stale}  # key -> real server
+        self.lost = set(lost)
+        self.expiries = 0
+
+    def expire(self, batch):
+        self.expiries += 1
+        gone = 0
+        for p in batch:
+            if p in self.lost:
+                self.lost.discard(p)
+                continue
+            self.table.pop(p, None)  # it took the 1 s, and its timer fired
+            gone += 1
+        return gone
+
+    def deliver(self, batch):
+        for p in batch:
+            self.table.setdefault(p, p.daddr)
+        return [p for p in batch if self.table[p] != p.daddr]
+
+
+def five():
+    return [PlannedTemplate("UDP", f"10.0.0.{i}", "10.0.0.100", 5000, "10.1.0.12", 5000, 0,
+                            "masq", 300, replace=True) for i in range(10, 15)]
+
+
+def test_a_lost_expiry_is_sent_again_before_the_replacement_is(caplog):
+    # 3 of 5 expiry messages lost: their replacements re-arm the old templates. Resending only
+    # the replacements (as before) left them stale through every round.
+    tpls = five()
+    k = LossyKernel(tpls, lost=tpls[:3])
+    left = runner._replace(tpls, k.expire, k.deliver, resend_rounds=3)
+    assert left == []
+    assert all(k.table[p] == "10.1.0.12" for p in tpls)
+    assert k.expiries == 2
+    assert "replacement round 1: 3 of 5 templates still stale or missing" in caplog.text
+
+
+def test_replacement_rounds_are_bounded():
+    tpls = five()
+    k = LossyKernel(tpls, lost=[])
+    k.expire = lambda batch: setattr(k, "expiries", k.expiries + 1) or 0  # never takes it
+    left = runner._replace(tpls, k.expire, k.deliver, resend_rounds=2)
+    assert left == tpls and k.expiries == 3
