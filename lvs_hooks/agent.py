@@ -9,7 +9,7 @@ between, and what needs a peer:
   backup daemon, and the digest in push-end), check the table against a complete one (put back
   what the kernel dropped, re-point stale templates no connection uses: director.push_check),
   and then
-  count as warm; ask for a push while cold;
+  count as warm; ask for a push while cold, and no push is on its way;
 - at start, once: reseed from the newest snapshot, if one is young enough, once keepalived's
   checkers have created the services (a rebooted director gets its clients back from disk;
   without a control channel that verified reseed is what makes it warm);
@@ -303,6 +303,11 @@ class Agent:
             st.next_push = now  # a new master pushes at once
         if st.startup_reseed == "pending" and now >= st.next_startup_try:
             self.startup_reseed(now)
+        for pid, c in list(st.collecting.items()):
+            if now - c.started > COLLECT_TIMEOUT:
+                log.warning("push %s from %s: no end after %.0f s; forgotten", pid, c.source,
+                            COLLECT_TIMEOUT)
+                del st.collecting[pid]
         if role == "MASTER":
             if not self.warm.is_warm():
                 self.warm.mark_warm("master: its table is the reference", {})
@@ -311,14 +316,14 @@ class Agent:
                 st.push_requested = False
                 st.next_push = now + interval if interval > 0 else float("inf")
                 self.push()
-        elif self.channel is not None and not self.warm.is_warm() and now >= st.next_request:
+        elif (self.channel is not None and not st.collecting and now >= st.next_request
+              and not self.warm.is_warm()):
+            # Not while a push is on its way: the master would queue a second one behind it,
+            # whose datagrams reach the kernel's backup daemon while this one is checked (under
+            # load they filled its queue, and expiries the check sent were lost). A push that
+            # ends incomplete, or never ends (COLLECT_TIMEOUT), lets the asking resume.
             st.next_request = now + REQUEST_EVERY
             self.send("push-request", {"role": role or "unknown"})
-        for pid, c in list(st.collecting.items()):
-            if now - c.started > COLLECT_TIMEOUT:
-                log.warning("push %s from %s: no end after %.0f s; forgotten", pid, c.source,
-                            COLLECT_TIMEOUT)
-                del st.collecting[pid]
         self.warm.refresh()
         self.check_feeds()
         self.ratelog.flush()

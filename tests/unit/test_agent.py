@@ -543,6 +543,34 @@ def test_a_cold_non_master_asks_every_request_every_until_warm():
     assert len(env.channel.of("push-request")) == 3
 
 
+def test_a_cold_peer_does_not_ask_while_a_push_is_on_its_way():
+    # A request sent during a push makes the master queue a second one, which reaches the
+    # kernel's backup daemon while the first is being checked.
+    env = Env(role="BACKUP")
+    env.tick_at(0)
+    env.begin()
+    env.dgram(DGRAMS[0])
+    for dt in range(1, 30):
+        env.tick_at(dt)
+    assert len(env.channel.of("push-request")) == 1  # only the one at 0
+    env.dgram(DGRAMS[1])
+    env.end()  # incomplete: the third datagram never came
+    assert not env.warm.warm
+    env.tick_at(30)  # asks again at once
+    assert len(env.channel.of("push-request")) == 2
+
+
+def test_a_push_that_never_ends_lets_the_peer_ask_again_once_forgotten():
+    env = Env(role="BACKUP")
+    env.tick_at(0)
+    env.begin()
+    env.tick_at(COLLECT_TIMEOUT)
+    assert len(env.channel.of("push-request")) == 1
+    env.tick_at(COLLECT_TIMEOUT + 1)  # forgotten, and the same tick asks
+    assert env.agent.st.collecting == {}
+    assert len(env.channel.of("push-request")) == 2
+
+
 def test_an_unknown_role_asks_too_and_says_so():
     env = Env(role=None)
     env.tick_at(0)
