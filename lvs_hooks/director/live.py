@@ -23,7 +23,7 @@ import filelock
 
 from lvs_hooks.config import Config
 from lvs_hooks.director.lock import lock_path, transition_lock
-from lvs_hooks.errors import LockTimeout
+from lvs_hooks.errors import KernelError, LockTimeout, ReadAbandoned
 from lvs_hooks.kernel.conntable import ClientKey, ConnTable, read_conn_table
 from lvs_hooks.kernel.model import ConnEntry, Service
 from lvs_hooks.kernel.netlink import IPVS, Timeouts
@@ -122,27 +122,45 @@ class LiveTable:
                 self.table.use_timeouts(timeouts.tcp, timeouts.tcpfin, timeouts.udp)
             self.table.expire(self.clock())
 
-    def reconcile(self, reason: str) -> ReconcileReport:
+    def reconcile(self, reason: str, max_lines: Optional[int] = None) -> ReconcileReport:
         """Read the kernel's table (logged with `reason`) and make this one what it showed.
 
         What the stream brings during the read stays (TemplateTable.begin_reconcile). A
         template the table holds and the read did not show is dropped only if a second read
         does not show it either: a read of a changing table can skip entries
         (design.md 2.4), and a template dropped here while its client's connection lives
-        on is one the keeper would not renew."""
+        on is one the keeper would not renew.
+
+        `max_lines`: each read stops past that many lines (ReadAbandoned, a KernelError): the
+        caller judged it cheap by the kernel's counters, and the table may grow during it. A
+        read that fails or stops changes nothing here (the table keeps what it holds, and is
+        the table no more than before)."""
         t0 = time.monotonic()
         with self.lock:
             self.table.begin_reconcile()
             lost_before = self.lost_at
-        read = read_conn_table(self.cfg.paths.proc_root, reason=reason)
+        try:
+            read = read_conn_table(self.cfg.paths.proc_root, reason=reason,
+                                   max_lines=max_lines)
+        except KernelError:
+            with self.lock:
+                self.table.abandon_reconcile()
+            raise
         with self.lock:
             report = self.table.reconcile(read.entries, self.clock(), begun=True, drop=False)
         del read
         if report.unseen:
-            again = read_conn_table(
-                self.cfg.paths.proc_root,
-                reason=f"{reason}; again, for {report.unseen} templates the first did not show",
-            )
+            try:
+                again = read_conn_table(
+                    self.cfg.paths.proc_root,
+                    reason=f"{reason}; again, for {report.unseen} templates the first did not "
+                           f"show",
+                    max_lines=max_lines,
+                )
+            except KernelError:
+                with self.lock:  # the unseen stay, until their end or the next reconciliation
+                    self.table.abandon_reconcile()
+                raise
             with self.lock:
                 second = self.table.drop_unseen(again.entries, self.clock())
             report.dropped = second.dropped
@@ -259,11 +277,13 @@ class TableUpkeep:
     """The table's upkeep, on a thread of its own at the lowest CPU priority: every second it
     lets ended entries go and takes the director's connection timeouts, every 10 s the services'
     netmasks, and it reconciles the table with
-    the kernel's at start and every table.reconcile_interval, but only while the kernel's
-    per-real-server counters (one netlink message) say a whole read is within
-    table.read_budget.
+    the kernel's at start (before the agent's other parts start) and every
+    table.reconcile_interval, but only while the kernel's per-real-server counters (one netlink
+    message) say a whole read is within table.read_budget, and it stops a read once the table
+    has grown past twice the budget during it.
 
-    Above the budget the table starts empty and fills from the stream: it counts as the table
+    Above the budget (or after a read that stopped) the table fills from the stream: it counts
+    as the table
     once it has listened for the longest persistence_timeout (and the kernel's 60 s re-arm),
     since a template that no message refreshed for that long has ended in the kernel too.
     """
@@ -297,6 +317,14 @@ class TableUpkeep:
         self.known_timeouts: Optional[Timeouts] = None
 
     def start(self) -> None:
+        # The first look before anything else of the agent starts: within the budget, the
+        # reconciliation reads the table while it is small, before this director asks for a
+        # push and its peers fill it (lab, a 200,000-template table filling by the sync
+        # stream: a first read begun at 5,520 entries took 523 s and found 200,000).
+        try:
+            self.once()
+        except Exception:
+            log.exception("table in memory: upkeep failed")
         self._thread = threading.Thread(target=self._loop, name="table", daemon=True)
         self._thread.start()
 
@@ -367,13 +395,21 @@ class TableUpkeep:
         self.next_reconcile = now + interval if interval > 0 else float("inf")
         within, entries = self.live.within_budget()
         if within:
-            self.live.reconcile(f"table in memory: reconciliation, {entries} entries by the "
-                                f"kernel's counters")
-            return
-        log.info(
-            "table in memory: the kernel counts %d entries, over table.read_budget %d: no "
-            "whole read; the table fills from the sync stream", entries, cfg.read_budget,
-        )
+            try:
+                # and stop once the table has grown past twice the budget during the read (the
+                # kernel serves it in quadratic time: design.md 2.4)
+                self.live.reconcile(f"table in memory: reconciliation, {entries} entries by "
+                                    f"the kernel's counters", max_lines=2 * cfg.read_budget + 1)
+                return
+            except ReadAbandoned as e:
+                log.info("table in memory: reconciliation abandoned, the table grew past twice "
+                         "table.read_budget %d during the read (%s); the table fills from the "
+                         "sync stream", cfg.read_budget, e)
+        else:
+            log.info(
+                "table in memory: the kernel counts %d entries, over table.read_budget %d: no "
+                "whole read; the table fills from the sync stream", entries, cfg.read_budget,
+            )
         self.check_drift()
         if not self.live.ready:
             # look again when it may count as the table (and at the counters now and then)

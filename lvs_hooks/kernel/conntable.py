@@ -166,14 +166,16 @@ def read_conn_table(
     templates_only: bool = False,
     client_counts: bool = False,
     reason: str = "",
+    max_lines: Optional[int] = None,
 ) -> ConnTable:
     """Read and parse <proc_root>/net/ip_vs_conn (ip_vs_conn_sync with `sync`).
 
     `reason` names the read in the log line that gives its cost (see read_proc_file).
-    Raises KernelError when the file is missing (IPVS not loaded) or unreadable.
+    Raises KernelError when the file is missing (IPVS not loaded) or unreadable, and
+    ReadAbandoned past `max_lines` lines (the header counts).
     """
     name = "ip_vs_conn_sync" if sync else "ip_vs_conn"
-    data = read_proc_file(os.path.join(proc_root, "net", name), reason)
+    data = read_proc_file(os.path.join(proc_root, "net", name), reason, max_lines=max_lines)
     return parse_conn_table(data, templates_only=templates_only, client_counts=client_counts)
 
 

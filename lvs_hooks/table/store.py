@@ -711,6 +711,21 @@ class TemplateTable:
         self._gen ^= 1
         self._touched = set()
 
+    def abandon_reconcile(self) -> None:
+        """After begin_reconcile, when a read did not come (abandoned past its caller's budget,
+        or failed), or after reconcile(drop=False) when the second read did not: every template
+        counts as of the current generation, as between two reconciliations. Without this, what
+        the stream did not mark meanwhile would carry the older bit, which the next
+        begin_reconcile makes the current one again, and that reconciliation could not drop it.
+        One pass over the templates, on a path taken only when a read fails."""
+        self._touched = None
+        gen_bit = _GEN if self._gen else 0
+        tables: Tuple[Dict[Any, int], ...] = (self._tpl, self._pe)
+        for d in tables:
+            for k, v in d.items():
+                if (v & _GEN) != gen_bit:
+                    d[k] = v ^ _GEN
+
     def reconcile(
         self, entries: Iterable[ConnEntry], now: float, *, with_connections: bool = True,
         tolerance: float = 2.0, begun: bool = False, drop: bool = True,

@@ -293,6 +293,77 @@ def test_a_loss_during_a_reconciliation_is_not_made_good_by_it(tmp_path, monkeyp
     assert live.ready and live.lost_at is None
 
 
+def test_a_reconciliation_stops_reading_a_table_that_grew_past_twice_the_budget(
+        tmp_path, caplog):
+    """Within the budget by the counters when it starts, then the table grows during the read
+    (here: it is already larger than the counters said). Lab: a first read begun at 5,520
+    entries while the stream filled the table took 523 s and found 200,000."""
+    import logging
+
+    proc_table(tmp_path, *[line_of(f"10.0.{i // 250}.{i % 250 + 1}") for i in range(21)])
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10, interval=30.0), clock=clock,
+                     counts=lambda: 5)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None)
+    with caplog.at_level(logging.INFO):
+        upkeep.once()
+    assert "abandoned after 22 lines (more than 21)" in caplog.text
+    assert "reconciliation abandoned, the table grew past twice table.read_budget 10" in (
+        caplog.text)
+    assert not live.ready and live.reconciled_at is None and len(live) == 0
+    # then it is the table the way it is above the budget: after the longest persistence
+    clock.t += 359
+    upkeep.once()
+    assert not live.ready
+    clock.t += 31
+    upkeep.once()
+    assert live.ready
+
+
+def test_a_stopped_read_leaves_the_next_reconciliation_free_to_drop(tmp_path, monkeypatch):
+    """What the stream did not bring during a read that stopped is not taken as heard by the
+    next reconciliation: one the kernel no longer holds is dropped by it."""
+    import lvs_hooks.director.live as live_module
+    from lvs_hooks.errors import ReadAbandoned
+
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: 5)
+    for d in datagrams("10.0.0.1", "10.0.0.2"):
+        live.ingest(d, "SYNC")
+    real = live_module.read_conn_table
+
+    def stops(*a, **kw):
+        for d in datagrams("10.0.0.2"):  # the stream, during the read
+            live.ingest(d, "SYNC")
+        raise ReadAbandoned("more than 21 lines")
+
+    monkeypatch.setattr(live_module, "read_conn_table", stops)
+    try:
+        live.reconcile("test", max_lines=21)
+    except ReadAbandoned:
+        pass
+    else:
+        raise AssertionError("the stopped read was not reported")
+    assert not live.ready
+    monkeypatch.setattr(live_module, "read_conn_table", real)
+    # the kernel now holds neither: both go, twice not shown
+    proc_table(tmp_path)
+    report = live.reconcile("test")
+    assert report.dropped == 2 and len(live) == 0 and live.ready
+
+
+def test_the_upkeep_reconciles_once_before_its_start_returns(tmp_path):
+    proc_table(tmp_path, line_of("10.0.0.1"))
+    clock = Clock()
+    live = LiveTable(cfg_for(tmp_path, budget=10), clock=clock, counts=lambda: 1)
+    upkeep = TableUpkeep(live, lambda: [SVC], clock=clock, kernel_counts=dict, timeouts=None)
+    upkeep.start()
+    try:
+        assert live.ready and len(live) == 1 and live.reconciled_at == clock.t
+    finally:
+        upkeep.stop()
+
+
 class OneServiceIPVS:
     """The netlink seam of director.snapshot: the services, as the kernel would list them."""
 
