@@ -218,8 +218,8 @@ def gather(
     systemd_wants: str = SYSTEMD_WANTS,
 ) -> Dict[str, Any]:
     """The health report as plain data (JSON-ready). `agent`: what a probe of the agent's
-    socket found ({"running": bool, "detail": str}), None when not probed; `ipvs`: reads the
-    services, counters and sync daemons (None: IPVS is not looked at)."""
+    socket found ({"running": bool, "busy": bool, "detail": str}), None when not probed;
+    `ipvs`: reads the services, counters and sync daemons (None: IPVS is not looked at)."""
     now = time.time() if now is None else now
     run_dir = cfg.paths.run_dir
     unreadable: List[str] = []
@@ -250,6 +250,7 @@ def gather(
     ran = os.path.lexists(warm_path)
     h["agent"] = {
         "running": None if agent is None else bool(agent.get("running")),
+        "busy": False if agent is None else bool(agent.get("busy")),
         "detail": "" if agent is None else str(agent.get("detail", "")),
         "expected": enabled or ran,
         "unit_enabled": enabled,
@@ -414,6 +415,10 @@ def judge(h: Dict[str, Any], cfg: Config) -> Tuple[int, List[str], List[str]]:
     if agent["running"] is False and agent["expected"]:
         why = "its unit is enabled" if agent["unit_enabled"] else "it ran since boot"
         crit.append(f"agent not running ({agent['detail'] or 'no answer'}; {why})")
+    elif agent.get("busy"):
+        # it holds the socket and did not say hello in time: busy, or hung (the doors take
+        # the events back after 60 s of silence)
+        warn.append(f"agent busy ({agent['detail']})")
     elif agent["running"] is True:
         notes.append("agent up")
 
@@ -548,7 +553,8 @@ def render_health(h: Dict[str, Any]) -> List[str]:
     if a["running"] is None:
         ag = "not asked"
     elif a["running"]:
-        ag = f"running ({a['detail']})" if a["detail"] else "running"
+        ag = "running" + (", busy" if a.get("busy") else "") + (
+            f" ({a['detail']})" if a["detail"] else "")
     else:
         ag = f"NOT running ({a['detail']})" + (
             "; expected: " + ("its unit is enabled" if a["unit_enabled"] else "it ran since boot")

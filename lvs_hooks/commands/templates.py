@@ -195,7 +195,7 @@ def status_cmd(app: AppContext, from_kernel: bool, check: bool, as_json: bool) -
     cfg = app.config
     agent = probe_agent(app.config_path, cfg.paths.run_dir)
     report = None
-    if not from_kernel and agent["running"]:
+    if not from_kernel and agent["running"] and not agent.get("busy"):
         report = ask_agent(app, "status", KernelError)
     if report is None:
         report = build_status(cfg, snapshot_store(cfg), from_kernel=from_kernel)
@@ -205,26 +205,39 @@ def status_cmd(app: AppContext, from_kernel: bool, check: bool, as_json: bool) -
     emit(report, as_json, render_status)
 
 
-def probe_agent(config_path: str, run_dir: str) -> dict:
+# How long the probe waits for the agent's hello: well within a monitoring plugin's own limit
+# (check_nrpe: 10 s, with this command's start-up in it).
+PROBE_TIMEOUT = 4.0
+
+
+def probe_agent(config_path: str, run_dir: str, timeout: Optional[float] = None) -> dict:
     """Whether an agent answers on `<run_dir>/agent.sock` (a hello, as a door says it):
-    {"running": True/False, or None when this process may not even ask, "detail"}."""
+    {"running": True/False, or None when this process may not even ask, "busy", "detail"}.
+
+    A socket that takes the connection (or holds it in its backlog) and gives no hello in
+    `timeout` is an agent that runs and is busy ("busy": True), as the doors take it: lab,
+    a 1-CPU director under load, an agent silent for up to 8 s between answers was reported
+    "not running" by a 2-s probe while it held the events. Killed or crashed, nobody listens."""
     path = os.path.join(run_dir, SOCKET_NAME)
     try:
-        conn = AgentConnection(path, timeout=2.0)
+        conn = AgentConnection(path, timeout=PROBE_TIMEOUT if timeout is None else timeout)
     except NoAgent as e:
         if "Permission denied" in str(e):  # not root: the run directory is root's alone
-            return {"running": None, "detail": f"{path}: {e}"}
-        return {"running": False, "detail": f"{e} on {path}"}
+            return {"running": None, "busy": False, "detail": f"{path}: {e}"}
+        if e.silent:  # the backlog is full: someone listens and does not accept
+            return {"running": True, "busy": True, "detail": f"{path}: {e}"}
+        return {"running": False, "busy": False, "detail": f"{e} on {path}"}
     try:
         reply = conn.exchange(hello_message(os.path.abspath(config_path), "status"))
     except NoAgent as e:
-        return {"running": False, "detail": f"{path}: {e}"}
+        return {"running": bool(e.silent), "busy": bool(e.silent), "detail": f"{path}: {e}"}
     finally:
         conn.close()
     if reply.get("ok") is True:
-        return {"running": True, "detail": f"answers on {path}"}
+        return {"running": True, "busy": False, "detail": f"answers on {path}"}
     # it answered, and refused: it runs, with another config or another wire version
-    return {"running": True, "detail": f"answers on {path} but refused: {reply.get('reason')}"}
+    return {"running": True, "busy": False,
+            "detail": f"answers on {path} but refused: {reply.get('reason')}"}
 
 
 def _check(app: AppContext, as_json: bool) -> None:

@@ -193,6 +193,31 @@ def test_cli_check_critical_for_a_killed_agent_whose_socket_is_left(tmp_path):
     assert result.output.startswith("LVS-HOOKS CRITICAL - agent not running (nobody listens")
 
 
+def test_an_agent_that_listens_and_does_not_say_hello_is_busy_a_warning(tmp_path,
+                                                                         monkeypatch):
+    """Busy (or hung), not gone: the socket takes the connection and no hello comes. Lab, a
+    1-CPU director under load: a 2-s probe called such an agent "not running"."""
+    from lvs_hooks.commands import templates
+
+    cfg, path = make_cfg(tmp_path)
+    healthy_backup(cfg)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(os.path.join(cfg.paths.run_dir, "agent.sock"))
+    sock.listen(4)  # listens, never accepts: the connection waits in the backlog
+    monkeypatch.setattr(templates, "PROBE_TIMEOUT", 0.2)
+    try:
+        probe = probe_agent(path, cfg.paths.run_dir)
+    finally:
+        sock.close()
+    assert (probe["running"], probe["busy"]) == (True, True), probe
+    assert "no acknowledgement within 0.2 s" in probe["detail"]
+    state, reasons, _ = check(cfg, probe, daemons("backup"))
+    assert state == WARNING, reasons
+    assert reasons[0].startswith("agent busy (") and "no acknowledgement" in reasons[0]
+    assert any(line.startswith("agent: running, busy (")
+               for line in health.render_health(gather(cfg, agent=probe)))
+
+
 def test_cli_check_unknown_for_a_config_it_cannot_read_not_the_clis_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sync: {port: nope}\n")
