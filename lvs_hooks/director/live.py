@@ -139,28 +139,15 @@ class LiveTable:
         with self.lock:
             self.table.begin_reconcile()
             lost_before = self.lost_at
-        try:
-            read = read_conn_table(self.cfg.paths.proc_root, reason=reason,
-                                   max_lines=max_lines)
-        except KernelError:
-            with self.lock:
-                self.table.abandon_reconcile()
-            raise
+        read = self._read(reason, max_lines)
         with self.lock:
             report = self.table.reconcile(read.entries, self.clock(), begun=True, drop=False)
         del read
         if report.unseen:
-            try:
-                again = read_conn_table(
-                    self.cfg.paths.proc_root,
-                    reason=f"{reason}; again, for {report.unseen} templates the first did not "
-                           f"show",
-                    max_lines=max_lines,
-                )
-            except KernelError:
-                with self.lock:  # the unseen stay, until their end or the next reconciliation
-                    self.table.abandon_reconcile()
-                raise
+            again = self._read(
+                f"{reason}; again, for {report.unseen} templates the first did not show",
+                max_lines,
+            )
             with self.lock:
                 second = self.table.drop_unseen(again.entries, self.clock())
             report.dropped = second.dropped
@@ -179,6 +166,16 @@ class LiveTable:
             report.retimed, (time.monotonic() - t0) * 1000,
         )
         return report
+
+    def _read(self, reason: str, max_lines: Optional[int]) -> ConnTable:
+        """One read of a reconciliation; one that fails or stops ends it with nothing dropped
+        (after the second, the unseen stay until their end or the next reconciliation)."""
+        try:
+            return read_conn_table(self.cfg.paths.proc_root, reason=reason, max_lines=max_lines)
+        except KernelError:
+            with self.lock:
+                self.table.abandon_reconcile()
+            raise
 
     def check(self, tolerance: float = 2.0, lock_timeout: Optional[float] = None) -> dict:
         """The table against a whole read of the kernel's table, asked for by hand (`lvs-hooks
