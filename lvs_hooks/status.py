@@ -3,7 +3,8 @@
 `summarize` is pure (tested with plain values); `build_status` gathers the values from the kernel
 and the snapshot store, and the templates from the agent's table in memory when it is the table
 and a whole read of /proc/net/ip_vs_conn would be over table.read_budget (design.md 2.4:
-160,000 lines took minutes); connections are then the kernel's per-real-server counters.
+160,000 lines took minutes); connections are then the kernel's per-real-server counters, and
+so are the templates while the agent's table is not the table yet.
 """
 
 import os
@@ -105,7 +106,8 @@ def build_status(
 ) -> dict:
     """`live`: the agent's table in memory (the agent answers `lvs-hooks status`); used when it
     is the table and the kernel counts more entries than table.read_budget, unless
-    `from_kernel`. The report says which in `source`."""
+    `from_kernel`; before it is the table, over the budget, the kernel's per-real-server
+    counters instead of a whole read. The report says which in `source`."""
     proc_root = cfg.paths.proc_root
     newest = _newest_snapshot(store)
     try:
@@ -122,14 +124,22 @@ def build_status(
         report["unreadable"] = [f"IPVS: {e.format_message()}"]
         return report
     entries = sum(c.active + c.inactive + c.persistent for c in counts)
-    if live is not None and live.ready and entries > cfg.table.read_budget:
+    if live is not None and entries > cfg.table.read_budget:
         conns: Counter = Counter()
         for c in counts:
             conns[c.service_key] += c.active + c.inactive
+        if live.ready:
+            template_counts = live.template_counts()
+        else:
+            # The table in memory is still filling from the sync stream, and the kernel's
+            # table is too large to read (lab, under load: status read it for 220 s). The
+            # kernel's per-real-server counters give the templates, without their origin.
+            template_counts = {(c.service_key, c.addr, c.port, "?"): c.persistent
+                               for c in counts if c.persistent}
         report = summarize(services, (), daemons, timeouts, newest, connections=dict(conns),
-                           template_counts=live.template_counts())
+                           template_counts=template_counts)
         report["source"] = {
-            "table": "in memory",
+            "table": "in memory" if live.ready else "counters",
             "kernel_entries": entries,
             "kernel_templates": sum(c.persistent for c in counts),
         }
@@ -212,6 +222,12 @@ def render_status(r: dict) -> str:
             f"templates from the agent's table in memory (the kernel counts "
             f"{src['kernel_templates']} templates, {src['kernel_entries']} entries; "
             f"--from-kernel reads its table)"
+        )
+    if src.get("table") == "counters":
+        lines.append(
+            f"templates by the kernel's per-real-server counters: the agent's table in memory "
+            f"is not the table yet, and a whole read of {src['kernel_entries']} entries is "
+            f"over table.read_budget (--from-kernel reads it)"
         )
     if r["malformed_lines"]:
         lines.append(f"warning: {r['malformed_lines']} malformed lines in the connection table")

@@ -152,7 +152,9 @@ def repair_once(director: "Director", proceed: Optional[Callable[[], bool]] = No
         if not has_fwmark_services(services):
             state.pending.clear()
             return {}
-        table = director.table("fwmark repair")
+        table = director.duty_table("fwmark repair")
+        if table is None:
+            return {"skipped": "no affordable read of the table (logged)"}
         lock = transition_lock(cfg.paths.run_dir)
         try:
             lock.acquire(timeout=DUTY_LOCK_TIMEOUT)

@@ -114,11 +114,16 @@ def keep_once(director: "Director", proceed: Optional[Callable[[], bool]] = None
 
     The table is read without the transition lock (on a large table that read takes seconds,
     and a keepalived event must not wait for it); the renewals go through the inject path,
-    which takes the lock and asks `proceed` whether the director is still what it was.
+    which takes the lock and asks `proceed` whether the director is still what it was. Where
+    no read is affordable (Director.duty_table), the period is skipped: a read of a large
+    table would hold the duties for minutes, and the kernel itself re-arms a template while
+    connections still point at it.
     """
     cfg = director.cfg
     t0 = time.monotonic()
-    table = director.table("keeper", client_counts=True, below=cfg.keeper.refresh_below)
+    table = director.duty_table("keeper", client_counts=True, below=cfg.keeper.refresh_below)
+    if table is None:
+        return {"skipped": "no affordable read of the table (logged)"}
     with IPVS() as ipvs:
         services = ipvs.services()
         plan = plan_renewals(

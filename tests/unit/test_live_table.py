@@ -476,3 +476,46 @@ def test_a_periodic_snapshot_stops_reading_a_table_that_grew_past_twice_the_budg
 
 def line_of(client):
     return kline("UDP", client, 0, "10.0.0.100", 5000, "10.1.0.11", 5000, "ASSURED", 200)
+
+
+def test_a_periodic_duty_reads_nothing_over_the_budget_before_the_table_is_ready(
+        tmp_path, caplog):
+    """The keeper and the fwmark repair on a director whose table fills from the stream: over
+    table.read_budget the period is skipped (lab, under load: the keeper's read took 405 s);
+    a transition (Director.table) still reads the kernel's word."""
+    import logging
+
+    from lvs_hooks.director.keeper import keep_once
+
+    proc_table(tmp_path, line_of("10.0.0.1"))
+    cfg = cfg_for(tmp_path, budget=10)
+    kernel = [1000]
+    live = LiveTable(cfg, clock=Clock(), counts=lambda: kernel[0])
+    director = Director(cfg, live)
+    with caplog.at_level(logging.INFO):
+        assert director.duty_table("keeper", client_counts=True) is None
+        assert keep_once(director) == {"skipped": "no affordable read of the table (logged)"}
+    assert "keeper: skipped, the kernel counts 1000 entries, over table.read_budget 10" in (
+        caplog.text)
+    assert "whole read" not in caplog.text
+    assert [t.caddr for t in director.table("MASTER: sources").templates] == ["10.0.0.1"]
+    kernel[0] = 5  # within the budget: read
+    assert [t.caddr for t in director.duty_table("keeper").templates] == ["10.0.0.1"]
+
+
+def test_a_periodic_duty_stops_reading_a_table_that_grew_past_twice_the_budget(
+        tmp_path, caplog):
+    import logging
+
+    proc_table(tmp_path, *[line_of(f"10.0.0.{i + 1}") for i in range(21)])
+    cfg = cfg_for(tmp_path, budget=10)
+    director = Director(cfg, LiveTable(cfg, clock=Clock(), counts=lambda: 5))
+    with caplog.at_level(logging.INFO):
+        assert director.duty_table("fwmark repair") is None
+    assert "fwmark repair: skipped, the table grew past twice table.read_budget" in caplog.text
+    # 20 lines and the header are within twice the budget
+    proc_table(tmp_path, *[line_of(f"10.0.0.{i + 1}") for i in range(20)])
+    assert len(director.duty_table("fwmark repair").templates) == 20
+    # a transition's read is never stopped
+    proc_table(tmp_path, *[line_of(f"10.0.0.{i + 1}") for i in range(30)])
+    assert len(director.table("MASTER: sources").templates) == 30
