@@ -4,6 +4,7 @@ kernel's per-real-server counters for the connections; and which one build_statu
 the netlink counters the one seam replaced and a real /proc file in a temporary tree."""
 
 from test_conntable import H, kline
+from test_live_table import OneServiceIPVS
 
 from lvs_hooks.kernel.conntable import parse_conn_table
 from lvs_hooks.kernel.model import Destination, Service
@@ -52,19 +53,13 @@ def test_the_tables_counts_say_what_its_entries_say():
     assert by_counts["templates_by_origin"] == {"SYNC": 3, "LOCAL": 1}
 
 
-class CountingIPVS:
+class CountingIPVS(OneServiceIPVS):
     """The netlink seam of lvs_hooks.status: one service, its per-real-server counters."""
 
     counts = ()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
     def services(self):
-        return [SVC]
+        return [SVC]  # this module's, with two real servers
 
     def daemons(self):
         return []
