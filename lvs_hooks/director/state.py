@@ -59,7 +59,7 @@ class Director:
         the table yet, or where the table grew past twice the budget during a read judged
         within it. A backup whose table fills from the sync stream is not made to read a
         table the kernel serves in quadratic time (design.md 2.4; lab, under load: the
-        keeper's read took 405 s and the transition waited behind it)."""
+        keeper's read took 405 s, and the other periodic duties waited behind it)."""
         return self._table(reason, client_counts, below, periodic=True)
 
     def _table(
